@@ -1,0 +1,216 @@
+//! The event-store contract every backend implements.
+
+use std::future::Future;
+
+use futures::stream::BoxStream;
+
+use crate::{
+    AppendResult, ExpectedVersion, LogPosition, NewEvent, RecordedEvent, Result, Snapshot,
+    StreamAppend, StreamId,
+};
+
+/// Which way a stream is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Oldest first.
+    Forward,
+    /// Newest first.
+    Backward,
+}
+
+/// The default number of events fetched per page.
+pub const DEFAULT_PAGE_SIZE: usize = 1_000;
+
+/// How to read one stream: direction, first version, how many events, page size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRead {
+    /// Which way to read.
+    pub direction: Direction,
+    /// The first version returned (inclusive); reading backward from `u64::MAX` starts at
+    /// the end.
+    pub from: u64,
+    /// The most events to return (`None`: all).
+    pub limit: Option<u64>,
+    /// Events fetched per round trip; memory stays bounded by it however long the stream.
+    pub page_size: usize,
+}
+
+impl StreamRead {
+    /// Forward from version `from` (1 reads the whole stream).
+    pub fn forward_from(from: u64) -> Self {
+        Self {
+            direction: Direction::Forward,
+            from,
+            limit: None,
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+
+    /// The whole stream, oldest first.
+    pub fn forward() -> Self {
+        Self::forward_from(1)
+    }
+
+    /// Backward from version `from` (inclusive).
+    pub fn backward_from(from: u64) -> Self {
+        Self {
+            direction: Direction::Backward,
+            ..Self::forward_from(from)
+        }
+    }
+
+    /// The whole stream, newest first.
+    pub fn backward() -> Self {
+        Self::backward_from(u64::MAX)
+    }
+
+    /// Returns at most `limit` events.
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Fetches `page_size` events per round trip (at least 1).
+    pub fn with_page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size.max(1);
+        self
+    }
+}
+
+/// How to read the global log: after which position, how many events, page size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRead {
+    /// Events strictly after this position are returned; [`LogPosition::START`] reads all.
+    pub after: LogPosition,
+    /// The most events to return (`None`: up to the current end of the log).
+    pub limit: Option<u64>,
+    /// Events fetched per round trip.
+    pub page_size: usize,
+}
+
+impl LogRead {
+    /// Everything after `after`.
+    pub fn after(after: LogPosition) -> Self {
+        Self {
+            after,
+            limit: None,
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+
+    /// The whole log.
+    pub fn from_start() -> Self {
+        Self::after(LogPosition::START)
+    }
+
+    /// Returns at most `limit` events.
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Fetches `page_size` events per round trip (at least 1).
+    pub fn with_page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size.max(1);
+        self
+    }
+}
+
+/// An append-only event store with optimistic concurrency, idempotent appends, a gap-free
+/// global log and snapshots.
+///
+/// The contract, which `annals::testing` checks for every implementation:
+/// - An append is atomic: all its events (over all its streams) are stored, or none.
+/// - Each stream's expected version is checked inside the same atomic step as the write; a
+///   mismatch is [`Error::Conflict`](crate::Error::Conflict) and writes nothing.
+/// - Event ids are unique. An append whose ids are all stored already, with the same stream,
+///   type, schema version and payload, in the same order, returns the original
+///   [`AppendResult`]s and writes nothing, whatever its expected version; any other reuse of a
+///   stored id is [`Error::IdempotencyConflict`](crate::Error::IdempotencyConflict).
+/// - Reads of the global log return every committed event exactly once, in one stable order,
+///   and never pass an event that commits later: a reader may checkpoint the last position it
+///   saw and resume after it without ever skipping an event.
+/// - Reads stream in pages: memory stays flat however long the stream or log.
+///
+/// Stores are cheap handles (clone them), used through generics; the methods return `Send`
+/// futures so they can be spawned.
+pub trait EventStore: Send + Sync {
+    /// Appends events to several streams atomically, each with its own expected version.
+    ///
+    /// Returns one result per stream, in the order given.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`](crate::Error::Conflict) naming the first stream whose version did not
+    /// match (nothing is written anywhere), the idempotency and validation errors of the
+    /// contract, and [`Error::Backend`](crate::Error::Backend) for infrastructure failures.
+    fn append_multi(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> impl Future<Output = Result<Vec<AppendResult>>> + Send;
+
+    /// Appends events to one stream atomically.
+    ///
+    /// # Errors
+    /// As [`EventStore::append_multi`].
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult>> + Send {
+        let append = StreamAppend::new(stream.clone(), expected, events);
+        async move {
+            let mut results = self.append_multi(vec![append]).await?;
+            results.pop().ok_or(crate::Error::InvalidAppend {
+                reason: "the store returned no result",
+            })
+        }
+    }
+
+    /// Reads one stream in pages. A stream that does not exist reads as empty.
+    ///
+    /// Events are returned as stored; decode them with
+    /// [`DomainEvent::decode`](crate::DomainEvent::decode), which upcasts.
+    fn read_stream<'a>(
+        &'a self,
+        stream: &StreamId,
+        read: StreamRead,
+    ) -> BoxStream<'a, Result<RecordedEvent>>;
+
+    /// Reads the global log after a position, in pages, up to the end visible when each page
+    /// is read.
+    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>>;
+
+    /// Follows the global log after `after`: the events already stored, then each new event as
+    /// it commits, with no gap or repeat at the hand-over. The stream ends only with an error.
+    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>>;
+
+    /// The current version of a stream (0 when it does not exist).
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend).
+    fn stream_version(&self, stream: &StreamId) -> impl Future<Output = Result<u64>> + Send;
+
+    /// The position of the last event a reader of the global log can see now (`None` for an
+    /// empty log). A projection's lag is measured against it.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend).
+    fn head_position(&self) -> impl Future<Output = Result<Option<LogPosition>>> + Send;
+
+    /// Saves a snapshot. The store keeps the one with the highest stream version per stream
+    /// (a later save at the same version replaces it).
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend).
+    fn save_snapshot(&self, snapshot: Snapshot) -> impl Future<Output = Result<()>> + Send;
+
+    /// Loads the latest snapshot of a stream.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend).
+    fn load_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send;
+}

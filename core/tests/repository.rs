@@ -1,0 +1,270 @@
+//! Repository behaviour: conflict retries, the version-checked cache, metadata flow, atomic
+//! decisions across aggregates.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use annals::testing::{Counter, CounterCommand, CounterEvent, new_event};
+use annals::{
+    AppendResult, CommandContext, CommandError, EventStore, ExpectedVersion, InMemoryEventStore,
+    LogPosition, LogRead, RecordedEvent, Repository, Result, Snapshot, StreamAppend, StreamId,
+    StreamRead,
+};
+use futures::{TryStreamExt, stream::BoxStream};
+use serde_json::json;
+use uuid::Uuid;
+
+/// A store that lets another writer slip an event into the target stream just before each of
+/// the first `interferences` appends.
+#[derive(Debug, Default)]
+struct Interfering {
+    inner: InMemoryEventStore,
+    interferences: AtomicUsize,
+}
+
+impl EventStore for Interfering {
+    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        let left = self.interferences.load(Ordering::SeqCst);
+        if left > 0 {
+            self.interferences.store(left - 1, Ordering::SeqCst);
+            let intruder = CounterEvent::Added { amount: 100 };
+            let event = annals::DomainEvent::to_new_event(&intruder)?;
+            self.inner
+                .append(&appends[0].stream, ExpectedVersion::Any, vec![event])
+                .await?;
+        }
+        self.inner.append_multi(appends).await
+    }
+    fn read_stream<'a>(
+        &'a self,
+        stream: &StreamId,
+        read: StreamRead,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        self.inner.read_stream(stream, read)
+    }
+    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
+        self.inner.read_all(read)
+    }
+    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
+        self.inner.subscribe(after)
+    }
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        self.inner.stream_version(stream).await
+    }
+    async fn head_position(&self) -> Result<Option<LogPosition>> {
+        self.inner.head_position().await
+    }
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.inner.save_snapshot(snapshot).await
+    }
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        self.inner.load_snapshot(stream).await
+    }
+}
+
+fn interfering(times: usize) -> Interfering {
+    Interfering {
+        interferences: AtomicUsize::new(times),
+        ..Interfering::default()
+    }
+}
+
+#[tokio::test]
+async fn a_conflict_without_retries_is_reported_and_writes_nothing() {
+    let repo = Repository::<Counter, _>::new(interfering(1));
+    let err = repo
+        .execute("c", CounterCommand::Add(1), &CommandContext::new())
+        .await
+        .unwrap_err();
+    match err {
+        CommandError::Conflict {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, ExpectedVersion::Exact(0));
+            assert_eq!(actual, 1);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let state = repo.load("c").await.unwrap();
+    assert_eq!(
+        (state.state.total, state.version),
+        (100, 1),
+        "only the intruder"
+    );
+}
+
+#[tokio::test]
+async fn conflicts_are_retried_with_a_fresh_decision() {
+    let repo = Repository::<Counter, _>::new(interfering(2)).with_conflict_retries(2);
+    let done = repo
+        .execute("c", CounterCommand::Add(1), &CommandContext::new())
+        .await
+        .unwrap();
+    assert_eq!(done.version, 3);
+    assert_eq!(done.state.total, 201);
+
+    let repo = Repository::<Counter, _>::new(interfering(3)).with_conflict_retries(2);
+    let err = repo
+        .execute("c", CounterCommand::Add(1), &CommandContext::new())
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "retries are bounded: {err:?}");
+}
+
+#[tokio::test]
+async fn a_stale_cache_is_reloaded_without_losing_the_other_writer() {
+    let store = InMemoryEventStore::new();
+    let cached = Repository::<Counter, _>::new(store.clone()).with_cache(10);
+    let other = Repository::<Counter, _>::new(store.clone());
+    let ctx = CommandContext::new();
+    cached
+        .execute("c", CounterCommand::Add(1), &ctx)
+        .await
+        .unwrap();
+    other
+        .execute("c", CounterCommand::Add(10), &ctx)
+        .await
+        .unwrap();
+    // The cache still says version 1: the append conflicts, the cache is dropped and the
+    // command decided again on the real state, with no retries configured.
+    let done = cached
+        .execute("c", CounterCommand::Add(100), &ctx)
+        .await
+        .unwrap();
+    assert_eq!((done.state.total, done.version), (111, 3));
+    // And the cache now serves the new state.
+    let again = cached
+        .execute("c", CounterCommand::Add(1), &ctx)
+        .await
+        .unwrap();
+    assert_eq!((again.state.total, again.version), (112, 4));
+    let stored = cached.load("c").await.unwrap();
+    assert_eq!((stored.state.total, stored.version), (112, 4));
+}
+
+#[tokio::test]
+async fn a_rejection_or_no_op_on_a_stale_cache_is_decided_again_on_the_stored_state() {
+    let store = InMemoryEventStore::new();
+    let cached = Repository::<Counter, _>::new(store.clone()).with_cache(10);
+    let other = Repository::<Counter, _>::new(store.clone());
+    let ctx = CommandContext::new();
+    cached
+        .execute("c", CounterCommand::Add(1), &ctx)
+        .await
+        .unwrap();
+    cached
+        .execute("c", CounterCommand::Reset, &ctx)
+        .await
+        .unwrap();
+    other
+        .execute("c", CounterCommand::Add(50), &ctx)
+        .await
+        .unwrap();
+    // The cache says total 0 at version 2; the store holds 50 at version 3.
+    let taken = cached
+        .execute("c", CounterCommand::Take(30), &ctx)
+        .await
+        .expect("the stored state allows it");
+    assert_eq!((taken.state.total, taken.version), (20, 4));
+
+    // Now the cache and the store agree on 0 at version 5; another writer adds 7.
+    cached
+        .execute("c", CounterCommand::Take(20), &ctx)
+        .await
+        .unwrap();
+    other
+        .execute("c", CounterCommand::Add(7), &ctx)
+        .await
+        .unwrap();
+    // On the cached 0 a reset is a no-op; on the stored 7 it is not.
+    let reset = cached
+        .execute("c", CounterCommand::Reset, &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        reset.events,
+        [CounterEvent::Reset],
+        "not a no-op on the stored 7"
+    );
+    assert_eq!(cached.load("c").await.unwrap().state.total, 0);
+}
+
+#[tokio::test]
+async fn a_rejected_command_appends_nothing_and_keeps_its_error() {
+    let repo = Repository::<Counter, _>::new(InMemoryEventStore::new());
+    let err = repo
+        .execute("c", CounterCommand::Add(0), &CommandContext::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CommandError::Rejected(annals::testing::CounterError::NotPositive(0))
+    ));
+    assert_eq!(err.to_string(), "amount must be positive, got 0");
+    assert!(!err.is_conflict() && !err.is_transient());
+    assert_eq!(repo.store().head_position().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn metadata_keeps_the_correlation_and_names_the_command() {
+    let repo = Repository::<Counter, _>::new(InMemoryEventStore::new());
+    let correlation = Uuid::now_v7();
+    let ctx = CommandContext::new()
+        .with_correlation_id(correlation)
+        .with_custom("user", json!("ada"));
+    repo.execute("c", CounterCommand::Add(2), &ctx)
+        .await
+        .unwrap();
+    let events: Vec<RecordedEvent> = repo
+        .store()
+        .read_all(LogRead::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    let meta = &events[0].metadata;
+    assert_eq!(meta.correlation_id, Some(correlation));
+    assert_eq!(meta.causation_id, Some(ctx.command_id));
+    assert_eq!(meta.custom["user"], json!("ada"));
+    assert!(meta.occurred_at.is_some());
+}
+
+#[tokio::test]
+async fn decisions_on_two_aggregates_append_atomically() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Counter, _>::new(store.clone());
+    let ctx = CommandContext::new();
+    repo.execute("a", CounterCommand::Add(5), &ctx)
+        .await
+        .unwrap();
+    let a = repo.decide("a", CounterCommand::Reset, &ctx).await.unwrap();
+    let b = repo
+        .decide("b", CounterCommand::Add(5), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(a.state.total, 0);
+    // Another writer moves b first: the whole pair fails.
+    store
+        .append(
+            &b.stream,
+            ExpectedVersion::Any,
+            vec![new_event("Reset", json!({}))],
+        )
+        .await
+        .unwrap();
+    let err = store
+        .append_multi(vec![a.to_append(), b.to_append()])
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict());
+    assert_eq!(repo.load("a").await.unwrap().state.total, 5, "a untouched");
+    let b = repo
+        .decide("b", CounterCommand::Add(5), &ctx)
+        .await
+        .unwrap();
+    let results = store
+        .append_multi(vec![a.to_append(), b.to_append()])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(repo.load("a").await.unwrap().state.total, 0);
+    assert_eq!(repo.load("b").await.unwrap().state.total, 5);
+}
