@@ -1,0 +1,6 @@
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize, annals::Aggregate)]
+struct Account {
+    balance: i64,
+}
+
+fn main() {}

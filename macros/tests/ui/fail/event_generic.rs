@@ -1,0 +1,6 @@
+#[derive(annals::DomainEvent)]
+enum Event<T> {
+    Credited { amount: T },
+}
+
+fn main() {}

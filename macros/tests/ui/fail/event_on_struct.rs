@@ -1,0 +1,6 @@
+#[derive(annals::DomainEvent)]
+struct Deposited {
+    amount: i64,
+}
+
+fn main() {}
