@@ -1,0 +1,94 @@
+//! The direct path: a lone call to one stream, made while no call waits for the writers,
+//! runs the single-stream statement ([`crate::single`]) on the caller's own task instead of
+//! handing it to a writer and waiting for the answer (two task hand-offs, a pool checkout and
+//! the pool's release ping per command).
+//!
+//! The statement runs in autocommit mode: it is its own transaction, committed wholly or not
+//! at all, so no transaction can stay open whatever happens to the caller. The connection is
+//! one held aside by the store, detached from the pool: a caller that drops its future
+//! mid-statement drops the connection with it (closing the socket), so a connection left
+//! mid-protocol is never handed to anyone else. Anything the statement cannot decide (a
+//! conflict, a stored event id, an error) goes to the writers, which give the exact answer.
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+
+use annals::{AppendResult, StreamAppend};
+use sqlx::{PgPool, postgres::PgConnection};
+
+use crate::{group::position, single};
+
+/// The connection the direct path uses, when no caller holds it.
+///
+/// There is at most one: while a caller holds it, concurrent callers go to the writers,
+/// whose group commit serves many callers better than one connection each.
+#[derive(Default)]
+pub(crate) struct Direct {
+    idle: Mutex<Option<PgConnection>>,
+    /// Whether the direct connection exists (idle in the slot or held by a caller).
+    exists: AtomicBool,
+}
+
+impl Direct {
+    /// Stores `append` at once, or `None` when the writers must answer (nothing was
+    /// written, or an error left the outcome open: the writers' idempotent retry decides).
+    pub(crate) async fn append(
+        &self,
+        pool: &PgPool,
+        append: &StreamAppend,
+        metadata: &[Option<String>],
+    ) -> Option<AppendResult> {
+        let held = self.idle.lock().ok().and_then(|mut idle| idle.take());
+        let mut conn = match held {
+            Some(conn) => conn,
+            // Another caller holds the direct connection: concurrency is up, let the
+            // writers group this append with the others.
+            None if self.exists.swap(true, Ordering::AcqRel) => return None,
+            // Only an idle pooled connection: never wait here while the writers need one.
+            None => match pool.try_acquire() {
+                Some(pooled) => pooled.detach(),
+                None => {
+                    self.exists.store(false, Ordering::Release);
+                    return None;
+                }
+            },
+        };
+        // Unless the connection goes back to the slot, it is dropped (also when the caller
+        // drops this future mid-statement): then the next caller may open a new one.
+        let mut claim = Claim {
+            exists: &self.exists,
+            kept: false,
+        };
+        let stored = single::append(&mut conn, append, metadata).await;
+        claim.kept = matches!(stored, Ok(_) | Err(sqlx::Error::Database(_)))
+            && self.idle.lock().is_ok_and(|mut idle| {
+                // The connection answered, so it is ready for the next statement.
+                idle.get_or_insert(conn);
+                true
+            });
+        drop(claim);
+        let (version, seq, tx) = stored.ok()??;
+        let (first, last) = (seq.first()?, seq.last()?);
+        Some(AppendResult {
+            stream_version: u64::try_from(version).unwrap_or(0),
+            first_position: position(tx, *first),
+            last_position: position(tx, *last),
+        })
+    }
+}
+
+/// Marks the direct connection gone when it is not put back.
+struct Claim<'a> {
+    exists: &'a AtomicBool,
+    kept: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.exists.store(false, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # Performance
+#![doc = include_str!("../PERFORMANCE.md")]
+
+mod config;
+mod direct;
+mod error;
+mod group;
+mod idempotency;
+mod log;
+mod pages;
+mod read;
+mod single;
+mod store;
+mod stream;
+mod writer;
+
+#[doc(hidden)]
+pub use config::{HookFn, TestHooks};
+pub use config::{MAX_SCHEMA_NAME_BYTES, PgConfig, validate_schema_name};
+pub use error::{Error, Result};
+pub use store::PgEventStore;

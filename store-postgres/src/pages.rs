@@ -1,0 +1,142 @@
+//! The reading pipeline, three stages on their own tasks: a producer fetches keyset pages of
+//! raw rows, starting the next query as soon as a page has arrived; a decoder turns rows into
+//! events; the caller's stream hands them out. The database works on page N+2 while the
+//! decoder handles page N+1 and the caller consumes page N (decoding typed events, say), and
+//! memory holds a handful of pages however long the read.
+
+use annals::RecordedEvent;
+use futures::{
+    StreamExt, future,
+    stream::{self, BoxStream},
+};
+use sqlx::postgres::PgRow;
+use tokio::sync::mpsc;
+
+use crate::{
+    error::backend,
+    read::{Names, decode},
+};
+
+/// How many rows one query streams: several pages, so the per-query cost (a round trip,
+/// planning, an index descent) is paid once per batch, while memory still holds pages only.
+pub(crate) fn batch_rows(page_size: usize) -> usize {
+    page_size
+        .saturating_mul(16)
+        .clamp(page_size, 50_000.max(page_size))
+}
+
+/// How [`send_rows`] ended.
+pub(crate) enum Sent<K> {
+    /// Every row was sent: how many, and the key of the last one.
+    Done { rows: usize, last: Option<K> },
+    /// The reader has gone or an error was sent: stop producing.
+    Stopped,
+}
+
+/// Streams the rows of one query to the decoder in pages of `page_size` rows. The query's
+/// rows are read as the pages are taken, so a slow reader holds the query back (TCP
+/// back-pressure) instead of piling up rows.
+pub(crate) async fn send_rows<K>(
+    mut rows: BoxStream<'_, Result<PgRow, sqlx::Error>>,
+    page_size: usize,
+    key: impl Fn(&PgRow) -> annals::Result<K>,
+    tx: &PageSender,
+) -> Sent<K> {
+    let mut page = Vec::with_capacity(page_size.min(4096));
+    let mut count = 0usize;
+    let mut last = None;
+    loop {
+        let row = rows.next().await;
+        let end = row.is_none();
+        match row {
+            Some(Ok(row)) => {
+                count += 1;
+                page.push(row);
+            }
+            Some(Err(error)) => {
+                let _ = tx.send(Err(backend(error))).await;
+                return Sent::Stopped;
+            }
+            None => {}
+        }
+        if page.len() >= page_size || (end && !page.is_empty()) {
+            match page.last().map(&key) {
+                Some(Ok(k)) => last = Some(k),
+                Some(Err(error)) => {
+                    let _ = tx.send(Err(error)).await;
+                    return Sent::Stopped;
+                }
+                None => {}
+            }
+            if tx.send(Ok(std::mem::take(&mut page))).await.is_err() {
+                return Sent::Stopped;
+            }
+        }
+        if end {
+            return Sent::Done { rows: count, last };
+        }
+    }
+}
+
+/// What a producer sends: a page of rows, or the error that ends the read.
+pub(crate) type Page = annals::Result<Vec<PgRow>>;
+
+/// The sending half a producer gets.
+pub(crate) type PageSender = mpsc::Sender<Page>;
+
+/// A stream of at most `limit` events decoded (with `names`) from the pages `start` produces. `start` runs
+/// on first poll and must spawn the producer; the producer stops when the stream is dropped
+/// (its sends fail, and [`mpsc::Sender::closed`] wakes it while it waits).
+pub(crate) fn events(
+    limit: u64,
+    names: Names,
+    start: impl FnOnce(PageSender) + Send + 'static,
+) -> BoxStream<'static, annals::Result<RecordedEvent>> {
+    if limit == 0 {
+        return stream::empty().boxed();
+    }
+    stream::once(async move {
+        let (rows_tx, rows_rx) = mpsc::channel(1);
+        let (events_tx, events_rx) = mpsc::channel(1);
+        start(rows_tx);
+        tokio::spawn(decoder(rows_rx, events_tx, limit, names));
+        stream::unfold(events_rx, |mut rx| async move {
+            rx.recv().await.map(|page| (page, rx))
+        })
+    })
+    .flatten()
+    // The decoder sends at most `limit` events and ends after an error.
+    .flat_map(|page| match page {
+        Ok(events) => stream::iter(events.into_iter().map(Ok)).left_stream(),
+        Err(error) => stream::once(future::ready(Err(error))).right_stream(),
+    })
+    .boxed()
+}
+
+/// Decodes pages of rows into pages of events, at most `limit` events in all.
+async fn decoder(
+    mut rows: mpsc::Receiver<Page>,
+    events: mpsc::Sender<annals::Result<Vec<RecordedEvent>>>,
+    mut limit: u64,
+    mut names: Names,
+) {
+    while let Some(page) = rows.recv().await {
+        let decoded = page.and_then(|rows| {
+            let n = usize::try_from(limit).map_or(rows.len(), |l| l.min(rows.len()));
+            rows.iter()
+                .take(n)
+                .map(|row| decode(row, &mut names))
+                .collect::<annals::Result<Vec<_>>>()
+        });
+        let stop = match &decoded {
+            Ok(page) => {
+                limit -= page.len() as u64;
+                limit == 0
+            }
+            Err(_) => true,
+        };
+        if events.send(decoded).await.is_err() || stop {
+            return;
+        }
+    }
+}

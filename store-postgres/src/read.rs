@@ -1,0 +1,282 @@
+//! Reading events: row decoding and the page queries of streams and of the global log.
+//!
+//! The global log is read in `(tx, sequence)` order, and only events whose transaction id is
+//! below the oldest transaction still running (`pg_snapshot_xmin(pg_current_snapshot())`):
+//! every transaction that can still commit has an id at or above that horizon, so nothing
+//! can later appear before a position a reader has passed.
+
+use std::collections::HashMap;
+
+use annals::{EventType, Metadata, Payload, RecordedEvent, StreamId};
+use sqlx::{
+    PgPool, Postgres, Row,
+    postgres::{PgArguments, PgRow},
+    query::Query,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    error::{backend, internal},
+    group::position,
+};
+
+macro_rules! columns {
+    () => {
+        "tx, sequence, stream_id, stream_version, event_id, event_type, schema_version, \
+         payload, metadata, recorded_at"
+    };
+}
+
+/// The columns of a stream read: the stream id is the one asked for, so it is not sent.
+macro_rules! stream_columns {
+    () => {
+        "tx, sequence, stream_version, event_id, event_type, schema_version, payload, metadata, \
+         recorded_at"
+    };
+}
+
+const STREAM_FORWARD: &str = concat!(
+    "SELECT ",
+    stream_columns!(),
+    " FROM events WHERE stream_id = $1 AND stream_version >= $2 \
+     ORDER BY stream_version LIMIT $3"
+);
+
+const STREAM_BACKWARD: &str = concat!(
+    "SELECT ",
+    stream_columns!(),
+    " FROM events WHERE stream_id = $1 AND stream_version <= $2 \
+     ORDER BY stream_version DESC LIMIT $3"
+);
+
+const LOG_PAGE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE (tx, sequence) > ($1, $2) \
+     AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+     ORDER BY tx, sequence LIMIT $3"
+);
+
+/// After a short page: are there events after the checkpoint, committed by transactions
+/// below `$3` (or the current snapshot's xmax), that the horizon still hides? And is any of
+/// them visible now?
+const PENDING: &str = "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, \
+    coalesce($3, pg_snapshot_xmax(pg_current_snapshot())::text::bigint) AS goal) \
+    SELECT h.goal, \
+      EXISTS (SELECT 1 FROM events e WHERE (e.tx, e.sequence) > ($1, $2) AND e.tx < h.goal), \
+      EXISTS (SELECT 1 FROM events e WHERE (e.tx, e.sequence) > ($1, $2) \
+        AND e.tx < h.xmin AND e.tx < h.goal) \
+    FROM h";
+
+/// The last visible event, and whether committed events wait behind the horizon.
+const HEAD: &str = "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, \
+    coalesce($1, pg_snapshot_xmax(pg_current_snapshot())::text::bigint) AS goal) \
+    SELECT h.goal, last.tx, last.sequence, \
+      EXISTS (SELECT 1 FROM events e WHERE e.tx >= h.xmin AND e.tx < h.goal) \
+    FROM h LEFT JOIN LATERAL (SELECT tx, sequence FROM events \
+      WHERE tx < h.xmin ORDER BY tx DESC, sequence DESC LIMIT 1) AS last ON true";
+
+/// Caches names seen in earlier rows, so a page of one stream builds its id once.
+#[derive(Default)]
+pub(crate) struct Names {
+    stream: Option<StreamId>,
+    /// Rows of [`stream_columns!`], all of `stream`.
+    known_stream: bool,
+    last_type: Option<EventType>,
+    types: HashMap<String, EventType>,
+}
+
+impl Names {
+    /// For the rows of a stream read ([`stream_columns!`]): every row is of `stream`.
+    pub(crate) fn of_stream(stream: StreamId) -> Self {
+        Self {
+            stream: Some(stream),
+            known_stream: true,
+            ..Self::default()
+        }
+    }
+
+    fn stream(&mut self, name: &str) -> annals::Result<StreamId> {
+        match &self.stream {
+            Some(id) if id.as_str() == name => Ok(id.clone()),
+            _ => {
+                let id = StreamId::new(name)?;
+                self.stream = Some(id.clone());
+                Ok(id)
+            }
+        }
+    }
+
+    fn event_type(&mut self, name: &str) -> annals::Result<EventType> {
+        // Runs of one type are the common case: compare before hashing.
+        if let Some(t) = self.last_type.as_ref().filter(|t| t.as_str() == name) {
+            return Ok(t.clone());
+        }
+        if let Some(t) = self.types.get(name) {
+            self.last_type = Some(t.clone());
+            return Ok(t.clone());
+        }
+        let t = EventType::new(name)?;
+        if self.types.len() < 1024 {
+            self.types.insert(name.to_owned(), t.clone());
+        }
+        self.last_type = Some(t.clone());
+        Ok(t)
+    }
+}
+
+fn unsigned(n: i64) -> annals::Result<u64> {
+    u64::try_from(n).map_err(|_| internal(false, "a stored number is negative"))
+}
+
+/// Decodes a row of [`columns!`], or of [`stream_columns!`] when `names` is
+/// [`Names::of_stream`]. The column types are this store's own schema, so the per-value type
+/// check is skipped (a mismatch still fails to decode, it is not unsafe).
+pub(crate) fn decode(row: &PgRow, names: &mut Names) -> annals::Result<RecordedEvent> {
+    let tx: i64 = row.try_get_unchecked(0).map_err(backend)?;
+    let sequence: i64 = row.try_get_unchecked(1).map_err(backend)?;
+    let (stream_id, c) = match (&names.stream, names.known_stream) {
+        (Some(id), true) => (id.clone(), 3),
+        _ => {
+            let name: &str = row.try_get_unchecked(2).map_err(backend)?;
+            (names.stream(name)?, 4)
+        }
+    };
+    let stream_version: i64 = row.try_get_unchecked(c - 1).map_err(backend)?;
+    let event_id: Uuid = row.try_get_unchecked(c).map_err(backend)?;
+    let event_type: &str = row.try_get_unchecked(c + 1).map_err(backend)?;
+    let schema_version: i32 = row.try_get_unchecked(c + 2).map_err(backend)?;
+    let payload: &str = row.try_get_unchecked(c + 3).map_err(backend)?;
+    let metadata: Option<&str> = row.try_get_unchecked(c + 4).map_err(backend)?;
+    let recorded_at: OffsetDateTime = row.try_get_unchecked(c + 5).map_err(backend)?;
+    Ok(RecordedEvent {
+        position: position(tx, sequence),
+        stream_id,
+        stream_version: unsigned(stream_version)?,
+        event_id,
+        event_type: names.event_type(event_type)?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| internal(false, "a stored schema version is negative"))?,
+        payload: Payload::from_stored(payload.to_owned()),
+        metadata: match metadata {
+            None => Metadata::default(),
+            Some(json) => Metadata::from_json(json)?,
+        },
+        recorded_at,
+    })
+}
+
+pub(crate) fn decode_all(rows: &[PgRow]) -> annals::Result<Vec<RecordedEvent>> {
+    let mut names = Names::default();
+    rows.iter().map(|row| decode(row, &mut names)).collect()
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The query of one batch of a stream, from version `from` (inclusive) in a direction.
+pub(crate) fn stream_query(
+    stream: &str,
+    from: u64,
+    forward: bool,
+    limit: usize,
+) -> Query<'_, Postgres, PgArguments> {
+    let sql = if forward {
+        STREAM_FORWARD
+    } else {
+        STREAM_BACKWARD
+    };
+    sqlx::query(sql)
+        .bind(stream)
+        .bind(to_i64(from))
+        .bind(to_limit(limit))
+}
+
+/// The query of one batch of the global log after `after`, below the horizon.
+pub(crate) fn log_query(
+    after: annals::LogPosition,
+    limit: usize,
+) -> Query<'static, Postgres, PgArguments> {
+    sqlx::query(LOG_PAGE)
+        .bind(to_i64(after.commit))
+        .bind(to_i64(after.sequence))
+        .bind(to_limit(limit))
+}
+
+/// The log position of a row, without decoding the rest.
+pub(crate) fn log_key(row: &PgRow) -> annals::Result<annals::LogPosition> {
+    let tx: i64 = row.try_get_unchecked(0).map_err(backend)?;
+    let sequence: i64 = row.try_get_unchecked(1).map_err(backend)?;
+    Ok(position(tx, sequence))
+}
+
+/// The stream version of a row of [`stream_columns!`], without decoding the rest.
+pub(crate) fn version_key(row: &PgRow) -> annals::Result<u64> {
+    unsigned(row.try_get_unchecked(2).map_err(backend)?)
+}
+
+/// What [`pending`] found beyond a caught-up reader.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pending {
+    /// The transaction id bound: only transactions below it are waited for.
+    pub(crate) goal: i64,
+    /// Events after the checkpoint from transactions below `goal` exist.
+    pub(crate) waiting: bool,
+    /// Some of them are below the horizon now: read again at once.
+    pub(crate) visible: bool,
+}
+
+/// Asks whether a reader caught up at `after` has committed events still to wait for.
+pub(crate) async fn pending(
+    pool: &PgPool,
+    after: annals::LogPosition,
+    goal: Option<i64>,
+) -> annals::Result<Pending> {
+    let (goal, waiting, visible): (i64, bool, bool) = sqlx::query_as(PENDING)
+        .bind(to_i64(after.commit))
+        .bind(to_i64(after.sequence))
+        .bind(goal)
+        .fetch_one(pool)
+        .await
+        .map_err(backend)?;
+    Ok(Pending {
+        goal,
+        waiting,
+        visible,
+    })
+}
+
+/// The last event below the horizon, the goal, and whether committed events below the goal
+/// still wait behind the horizon.
+pub(crate) async fn head(
+    pool: &PgPool,
+    goal: Option<i64>,
+) -> annals::Result<(i64, Option<annals::LogPosition>, bool)> {
+    let (goal, tx, sequence, waiting): (i64, Option<i64>, Option<i64>, bool) = sqlx::query_as(HEAD)
+        .bind(goal)
+        .fetch_one(pool)
+        .await
+        .map_err(backend)?;
+    let last = tx.zip(sequence).map(|(t, s)| position(t, s));
+    Ok((goal, last, waiting))
+}
+
+/// The events whose ids are given, as stored (for idempotent retries).
+pub(crate) async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> annals::Result<Vec<RecordedEvent>> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM events WHERE event_id = ANY ($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+    .map_err(backend)?;
+    decode_all(&rows)
+}

@@ -1,0 +1,297 @@
+//! [`PgEventStore`]: connecting, migrating, and the [`EventStore`] contract.
+
+use std::{sync::Arc, time::Duration};
+
+use annals::{
+    AppendResult, EventStore, Limits, LogPosition, LogRead, RecordedEvent, Snapshot, StreamAppend,
+    StreamId, StreamRead,
+};
+use futures::stream::BoxStream;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Error, PgConfig, Result,
+    config::{TestHooks, validate_schema_name},
+    direct::Direct,
+    error::{backend, internal},
+    idempotency, log, read, stream,
+    writer::{self, Outcome, Request, WriterContext},
+};
+
+/// The embedded migrations (`store-postgres/migrations`), applied by [`PgEventStore::migrate`].
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The PostgreSQL event store: a cheap handle (clone it) over a connection pool and the
+/// group-commit writers.
+///
+/// Everything lives in one schema (see [`PgConfig::with_schema`]); call
+/// [`PgEventStore::migrate`] once after connecting.
+#[derive(Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: String,
+    limits: Limits,
+    channel: Option<String>,
+    poll_interval: Duration,
+    visibility_wait: Duration,
+    stats: log::Stats,
+    writer: mpsc::Sender<Request>,
+    /// Wakes the notifier after a direct append.
+    notify: Option<mpsc::Sender<()>>,
+    /// The direct path, unless test hooks are set (they act on the writers' groups).
+    direct: Option<Direct>,
+    hooks: TestHooks,
+}
+
+impl std::fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("schema", &self.inner.schema)
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgEventStore {
+    /// Connects a pool whose every connection uses the configured schema, and starts the
+    /// group-commit writers on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSchemaName`], [`Error::InvalidUrl`], or [`Error::Connect`] when the
+    /// database cannot be reached.
+    pub async fn connect(config: PgConfig) -> Result<Self> {
+        validate_schema_name(&config.schema)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(0)
+            // No ping round trip before every query: a broken connection fails its call with
+            // a transient error instead, which the caller may retry (appends are idempotent).
+            .test_before_acquire(false)
+            .connect_with(config.connect_options()?)
+            .await
+            .map_err(Error::Connect)?;
+        let channel = config.notify.then(|| config.channel());
+        let notify = channel
+            .clone()
+            .map(|c| writer::spawn_notifier(pool.clone(), c));
+        let direct = (!config.hooks.active()).then(Direct::default);
+        let writer = writer::spawn(
+            WriterContext {
+                pool: pool.clone(),
+                notify: notify.clone(),
+                max_requests: config.max_group_requests,
+                max_events: config.max_group_events,
+                hooks: config.hooks.clone(),
+            },
+            config.writers,
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                schema: config.schema,
+                limits: config.limits,
+                channel,
+                poll_interval: config.poll_interval,
+                visibility_wait: config.visibility_wait,
+                stats: log::Stats::default(),
+                writer,
+                notify,
+                direct,
+                hooks: config.hooks,
+            }),
+        })
+    }
+
+    /// Creates the schema if needed and applies the embedded migrations that are not applied
+    /// yet (their bookkeeping table `_sqlx_migrations` lives in the same schema). Safe to call
+    /// on every start and from several processes at once.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the schema cannot be created, [`Error::Migrate`] when a
+    /// migration fails or an applied one was changed.
+    pub async fn migrate(&self) -> Result<()> {
+        // The validated schema name is the only identifier ever written into SQL text.
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.inner.schema);
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(Error::Connect)?;
+        MIGRATOR.run(&self.inner.pool).await.map_err(Error::Migrate)
+    }
+
+    /// Drops the schema with every event, stream and snapshot in it. For tests and
+    /// benchmarks that made a throwaway schema; the handle is unusable afterwards.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the statement fails.
+    pub async fn drop_schema(&self) -> Result<()> {
+        let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.inner.schema);
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(Error::Connect)?;
+        Ok(())
+    }
+
+    /// The connection pool (its connections use the store's schema).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema this store lives in.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    async fn submit(&self, appends: Vec<StreamAppend>) -> annals::Result<Outcome> {
+        let mut metadata = Vec::new();
+        for event in appends.iter().flat_map(|a| &a.events) {
+            if event.payload.as_str().contains('\0') {
+                return Err(annals::Error::InvalidAppend {
+                    reason: "a payload contains a NUL byte, which PostgreSQL cannot store",
+                });
+            }
+            metadata.push(if event.metadata.is_empty() {
+                None
+            } else {
+                Some(event.metadata.to_json()?)
+            });
+        }
+        if let (Some(direct), [append], true) = (
+            &self.inner.direct,
+            appends.as_slice(),
+            self.inner.writer.capacity() == self.inner.writer.max_capacity(),
+        ) && let Some(result) = direct.append(&self.inner.pool, append, &metadata).await
+        {
+            if let Some(notify) = &self.inner.notify {
+                let _ = notify.try_send(());
+            }
+            if self.inner.hooks.lose_result() {
+                return Err(internal(
+                    true,
+                    "the result of a committed append was lost (test hook)",
+                ));
+            }
+            return Ok(Outcome::Appended(vec![result]));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Request {
+                appends,
+                metadata,
+                reply,
+            })
+            .await
+            .map_err(|_| internal(false, "the store's writers have stopped"))?;
+        answer
+            .await
+            .map_err(|_| internal(true, "a writer stopped before answering"))?
+    }
+}
+
+impl EventStore for PgEventStore {
+    async fn append_multi(&self, appends: Vec<StreamAppend>) -> annals::Result<Vec<AppendResult>> {
+        self.inner.limits.check(&appends)?;
+        match self.submit(appends).await? {
+            Outcome::Appended(results) => Ok(results),
+            Outcome::Duplicate(appends) => idempotency::resolve(&self.inner.pool, &appends).await,
+        }
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &StreamId,
+        read: StreamRead,
+    ) -> BoxStream<'a, annals::Result<RecordedEvent>> {
+        stream::read_stream(self.inner.pool.clone(), stream.clone(), read)
+    }
+
+    fn read_all(&self, read: LogRead) -> BoxStream<'_, annals::Result<RecordedEvent>> {
+        log::read_all(
+            self.inner.pool.clone(),
+            read,
+            self.inner.visibility_wait,
+            self.inner.stats.clone(),
+        )
+    }
+
+    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, annals::Result<RecordedEvent>> {
+        log::subscribe(
+            self.inner.pool.clone(),
+            after,
+            self.inner.channel.clone(),
+            self.inner.poll_interval,
+            self.inner.stats.clone(),
+        )
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> annals::Result<u64> {
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+                .bind(stream.as_str())
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(backend)?;
+        Ok(version.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
+    }
+
+    async fn head_position(&self) -> annals::Result<Option<LogPosition>> {
+        let mut goal = None;
+        let mut waited = Duration::ZERO;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let (g, last, waiting) = read::head(&self.inner.pool, goal).await?;
+            goal = Some(g);
+            if !waiting || waited >= self.inner.visibility_wait {
+                return Ok(last);
+            }
+            tokio::time::sleep(backoff).await;
+            waited += backoff;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> annals::Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_id, stream_version, schema_version, payload, taken_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (stream_id) DO UPDATE SET stream_version = excluded.stream_version, \
+               schema_version = excluded.schema_version, payload = excluded.payload, \
+               taken_at = excluded.taken_at \
+             WHERE snapshots.stream_version <= excluded.stream_version",
+        )
+        .bind(snapshot.stream_id.as_str())
+        .bind(i64::try_from(snapshot.stream_version).unwrap_or(i64::MAX))
+        .bind(i32::try_from(snapshot.schema_version).unwrap_or(i32::MAX))
+        .bind(snapshot.payload.as_str())
+        .bind(snapshot.taken_at)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> annals::Result<Option<Snapshot>> {
+        let row: Option<(i64, i32, String, time::OffsetDateTime)> = sqlx::query_as(
+            "SELECT stream_version, schema_version, payload, taken_at \
+             FROM snapshots WHERE stream_id = $1",
+        )
+        .bind(stream.as_str())
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.map(|(version, schema, payload, taken_at)| Snapshot {
+            stream_id: stream.clone(),
+            stream_version: u64::try_from(version).unwrap_or(0),
+            schema_version: u32::try_from(schema).unwrap_or(0),
+            payload: annals::Payload::from_stored(payload),
+            taken_at,
+        }))
+    }
+}

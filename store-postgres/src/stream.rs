@@ -1,0 +1,47 @@
+//! `read_stream`: keyset pages by stream version through the reading pipeline.
+
+use annals::{Direction, RecordedEvent, StreamId, StreamRead};
+use futures::stream::BoxStream;
+use sqlx::PgPool;
+
+use crate::{
+    pages::{self, PageSender, Sent, batch_rows, send_rows},
+    read::{Names, stream_query, version_key},
+};
+
+pub(crate) fn read_stream(
+    pool: PgPool,
+    stream: StreamId,
+    read: StreamRead,
+) -> BoxStream<'static, annals::Result<RecordedEvent>> {
+    let limit = read.limit.unwrap_or(u64::MAX);
+    pages::events(limit, Names::of_stream(stream.clone()), move |tx| {
+        tokio::spawn(produce(pool, stream, read, limit, tx));
+    })
+}
+
+async fn produce(pool: PgPool, stream: StreamId, read: StreamRead, limit: u64, tx: PageSender) {
+    let forward = read.direction == Direction::Forward;
+    let page_size = read.page_size.max(1);
+    let mut next = Some(if forward { read.from.max(1) } else { read.from });
+    let mut left = limit;
+    while let Some(from) = next.filter(|v| *v > 0 && left > 0) {
+        let batch = batch_rows(page_size);
+        let want = usize::try_from(left).map_or(batch, |l| l.min(batch));
+        let rows = stream_query(stream.as_str(), from, forward, want).fetch(&pool);
+        next = None;
+        match send_rows(rows, page_size, version_key, &tx).await {
+            Sent::Stopped => return,
+            Sent::Done { rows, last } => {
+                left = left.saturating_sub(rows as u64);
+                if let (true, Some(v)) = (rows >= want, last) {
+                    next = if forward {
+                        v.checked_add(1)
+                    } else {
+                        v.checked_sub(1)
+                    };
+                }
+            }
+        }
+    }
+}

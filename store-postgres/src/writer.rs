@@ -1,0 +1,262 @@
+//! Group commit: a few background writers take the append calls queued by every handle of a
+//! store and run as many as fit in one transaction, in one round trip (`append_group`).
+//!
+//! Each call keeps its own result and its own conflict: the database checks the expected
+//! versions of the whole group, call by call, and inserts only the calls that pass. A caller
+//! that drops its future does not stop its call: it is committed wholly or not at all, and
+//! the writer's connection is never left inside a transaction.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
+
+use annals::{AppendResult, Error, StreamAppend};
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::{
+    config::TestHooks,
+    error::sql_state,
+    group::{GroupResult, arrays, call, reply_each},
+    single,
+};
+
+/// One append call, validated, with its metadata already encoded.
+pub(crate) struct Request {
+    pub(crate) appends: Vec<StreamAppend>,
+    /// Per event, in order: the metadata JSON, `None` when empty.
+    pub(crate) metadata: Vec<Option<String>>,
+    pub(crate) reply: oneshot::Sender<annals::Result<Outcome>>,
+}
+
+/// What the writer made of one call.
+pub(crate) enum Outcome {
+    /// Stored now.
+    Appended(Vec<AppendResult>),
+    /// Some event id was stored already; the caller compares the stored events.
+    Duplicate(Vec<StreamAppend>),
+}
+
+/// What every writer shares.
+pub(crate) struct WriterContext {
+    pub(crate) pool: PgPool,
+    /// Wakes the notifier after a commit that stored events; a full channel already holds a
+    /// wake-up, so notifications coalesce under load.
+    pub(crate) notify: Option<mpsc::Sender<()>>,
+    pub(crate) max_requests: usize,
+    pub(crate) max_events: usize,
+    pub(crate) hooks: TestHooks,
+}
+
+/// Starts `writers` writer tasks that serve the returned queue until every sender is dropped.
+pub(crate) fn spawn(context: WriterContext, writers: usize) -> mpsc::Sender<Request> {
+    let (tx, rx) = mpsc::channel(4 * context.max_requests.max(64));
+    let rx = Arc::new(Mutex::new(rx));
+    let context = Arc::new(context);
+    for _ in 0..writers {
+        tokio::spawn(run(rx.clone(), context.clone()));
+    }
+    tx
+}
+
+/// Sends `NOTIFY channel` after commits, outside the append transactions: a notification
+/// inside them would take PostgreSQL's notify-queue lock until the commit is flushed, which
+/// serialises the commits of all writers. Subscriptions poll too, so a lost one only delays.
+pub(crate) fn spawn_notifier(pool: PgPool, channel: String) -> mpsc::Sender<()> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            let sent = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&channel)
+                .execute(&pool)
+                .await;
+            if let Err(error) = sent {
+                tracing::debug!(%error, "cannot notify subscribers; they will poll");
+            }
+            // At most one notification per 5 ms: commits meanwhile share the next. A
+            // notification per commit would cost the server a transaction per append.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    tx
+}
+
+async fn run(rx: Arc<Mutex<mpsc::Receiver<Request>>>, context: Arc<WriterContext>) {
+    // Calls that shared an event id with an earlier call of a group wait for the next one.
+    let mut deferred: VecDeque<Request> = VecDeque::new();
+    loop {
+        let group = match deferred.pop_front() {
+            // Never wait for the queue while deferred calls are ready: the other writer may
+            // hold it, waiting for new calls that might never come.
+            Some(first) => match rx.try_lock() {
+                Ok(mut rx) => gather(first, Some(&mut rx), &mut deferred, &context),
+                Err(_) => gather(first, None, &mut deferred, &context),
+            },
+            None => {
+                let mut rx = rx.lock().await;
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
+                // Callers just answered by the last group are about to send their next call:
+                // let them run once, so they join this group instead of the one after.
+                tokio::task::yield_now().await;
+                gather(first, Some(&mut rx), &mut deferred, &context)
+            }
+        };
+        if !group.is_empty() {
+            execute(group, &context).await;
+        }
+    }
+}
+
+/// Builds one group: `first`, then whatever is queued, within the limits. A call whose
+/// caller has gone before it started is dropped unstored.
+fn gather(
+    first: Request,
+    mut rx: Option<&mut mpsc::Receiver<Request>>,
+    deferred: &mut VecDeque<Request>,
+    context: &WriterContext,
+) -> Vec<Request> {
+    let mut group = Vec::new();
+    let mut ids: HashSet<Uuid> = HashSet::new();
+    let mut events = 0usize;
+    let mut next = Some(first);
+    while let Some(request) = next.take() {
+        if !request.reply.is_closed() {
+            let count: usize = request.appends.iter().map(|a| a.events.len()).sum();
+            if let [only] = group.as_slice() {
+                // A second call joins: from now on ids are compared.
+                ids.extend(event_ids(only));
+            }
+            if group.is_empty() {
+                events += count;
+                group.push(request);
+            } else if events + count > context.max_events
+                || event_ids(&request).any(|id| ids.contains(&id))
+            {
+                deferred.push_back(request);
+            } else {
+                ids.extend(event_ids(&request));
+                events += count;
+                group.push(request);
+            }
+        }
+        if group.len() < context.max_requests
+            && deferred.len() < context.max_requests
+            && events < context.max_events
+        {
+            next = rx.as_mut().and_then(|rx| rx.try_recv().ok());
+        }
+    }
+    group
+}
+
+fn event_ids(request: &Request) -> impl Iterator<Item = Uuid> + '_ {
+    request
+        .appends
+        .iter()
+        .flat_map(|a| &a.events)
+        .map(|e| e.event_id)
+}
+
+/// How often a group is retried after a unique violation or a serialization failure.
+const ATTEMPTS: usize = 6;
+
+/// The fast path for a group of one call to one stream; `None` when `append_group` must
+/// answer instead (a conflict, a stored id, a test hook).
+async fn execute_single(group: &[Request], context: &WriterContext) -> Single {
+    let ([request], false) = (group, context.hooks.active()) else {
+        return Single::NotTried;
+    };
+    let [append] = request.appends.as_slice() else {
+        return Single::NotTried;
+    };
+    match single::append(&context.pool, append, &request.metadata).await {
+        Ok(Some((version, seq, tx))) => Single::Stored(GroupResult {
+            status: vec![0],
+            version: vec![version],
+            seq,
+            tx,
+        }),
+        // A conflict, a duplicate id or a lost race: nothing was written.
+        Ok(None) | Err(_) => Single::Undecided,
+    }
+}
+
+/// What the fast path did.
+enum Single {
+    NotTried,
+    Stored(GroupResult),
+    Undecided,
+}
+
+async fn execute(group: Vec<Request>, context: &WriterContext) {
+    // After the fast path could not decide, look for stored ids at once.
+    let mut check_dups = match execute_single(&group, context).await {
+        Single::Stored(result) => {
+            if let Some(notify) = &context.notify {
+                let _ = notify.try_send(());
+            }
+            reply_each(group, result, context);
+            return;
+        }
+        Single::Undecided => true,
+        Single::NotTried => false,
+    };
+    let a = arrays(&group);
+    let mut attempt = 0;
+    let result = loop {
+        attempt += 1;
+        match call(&a, check_dups, context).await {
+            Ok(result) => break Ok(result),
+            Err(error) => {
+                // An event id or a new stream that another transaction stored meanwhile, or a
+                // serialization failure: nothing was written; try again, looking for stored ids.
+                let retry = matches!(
+                    sql_state(&error).as_deref(),
+                    Some("23505" | "40001" | "40P01")
+                );
+                if retry && attempt < ATTEMPTS {
+                    check_dups = true;
+                    continue;
+                }
+                break Err(error);
+            }
+        }
+    };
+    drop(a);
+    match result {
+        Ok(result) => {
+            if let (Some(notify), false) = (&context.notify, result.seq.is_empty()) {
+                let _ = notify.try_send(());
+            }
+            reply_each(group, result, context);
+        }
+        Err(error) => {
+            let transient = crate::error::is_transient(&error);
+            let error = Arc::new(error);
+            for request in group {
+                let shared = SharedError(error.clone());
+                let _ = request.reply.send(Err(Error::backend(transient, shared)));
+            }
+        }
+    }
+}
+
+/// One sqlx error reported to every call of a failed group.
+#[derive(Debug, Clone)]
+struct SharedError(Arc<sqlx::Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}

@@ -1,0 +1,246 @@
+//! Tests that try hard to make the global log skip: a transaction held open while later ones
+//! commit, and many writers with random in-transaction delays and rollbacks read by readers
+//! with different page sizes that checkpoint and resume.
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use annals::{
+    Error, EventStore, ExpectedVersion, LogPosition, LogRead, RecordedEvent, StreamId,
+    testing::new_event,
+};
+use annals_postgres::{PgConfig, PgEventStore, TestHooks};
+use futures::{TryStreamExt, future::join_all};
+use rand::Rng;
+use serde_json::json;
+use uuid::Uuid;
+
+fn sid(s: &str) -> StreamId {
+    StreamId::new(s).unwrap()
+}
+
+async fn read_after(store: &PgEventStore, after: LogPosition, page: usize) -> Vec<RecordedEvent> {
+    store
+        .read_all(LogRead::after(after).with_page_size(page))
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+async fn connect_to(
+    schema: &str,
+    hooks: TestHooks,
+    configure: fn(PgConfig) -> PgConfig,
+) -> PgEventStore {
+    let config = PgConfig::new(common::database_url())
+        .with_schema(schema)
+        .with_max_connections(3)
+        .with_writers(1)
+        .with_test_hooks(hooks);
+    PgEventStore::connect(configure(config)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_held_open_hides_later_commits_until_it_ends() {
+    let Some(base) = common::try_store(common::config()).await else {
+        return;
+    };
+    let schema = base.schema().to_owned();
+    base.append(
+        &sid("before"),
+        ExpectedVersion::Any,
+        vec![new_event("Noted", json!({}))],
+    )
+    .await
+    .unwrap();
+    let hold = TestHooks {
+        in_transaction_delay: Some(Arc::new(|| Duration::from_millis(1500))),
+        ..TestHooks::default()
+    };
+    let slow = connect_to(&schema, hold, |c| c).await;
+    // A reader that never waits: it shows exactly what is safe at each moment.
+    let reader = connect_to(&schema, TestHooks::default(), |c| {
+        c.with_visibility_wait(Duration::ZERO)
+    })
+    .await;
+    // Read by a store that waits for the horizon: other tests' transactions may hold it.
+    let checkpoint = read_after(&base, LogPosition::START, 7).await;
+    assert_eq!(checkpoint.len(), 1);
+    let checkpoint = checkpoint[0].position;
+
+    let slow_event = new_event("Slow", json!({}));
+    let slow_id = slow_event.event_id;
+    let slow_append = tokio::spawn(async move {
+        slow.append(&sid("slow"), ExpectedVersion::Any, vec![slow_event])
+            .await
+            .unwrap()
+    });
+    // Wait until the slow transaction has inserted and sleeps before its commit.
+    loop {
+        let sleeping: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE l.relation = 'events'::regclass AND l.mode = 'RowExclusiveLock' \
+             AND a.wait_event = 'PgSleep')",
+        )
+        .fetch_one(base.pool())
+        .await
+        .unwrap();
+        if sleeping {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut fast_ids = Vec::new();
+    for i in 0..5 {
+        let e = new_event("Fast", json!({ "i": i }));
+        fast_ids.push(e.event_id);
+        base.append(&sid("fast"), ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    // Committed, yet hidden: the open transaction could still commit before them.
+    assert!(read_after(&reader, checkpoint, 1).await.is_empty());
+    assert_eq!(reader.head_position().await.unwrap(), Some(checkpoint));
+
+    // A reader that waits (the default) holds on until the older transaction ends, then
+    // returns everything committed before it started, in log order.
+    let waiting = tokio::spawn({
+        let base = base.clone();
+        async move { read_after(&base, checkpoint, 500).await }
+    });
+    let slow_result = slow_append.await.unwrap();
+    let waited: Vec<Uuid> = waiting.await.unwrap().iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        waited.len(),
+        6,
+        "the waiting read missed events: {waited:?}"
+    );
+    assert_eq!(waited[0], slow_id);
+    let rest = read_after(&base, checkpoint, 2).await;
+    let ids: Vec<Uuid> = rest.iter().map(|e| e.event_id).collect();
+    let mut expected = vec![slow_id];
+    expected.extend(&fast_ids);
+    assert_eq!(
+        ids, expected,
+        "the slow event first: its transaction began first"
+    );
+    assert_eq!(rest[0].position, slow_result.first_position);
+    assert!(rest.windows(2).all(|w| w[0].position < w[1].position));
+    // A reader with the default wait sees everything committed, without a gap.
+    let all = read_after(&base, LogPosition::START, 500).await;
+    assert_eq!(all.len(), 7);
+    base.drop_schema().await.unwrap();
+}
+
+/// What one writer stored: ids of committed events.
+async fn writer(store: PgEventStore, w: usize, rounds: usize) -> Vec<Uuid> {
+    let mut stored = Vec::new();
+    for round in 0..rounds {
+        let (stream, expected) = {
+            let mut rng = rand::rng();
+            let shared = rng.random_bool(0.3);
+            let stream = if shared {
+                sid(&format!("shared-{}", rng.random_range(0..3)))
+            } else {
+                sid(&format!("own-{w}"))
+            };
+            // Stale expectations on shared streams make some appends conflict.
+            let expected = if shared {
+                ExpectedVersion::Exact(rng.random_range(0..4))
+            } else {
+                ExpectedVersion::Any
+            };
+            (stream, expected)
+        };
+        let n = 1 + round % 3;
+        let batch: Vec<_> = (0..n)
+            .map(|i| new_event("Noted", json!({ "w": w, "round": round, "i": i })))
+            .collect();
+        let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+        match store.append(&stream, expected, batch).await {
+            Ok(_) => stored.extend(ids),
+            Err(Error::Conflict { .. }) => {}
+            // A rolled-back transaction (the failure hook).
+            Err(Error::Backend { .. }) => {}
+            Err(other) => panic!("writer {w}: {other}"),
+        }
+    }
+    stored
+}
+
+/// A reader that checkpoints after every read and resumes from the checkpoint, until it has
+/// as many events as the writers committed (known once they are done).
+async fn reader(store: PgEventStore, page: usize, target: Arc<AtomicUsize>) -> Vec<RecordedEvent> {
+    let mut seen = Vec::new();
+    let mut checkpoint = LogPosition::START;
+    while seen.len() < target.load(Ordering::SeqCst) {
+        let batch = read_after(&store, checkpoint, page).await;
+        if let Some(last) = batch.last() {
+            checkpoint = last.position;
+        }
+        if batch.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen.extend(batch);
+    }
+    // Nothing more may come: one more read after the end finds nothing.
+    seen.extend(read_after(&store, checkpoint, page).await);
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_with_random_delays_and_rollbacks_never_make_readers_skip() {
+    let Some(base) = common::try_store(common::config()).await else {
+        return;
+    };
+    let schema = base.schema().to_owned();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let hooks = TestHooks {
+            in_transaction_delay: Some(Arc::new(|| {
+                Duration::from_millis(rand::rng().random_range(0..25))
+            })),
+            fail_after_insert: Some(Arc::new(|| rand::rng().random_bool(0.1))),
+            ..TestHooks::default()
+        };
+        let store = connect_to(&schema, hooks, |c| c).await;
+        writers.push(tokio::spawn(writer(store, w, 25)));
+    }
+    let target = Arc::new(AtomicUsize::new(usize::MAX));
+    let mut readers = Vec::new();
+    for page in [1, 7, 500] {
+        // Readers never wait: they only ever see the safe prefix, and must still not skip.
+        let store = connect_to(&schema, TestHooks::default(), |c| {
+            c.with_visibility_wait(Duration::ZERO)
+        })
+        .await;
+        readers.push(tokio::spawn(reader(store, page, target.clone())));
+    }
+    let committed: HashSet<Uuid> = join_all(writers)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    target.store(committed.len(), Ordering::SeqCst);
+    let finals = read_after(&base, LogPosition::START, 1000).await;
+    let final_ids: Vec<Uuid> = finals.iter().map(|e| e.event_id).collect();
+    assert_eq!(final_ids.iter().copied().collect::<HashSet<_>>(), committed);
+    assert_eq!(final_ids.len(), committed.len(), "each event once");
+    assert!(!committed.is_empty());
+    let readers = tokio::time::timeout(Duration::from_secs(60), join_all(readers))
+        .await
+        .expect("readers catch up: rolled-back appends never stall them");
+    for (page, r) in [1, 7, 500].into_iter().zip(readers) {
+        let seen: Vec<Uuid> = r.unwrap().iter().map(|e| e.event_id).collect();
+        assert_eq!(seen, final_ids, "reader with page size {page}");
+    }
+    base.drop_schema().await.unwrap();
+}
