@@ -1,0 +1,139 @@
+//! Settings of a runner and of each projection.
+
+use std::time::Duration;
+
+use crate::{Backoff, FailurePolicy, Generation, ProgressDisplay};
+
+/// Settings of one projection in a runner.
+#[derive(Debug, Clone)]
+pub struct ProjectionConfig {
+    /// What to do with a failing event.
+    pub policy: FailurePolicy,
+    /// The most events handed to the read model in one write (catch-up and rebuild batches
+    /// are this big; live batches are whatever has arrived, up to it).
+    pub batch_size: usize,
+    /// Events fetched per round trip while catching up.
+    pub page_size: usize,
+    /// How a rebuild shows its progress.
+    pub progress: ProgressDisplay,
+}
+
+impl Default for ProjectionConfig {
+    fn default() -> Self {
+        Self {
+            policy: FailurePolicy::Stop,
+            batch_size: 5_000,
+            page_size: 5_000,
+            progress: ProgressDisplay::Auto,
+        }
+    }
+}
+
+impl ProjectionConfig {
+    /// The defaults: stop on failure, batches of 5,000 events.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the failure policy.
+    pub fn with_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets the largest batch (at least 1).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Sets the catch-up page size (at least 1).
+    pub fn with_page_size(mut self, page_size: usize) -> Self {
+        self.page_size = page_size.max(1);
+        self
+    }
+
+    /// Sets how rebuild progress is shown.
+    pub fn with_progress(mut self, progress: ProgressDisplay) -> Self {
+        self.progress = progress;
+        self
+    }
+}
+
+/// Settings of a [`ProjectionRunner`](crate::ProjectionRunner).
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// How long an ownership lease lasts without renewal (renewed every quarter of it). A
+    /// dead owner's projections are taken over within about this long.
+    pub lease_ttl: Duration,
+    /// How often a runner tries to take a lease that another runner holds.
+    pub lease_poll: Duration,
+    /// Waits between retries after transient failures (Redis or the store down).
+    pub backoff: Backoff,
+    /// How long a shutdown waits for workers to commit what they hold.
+    pub shutdown_grace: Duration,
+    /// How long a replaced generation is kept after a switch before it is dropped, so
+    /// readers that resolved it just before the switch can finish their reads.
+    pub retire_grace: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(5),
+            lease_poll: Duration::from_millis(500),
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+            shutdown_grace: Duration::from_secs(10),
+            retire_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RunnerConfig {
+    /// The defaults: 5 s leases polled every 500 ms, backoff from 100 ms to 10 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the lease ttl.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl.max(Duration::from_millis(20));
+        self
+    }
+
+    /// Sets the lease poll interval.
+    pub fn with_lease_poll(mut self, poll: Duration) -> Self {
+        self.lease_poll = poll;
+        self
+    }
+
+    /// Sets the retry backoff.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Sets how long a replaced generation stays readable after a switch.
+    pub fn with_retire_grace(mut self, grace: Duration) -> Self {
+        self.retire_grace = grace;
+        self
+    }
+
+    /// Sets the shutdown grace period.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+}
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebuildReport {
+    /// The generation that now serves.
+    pub generation: Generation,
+    /// The last sequence number it read (the events it went through, in stores without
+    /// holes in their sequences).
+    pub events: u64,
+    /// From the start (or resumption) of the build to the switch.
+    pub elapsed: Duration,
+}

@@ -1,0 +1,90 @@
+//! Calling a projection's handler under its failure policy, panics included.
+
+use std::panic::AssertUnwindSafe;
+
+use annals::RecordedEvent;
+
+use crate::{FailurePolicy, Projection, ProjectionState, ReadModel, WriteBatch, worker::Shared};
+
+/// What the policy decided for an event whose handler failed.
+pub(crate) enum Failure {
+    /// Park it, with the last error and the number of tries.
+    Park(String, u32),
+    /// Stop the projection at it.
+    Stop(String),
+}
+
+/// Calls the handler under the failure policy.
+pub(crate) async fn call<P: Projection, S>(
+    shared: &Shared<P, S>,
+    event: &RecordedEvent,
+    batch: &mut <P::Model as ReadModel>::Batch,
+) -> Result<(), Failure> {
+    let mut policy = &shared.config.policy;
+    let mut attempt = 0u32;
+    loop {
+        let savepoint = batch.savepoint();
+        let projection = &shared.projection;
+        let outcome =
+            std::panic::catch_unwind(AssertUnwindSafe(|| projection.handle(event, batch)));
+        let error = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => error_chain(e.as_ref()),
+            Err(panic) => format!("handler panicked: {}", panic_message(panic.as_ref())),
+        };
+        batch.rollback_to(savepoint);
+        attempt += 1;
+        match policy {
+            FailurePolicy::Stop => return Err(Failure::Stop(error)),
+            FailurePolicy::DeadLetter => return Err(Failure::Park(error, attempt)),
+            FailurePolicy::Retry {
+                attempts,
+                backoff,
+                then,
+            } => {
+                if attempt < *attempts {
+                    let delay = backoff.delay(attempt - 1);
+                    tracing::warn!(projection = projection.name(), position = %event.position, event_type = %event.event_type, attempt, ?delay, error, "handler failed, retrying");
+                    shared.status.send_modify(|s| {
+                        s.state = ProjectionState::Retrying {
+                            attempt,
+                            error: error.clone(),
+                        };
+                    });
+                    tokio::time::sleep(delay).await;
+                } else {
+                    policy = match then.as_ref() {
+                        FailurePolicy::DeadLetter => &FailurePolicy::DeadLetter,
+                        _ => &FailurePolicy::Stop,
+                    };
+                    return Err(match policy {
+                        FailurePolicy::DeadLetter => Failure::Park(error, attempt),
+                        _ => Failure::Stop(error),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// An error and its sources, joined by ": ".
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,141 @@
+//! Rebuild progress: an indicatif bar on a terminal, tracing events otherwise.
+
+use std::{
+    io::IsTerminal,
+    time::{Duration, Instant},
+};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::{Generation, RebuildProgress};
+
+/// Whether a rebuild shows a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProgressDisplay {
+    /// A bar when stderr is a terminal, `tracing` info events (every few seconds) otherwise.
+    #[default]
+    Auto,
+    /// Only `tracing` events.
+    Tracing,
+    /// Nothing but the status.
+    Silent,
+}
+
+/// Tracks one rebuild.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    projection: String,
+    generation: Generation,
+    total: u64,
+    done: u64,
+    started: Instant,
+    window_start: (Instant, u64),
+    rate: f64,
+    last_log: Instant,
+    bar: Option<ProgressBar>,
+    log: bool,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl Progress {
+    pub(crate) fn new(
+        projection: &str,
+        generation: Generation,
+        total: u64,
+        display: ProgressDisplay,
+    ) -> Self {
+        let bar =
+            (display == ProgressDisplay::Auto && std::io::stderr().is_terminal()).then(|| {
+                let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+                if let Ok(style) = ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}",
+                ) {
+                    bar.set_style(style.progress_chars("=> "));
+                }
+                bar.set_message(format!("rebuilding {projection}"));
+                bar
+            });
+        let now = Instant::now();
+        tracing::info!(
+            projection,
+            generation = generation.0,
+            total,
+            "rebuild started"
+        );
+        Self {
+            projection: projection.to_owned(),
+            generation,
+            total,
+            done: 0,
+            started: now,
+            window_start: (now, 0),
+            rate: 0.0,
+            last_log: now,
+            log: display != ProgressDisplay::Silent && bar.is_none(),
+            bar,
+        }
+    }
+
+    /// Records that the rebuild has read up to `done` events.
+    pub(crate) fn advance(&mut self, done: u64) -> RebuildProgress {
+        self.done = done;
+        self.total = self.total.max(done);
+        let now = Instant::now();
+        let window = now.duration_since(self.window_start.0);
+        if window >= Duration::from_millis(500) {
+            let n = done.saturating_sub(self.window_start.1);
+            self.rate = n as f64 / window.as_secs_f64();
+            self.window_start = (now, done);
+        } else if self.rate == 0.0 {
+            let secs = now.duration_since(self.started).as_secs_f64();
+            if secs > 0.0 {
+                self.rate = done as f64 / secs;
+            }
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_length(self.total);
+            bar.set_position(done);
+        }
+        let progress = self.snapshot();
+        if self.log && now.duration_since(self.last_log) >= LOG_EVERY {
+            self.last_log = now;
+            tracing::info!(
+                projection = %self.projection,
+                generation = self.generation.0,
+                done,
+                total = self.total,
+                events_per_second = progress.events_per_second.round(),
+                seconds_left = progress.seconds_left.map(f64::round),
+                "rebuild progress"
+            );
+        }
+        progress
+    }
+
+    pub(crate) fn snapshot(&self) -> RebuildProgress {
+        let left = self.total.saturating_sub(self.done);
+        RebuildProgress {
+            generation: self.generation,
+            events_done: self.done,
+            events_total: self.total,
+            events_per_second: self.rate,
+            seconds_left: (self.rate > 0.0).then(|| left as f64 / self.rate),
+        }
+    }
+
+    pub(crate) fn finish(self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        tracing::info!(
+            projection = %self.projection,
+            generation = self.generation.0,
+            events = self.done,
+            seconds = secs,
+            events_per_second = if secs > 0.0 { (self.done as f64 / secs).round() } else { 0.0 },
+            "rebuild finished"
+        );
+    }
+}

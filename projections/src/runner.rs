@@ -1,0 +1,256 @@
+//! The runner: one task per projection, a handle to watch and steer them.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use annals::{EventStore, LogPosition};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinSet,
+};
+
+use crate::{
+    Error, InMemoryLeases, LeaseStore, Projection, ProjectionConfig, ProjectionState,
+    ProjectionStatus, ReadModel, RebuildReport, Result, RunnerConfig,
+    projection::check_name,
+    supervisor::{Command, Supervisor},
+    worker::Shared,
+};
+
+/// Runs projections: each in its own task, owning it through a lease, catching up, following
+/// the log live, retrying transient failures, rebuilding on request.
+///
+/// Dropping the runner aborts every task at whatever point it is, exactly like a crash: the
+/// read models stay consistent with their checkpoints, and the next runner resumes from them.
+/// [`ProjectionRunner::shutdown`] stops cleanly instead.
+#[derive(Debug)]
+pub struct ProjectionRunner<S> {
+    store: S,
+    leases: Arc<dyn LeaseStore>,
+    config: Arc<RunnerConfig>,
+    owner: Arc<str>,
+    handles: Mutex<BTreeMap<String, Handle>>,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+#[derive(Debug, Clone)]
+struct Handle {
+    status: watch::Receiver<ProjectionStatus>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
+    /// A runner over `store` in single-process mode ([`InMemoryLeases`]).
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            leases: Arc::new(InMemoryLeases::new()),
+            config: Arc::new(RunnerConfig::default()),
+            owner: uuid::Uuid::new_v4().to_string().into(),
+            handles: Mutex::new(BTreeMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// Takes ownership leases from `leases` (a `PgLeases` to run several processes; share
+    /// one `InMemoryLeases` between runners of one process). Call before adding projections.
+    pub fn with_leases(mut self, leases: impl LeaseStore) -> Self {
+        self.leases = Arc::new(leases);
+        self
+    }
+
+    /// Uses `config`. Call before adding projections.
+    pub fn with_config(mut self, config: RunnerConfig) -> Self {
+        self.config = Arc::new(config);
+        self
+    }
+
+    /// The id this runner uses as lease owner.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Starts running `projection` into `model`. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::ModelMismatch`] when the model was opened for another
+    /// projection, [`Error::DuplicateProjection`], [`Error::NoRuntime`] outside a runtime.
+    pub fn add<P: Projection>(
+        &self,
+        projection: P,
+        model: P::Model,
+        config: ProjectionConfig,
+    ) -> Result<()> {
+        let name = projection.name().to_owned();
+        check_name(&name)?;
+        if model.projection() != name {
+            return Err(Error::ModelMismatch {
+                projection: name,
+                model: model.projection().to_owned(),
+            });
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        if handles.contains_key(&name) {
+            return Err(Error::DuplicateProjection { name });
+        }
+        let (status_tx, status_rx) = watch::channel(ProjectionStatus::new(&name));
+        let (commands_tx, commands_rx) = mpsc::channel(16);
+        let supervisor = Supervisor {
+            shared: Shared {
+                projection: Arc::new(projection),
+                model: Arc::new(model),
+                store: self.store.clone(),
+                config: Arc::new(config),
+                status: status_tx,
+            },
+            leases: self.leases.clone(),
+            runner: self.config.clone(),
+            owner: self.owner.clone(),
+            commands: commands_rx,
+            waiters: Vec::new(),
+            rebuild_requested: false,
+        };
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn_on(supervisor.run(), &runtime);
+        handles.insert(
+            name,
+            Handle {
+                status: status_rx,
+                commands: commands_tx,
+            },
+        );
+        Ok(())
+    }
+
+    fn handle(&self, name: &str) -> Result<Handle> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownProjection {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The status of one projection.
+    pub fn status(&self, name: &str) -> Option<ProjectionStatus> {
+        self.handle(name).ok().map(|h| h.status.borrow().clone())
+    }
+
+    /// The status of every projection, by name.
+    pub fn statuses(&self) -> Vec<ProjectionStatus> {
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        handles
+            .values()
+            .map(|h| h.status.borrow().clone())
+            .collect()
+    }
+
+    /// A receiver that sees every status change of one projection.
+    ///
+    /// # Errors
+    /// [`Error::UnknownProjection`].
+    pub fn watch(&self, name: &str) -> Result<watch::Receiver<ProjectionStatus>> {
+        Ok(self.handle(name)?.status)
+    }
+
+    /// Waits until the generation readers see has processed `position` (read your own
+    /// writes: pass the `last_position` of an append).
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when the projection stops at a failing event first,
+    /// [`Error::Shutdown`] when it shuts down or fails, [`Error::UnknownProjection`].
+    pub async fn wait_for(&self, name: &str, position: LogPosition) -> Result<()> {
+        let mut status = self.handle(name)?.status;
+        loop {
+            {
+                let s = status.borrow_and_update();
+                if s.checkpoint >= Some(position) {
+                    return Ok(());
+                }
+                match &s.state {
+                    ProjectionState::Stopped(reason) => {
+                        return Err(Error::Stopped(reason.clone()));
+                    }
+                    ProjectionState::Failed { .. } | ProjectionState::ShutDown => {
+                        return Err(Error::Shutdown);
+                    }
+                    _ => {}
+                }
+            }
+            status.changed().await.map_err(|_| Error::Shutdown)?;
+        }
+    }
+
+    /// Waits until every projection has processed `position`.
+    ///
+    /// # Errors
+    /// As [`ProjectionRunner::wait_for`], for the first projection that fails.
+    pub async fn wait_for_all(&self, position: LogPosition) -> Result<()> {
+        let names: Vec<String> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for name in names {
+            self.wait_for(&name, position).await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a projection blue/green: builds a new generation from the start of the log
+    /// while the current one keeps serving and following the log, switches readers over
+    /// atomically once the new one has caught up, and drops the old one. Returns after the
+    /// switch. A rebuild interrupted by a crash resumes where its last commit left it.
+    ///
+    /// # Errors
+    /// [`Error::Stopped`] when the rebuild meets a failing event under
+    /// [`FailurePolicy::Stop`](crate::FailurePolicy::Stop), [`Error::Shutdown`],
+    /// [`Error::UnknownProjection`].
+    pub async fn rebuild(&self, name: &str) -> Result<RebuildReport> {
+        let (tx, rx) = oneshot::channel();
+        self.send(name, Command::Rebuild(tx)).await?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Starts a stopped or failed projection again from its checkpoint (after a fix, or to
+    /// try a failing event once more).
+    ///
+    /// # Errors
+    /// [`Error::UnknownProjection`], [`Error::Shutdown`].
+    pub async fn restart(&self, name: &str) -> Result<()> {
+        self.send(name, Command::Restart).await
+    }
+
+    async fn send(&self, name: &str, command: Command) -> Result<()> {
+        self.handle(name)?
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// Stops every projection cleanly: workers commit what they hold, leases are released.
+    pub async fn shutdown(self) {
+        let handles: Vec<Handle> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for handle in handles {
+            let _ = handle.commands.send(Command::Shutdown).await;
+        }
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        while tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,218 @@
+//! The single writer of one tantivy generation: upserts by id, commits with the checkpoint
+//! and fence in the commit payload.
+
+use std::{
+    fs,
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use annals::LogPosition;
+use serde::{Deserialize, Serialize};
+use tantivy::{Index, IndexWriter, Term, directory::MmapDirectory};
+
+use super::{TantivyBatch, batch::Op, model::Inner};
+use crate::{
+    DeadLetter, Durability, Error, Fence, Generation, GenerationWriter, Result,
+    model::{decode_checkpoint, encode_checkpoint},
+};
+
+/// The commit payload: what the generation has processed, and who wrote it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Payload {
+    pub(crate) checkpoint: String,
+    pub(crate) fence: Fence,
+}
+
+pub(crate) fn read_payload(index: &Index) -> Result<Payload> {
+    match index.load_metas()?.payload {
+        None => Ok(Payload::default()),
+        Some(text) => serde_json::from_str(&text).map_err(|_| Error::Corrupt {
+            what: format!("tantivy commit payload {text:?}"),
+        }),
+    }
+}
+
+/// Writes batches into one tantivy generation. Holds the index's writer lock: one writer per
+/// index, whatever the process.
+#[derive(Debug)]
+pub struct TantivyWriter {
+    core: Arc<Mutex<Core>>,
+    schema: tantivy::schema::Schema,
+    id_field: tantivy::schema::Field,
+    commit_interval: std::time::Duration,
+    committed: Option<LogPosition>,
+    pending: Option<LogPosition>,
+    last_commit: Instant,
+}
+
+/// The part that runs on a blocking thread.
+struct Core {
+    inner: Arc<Inner>,
+    generation: Generation,
+    writer: IndexWriter,
+    fence: Fence,
+    letters: Vec<DeadLetter>,
+}
+
+impl TantivyWriter {
+    pub(crate) fn open(inner: Arc<Inner>, generation: Generation, fence: Fence) -> Result<Self> {
+        let dir = inner.generation_dir(generation);
+        fs::create_dir_all(&dir).map_err(Error::Io)?;
+        let directory = MmapDirectory::open(&dir).map_err(|e| Error::Tantivy(e.into()))?;
+        let index = Index::open_or_create(directory, inner.schema.clone())?;
+        let payload = read_payload(&index)?;
+        if payload.fence > fence {
+            return Err(Error::Fenced {
+                projection: inner.projection.clone(),
+                fence,
+                stored: payload.fence,
+            });
+        }
+        let budget = inner.config.memory_budget;
+        let mut writer: IndexWriter = match inner.config.threads {
+            Some(threads) => index.writer_with_num_threads(threads, budget)?,
+            None => index.writer(budget)?,
+        };
+        // Segment files a killed writer left behind, which meta.json does not list.
+        writer.garbage_collect_files().wait()?;
+        if payload.fence < fence {
+            let mut commit = writer.prepare_commit()?;
+            let claimed = Payload {
+                checkpoint: payload.checkpoint.clone(),
+                fence,
+            };
+            commit.set_payload(&serde_json::to_string(&claimed).unwrap_or_default());
+            commit.commit()?;
+        }
+        Ok(Self {
+            committed: decode_checkpoint(&payload.checkpoint)?,
+            pending: None,
+            schema: inner.schema.clone(),
+            id_field: inner.id_field,
+            commit_interval: inner.config.commit_interval,
+            last_commit: Instant::now(),
+            core: Arc::new(Mutex::new(Core {
+                inner,
+                generation,
+                writer,
+                fence,
+                letters: Vec::new(),
+            })),
+        })
+    }
+
+    /// Runs `apply` on a blocking thread: adding documents can wait on tantivy's indexing
+    /// queue, and a commit waits for segments to be written.
+    async fn run(&mut self, ops: Vec<Op>, commit: Option<LogPosition>) -> Result<()> {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || {
+            core.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .apply(ops, commit)
+        })
+        .await
+        .map_err(|e| Error::WorkerPanicked {
+            projection: String::new(),
+            message: e.to_string(),
+        })??;
+        if let Some(checkpoint) = commit {
+            self.committed = Some(checkpoint);
+            self.pending = None;
+            self.last_commit = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("generation", &self.generation)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Applies a batch's changes to the writer, and commits when `commit` says so.
+    fn apply(&mut self, ops: Vec<Op>, commit: Option<LogPosition>) -> Result<()> {
+        let id_field = self.inner.id_field;
+        for op in ops {
+            match op {
+                Op::Upsert(id, document) => {
+                    self.writer
+                        .delete_term(Term::from_field_text(id_field, &id));
+                    self.writer.add_document(document)?;
+                }
+                Op::Delete(id) => {
+                    self.writer
+                        .delete_term(Term::from_field_text(id_field, &id));
+                }
+                Op::Park(letter) => self.letters.push(letter),
+            }
+        }
+        let Some(checkpoint) = commit else {
+            return Ok(());
+        };
+        if !self.letters.is_empty() {
+            let path = self
+                .inner
+                .generation_dir(self.generation)
+                .join("dead-letters.jsonl");
+            let mut file = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(Error::Io)?;
+            for letter in self.letters.drain(..) {
+                let mut line = serde_json::to_vec(&letter).unwrap_or_default();
+                line.push(b'\n');
+                file.write_all(&line).map_err(Error::Io)?;
+            }
+            file.sync_all().map_err(Error::Io)?;
+        }
+        let payload = Payload {
+            checkpoint: encode_checkpoint(Some(checkpoint)),
+            fence: self.fence,
+        };
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(&serde_json::to_string(&payload).unwrap_or_default());
+        prepared.commit()?;
+        self.inner.reload(self.generation)
+    }
+}
+
+impl GenerationWriter for TantivyWriter {
+    type Batch = TantivyBatch;
+
+    fn checkpoint(&self) -> Option<LogPosition> {
+        self.committed
+    }
+
+    fn batch(&self) -> TantivyBatch {
+        TantivyBatch::new(self.schema.clone(), self.id_field)
+    }
+
+    async fn write(
+        &mut self,
+        batch: TantivyBatch,
+        through: LogPosition,
+        durability: Durability,
+    ) -> Result<Option<LogPosition>> {
+        self.pending = Some(through);
+        let due =
+            durability == Durability::Now || self.last_commit.elapsed() >= self.commit_interval;
+        let commit = due.then_some(through);
+        self.run(batch.ops, commit).await?;
+        Ok(commit)
+    }
+
+    async fn flush(&mut self) -> Result<Option<LogPosition>> {
+        if let Some(pending) = self.pending {
+            self.run(Vec::new(), Some(pending)).await?;
+        }
+        Ok(self.committed)
+    }
+}
