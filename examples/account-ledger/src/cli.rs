@@ -1,0 +1,266 @@
+//! The `ledger` command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{backends::Backend, money::Currency};
+
+/// An account ledger on the Annals event store.
+///
+/// With DATABASE_URL and REDIS_URL set it uses PostgreSQL and Redis; with neither it keeps
+/// everything in a data directory (SQLite store, tantivy index, in-process read models).
+#[derive(Debug, Parser)]
+#[command(name = "ledger", version)]
+pub struct Cli {
+    /// The data directory of the embedded mode (the search index lives here in both modes).
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGER_DATA_DIR",
+        default_value = "./.annals-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Where events and read models live.
+    #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// PostgreSQL URL for the event store (server mode).
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Redis URL for the read models (server mode).
+    #[arg(long, global = true, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// PostgreSQL schema of the event store (server mode).
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGER_PG_SCHEMA",
+        default_value = "ledger"
+    )]
+    pub pg_schema: String,
+    /// Prefix of every Redis key (server mode).
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGER_REDIS_PREFIX",
+        default_value = "ledger"
+    )]
+    pub redis_prefix: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// PostgreSQL + Redis when DATABASE_URL and REDIS_URL are both set, else embedded.
+    Auto,
+    /// The data directory, whatever the environment says.
+    Embedded,
+    /// PostgreSQL + Redis; both URLs are required.
+    Server,
+}
+
+/// Which read model to rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Rebuild {
+    /// Balances, recent transactions, rankings and totals.
+    Balances,
+    /// The full-text search index.
+    Search,
+}
+
+/// An account id: letters, digits, `-`, `_` and `.`, at most 64 characters.
+fn account_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "bad account id {s:?}: use up to 64 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open an account: `ledger open alice "Alice Martin" EUR`.
+    Open {
+        /// The new account's id.
+        #[arg(value_parser = account_id)]
+        account: String,
+        /// Who holds it.
+        owner: String,
+        /// Its currency (three letters).
+        currency: Currency,
+    },
+    /// Deposit money from outside: `ledger deposit alice 120.00 --from "ACME payroll"`.
+    Deposit {
+        /// The account.
+        #[arg(value_parser = account_id)]
+        account: String,
+        /// The amount, like 12.50.
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        /// The amount's currency (defaults to the account's; must match it).
+        #[arg(long)]
+        currency: Option<Currency>,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        memo: String,
+        /// Who pays.
+        #[arg(long = "from", default_value = "")]
+        counterparty: String,
+    },
+    /// Withdraw money.
+    Withdraw {
+        /// The account.
+        #[arg(value_parser = account_id)]
+        account: String,
+        /// The amount, like 12.50.
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        /// The amount's currency (defaults to the account's; must match it).
+        #[arg(long)]
+        currency: Option<Currency>,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        memo: String,
+    },
+    /// Move money between two accounts, atomically.
+    Transfer {
+        /// The debited account.
+        #[arg(value_parser = account_id)]
+        from: String,
+        /// The credited account.
+        #[arg(value_parser = account_id)]
+        to: String,
+        /// The amount, like 12.50.
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        /// The amount's currency (defaults to the accounts'; must match both).
+        #[arg(long)]
+        currency: Option<Currency>,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        memo: String,
+    },
+    /// Pay out to an outside bank (a saga: reversed if the bank refuses).
+    Payout {
+        /// The debited account.
+        #[arg(value_parser = account_id)]
+        account: String,
+        /// The amount, like 12.50.
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        /// The beneficiary's bank account.
+        #[arg(long)]
+        to: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        memo: String,
+        /// Make the simulated bank refuse, to see the compensation.
+        #[arg(long)]
+        bank_fails: bool,
+    },
+    /// Freeze an account: no money moves in or out.
+    Freeze {
+        /// The account.
+        #[arg(value_parser = account_id)]
+        account: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Close an account (its balance must be zero).
+    Close {
+        /// The account.
+        #[arg(value_parser = account_id)]
+        account: String,
+    },
+    /// An account's balance and status.
+    Balance {
+        /// The account.
+        #[arg(value_parser = account_id)]
+        account: String,
+    },
+    /// An account's 50 most recent transactions.
+    History {
+        /// The account.
+        #[arg(value_parser = account_id)]
+        account: String,
+    },
+    /// The N accounts with the highest balance, per currency, with each currency's total.
+    Top {
+        /// How many.
+        #[arg(default_value_t = 10)]
+        n: usize,
+    },
+    /// Full-text search over transactions (memo, owner, counterparty).
+    Search {
+        /// The query (tantivy syntax: words, "phrases", owner:alice, AND/OR); "*" for all.
+        query: String,
+        /// Only this account.
+        #[arg(long, value_parser = account_id)]
+        account: Option<String>,
+        /// Smallest amount, like 10.00.
+        #[arg(long)]
+        min: Option<String>,
+        /// Largest amount.
+        #[arg(long)]
+        max: Option<String>,
+        /// Most hits shown.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Rebuild a read model from the store beside the live one, then switch (blue/green).
+    Rebuild {
+        /// Which one.
+        #[arg(value_enum)]
+        model: Rebuild,
+    },
+    /// Each read model's position and how far it is behind the store.
+    Status,
+    /// Generate random but plausible activity, for load.
+    Seed {
+        /// Accounts to open.
+        #[arg(long, default_value_t = 100)]
+        accounts: usize,
+        /// Money movements to record.
+        #[arg(long, default_value_t = 1_000)]
+        events: usize,
+        /// Random seed, for repeatable data.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+    /// Seed a little data in a fresh directory, run a few commands and queries, print them.
+    Demo,
+}
+
+/// Parses the arguments, runs the command, and prints any error as a person-readable line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(Backend::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", crate::app::report(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}

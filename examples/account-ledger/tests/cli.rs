@@ -1,0 +1,334 @@
+//! End-to-end: the built `ledger` binary, one process per command as a person would run it,
+//! against the embedded default (a temp data directory) and against PostgreSQL + Redis (own
+//! schema and key prefix per test). A test that needs a service panics when it is
+//! unreachable and `CI` is set; otherwise it prints a notice and returns.
+
+use std::{
+    net::{TcpStream, ToSocketAddrs},
+    path::Path,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use tempfile::TempDir;
+
+struct Ledger {
+    dir: TempDir,
+    server: Option<Server>,
+}
+
+#[derive(Clone)]
+struct Server {
+    database_url: String,
+    redis_url: String,
+    schema: String,
+    prefix: String,
+}
+
+impl Ledger {
+    fn embedded() -> Self {
+        Self {
+            dir: TempDir::new().unwrap(),
+            server: None,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ledger"));
+        cmd.arg("--data-dir").arg(self.dir.path()).args(args);
+        cmd.env_remove("LEDGER_DATA_DIR");
+        match &self.server {
+            None => {
+                cmd.env_remove("DATABASE_URL").env_remove("REDIS_URL");
+            }
+            Some(s) => {
+                cmd.env("DATABASE_URL", &s.database_url)
+                    .env("REDIS_URL", &s.redis_url)
+                    .env("LEDGER_PG_SCHEMA", &s.schema)
+                    .env("LEDGER_REDIS_PREFIX", &s.prefix);
+            }
+        }
+        cmd.output().unwrap()
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "ledger {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        stdout
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "ledger {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr
+    }
+
+    fn head(&self) -> String {
+        let status = self.ok(&["status"]);
+        status
+            .lines()
+            .find(|l| l.starts_with("store head"))
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// The scenario every backend runs: open, deposit, refusals that store nothing, transfer,
+/// balances, search, seed, rebuild, and the same answers after the rebuild.
+fn scenario(ledger: &Ledger) {
+    ledger.ok(&["open", "alice", "Alice Martin", "EUR"]);
+    ledger.ok(&["open", "bob", "Bob Chen", "EUR"]);
+    ledger.ok(&["open", "carol", "Carol Diaz", "USD"]);
+    let out = ledger.ok(&[
+        "deposit",
+        "alice",
+        "120.00",
+        "--from",
+        "ACME payroll",
+        "--memo",
+        "salary november",
+    ]);
+    assert!(out.contains("balance 120.00 EUR"), "{out}");
+
+    // Refusals a person can act on, and nothing appended.
+    let head = ledger.head();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["withdraw", "alice", "500.00"],
+            "insufficient funds: balance 120.00 EUR, requested 500.00 EUR",
+        ),
+        (&["deposit", "dave", "1.00"], "unknown account \"dave\""),
+        (&["deposit", "alice", "12.505"], "bad amount \"12.505\""),
+        (&["deposit", "alice", "-3"], "bad amount"),
+        (&["transfer", "alice", "carol", "1.00"], "currency mismatch"),
+        (&["open", "alice", "Alice Again", "EUR"], "already open"),
+    ];
+    for (args, message) in cases {
+        let err = ledger.fails(args);
+        assert!(err.contains(message), "ledger {args:?}: {err}");
+    }
+    assert_eq!(ledger.head(), head, "a refused command appended events");
+
+    let out = ledger.ok(&["transfer", "alice", "bob", "20.50", "--memo", "rent share"]);
+    assert!(out.contains("one atomic append"), "{out}");
+    assert!(ledger.ok(&["balance", "alice"]).contains("99.50 EUR"));
+    assert!(ledger.ok(&["balance", "bob"]).contains("20.50 EUR"));
+
+    let found = ledger.ok(&["search", "rent"]);
+    assert!(found.starts_with("2 hit(s)"), "{found}");
+    assert!(found.contains("alice") && found.contains("bob"), "{found}");
+    let found = ledger.ok(&["search", "salary", "--account", "bob"]);
+    assert!(found.starts_with("0 hit(s)"), "{found}");
+    let found = ledger.ok(&["search", "*", "--min", "100"]);
+    assert!(
+        found.starts_with("1 hit(s)") && found.contains("ACME"),
+        "{found}"
+    );
+    let found = ledger.ok(&["search", "owner:alice"]);
+    assert!(found.starts_with("2 hit(s)"), "{found}");
+
+    let history = ledger.ok(&["history", "alice"]);
+    assert!(
+        history.contains("transfer out") && history.contains("-20.50"),
+        "{history}"
+    );
+
+    ledger.ok(&["seed", "--accounts", "12", "--events", "150"]);
+    let top_before = ledger.ok(&["top", "1000"]);
+    let search_before = ledger.ok(&["search", "rent", "--limit", "1000"]);
+    let alice_before = ledger.ok(&["balance", "alice"]);
+
+    let out = ledger.ok(&["rebuild", "balances"]);
+    assert!(out.contains("switched generation 1 -> 2"), "{out}");
+    let out = ledger.ok(&["rebuild", "search"]);
+    assert!(out.contains("switched generation 1 -> 2"), "{out}");
+
+    assert_eq!(ledger.ok(&["top", "1000"]), top_before);
+    let sorted = |s: String| {
+        let mut lines: Vec<String> = s.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(
+        sorted(ledger.ok(&["search", "rent", "--limit", "1000"])),
+        sorted(search_before)
+    );
+    assert_eq!(ledger.ok(&["balance", "alice"]), alice_before);
+
+    let status = ledger.ok(&["status"]);
+    // In embedded mode the balances live in each process and start again at generation 1.
+    let balances = if ledger.server.is_some() { 2 } else { 1 };
+    assert!(
+        status.contains(&format!("balances  generation {balances}")),
+        "{status}"
+    );
+    assert!(status.contains("search    generation 2"), "{status}");
+    assert_eq!(status.matches("lag 0 event(s)").count(), 2, "{status}");
+}
+
+#[test]
+fn embedded_end_to_end() {
+    let ledger = Ledger::embedded();
+    scenario(&ledger);
+    assert!(ledger.dir.path().join("events.sqlite").exists());
+    // Read models are rebuilt in process by replay, and say so.
+    let out = ledger.run(&["balance", "alice"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rebuilt the in-process read models"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn the_search_index_catches_up_across_processes() {
+    let ledger = Ledger::embedded();
+    ledger.ok(&["open", "dora", "Dora Weiss", "EUR"]);
+    ledger.ok(&["deposit", "dora", "10", "--memo", "first"]);
+    assert!(ledger.ok(&["search", "first"]).starts_with("1 hit(s)"));
+    let status = ledger.ok(&["status"]);
+    assert!(status.contains("lag 0 event(s)"), "{status}");
+    ledger.ok(&["deposit", "dora", "10", "--memo", "second"]);
+    let status = ledger.ok(&["status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("search") && l.ends_with("lag 1 event(s)")),
+        "{status}"
+    );
+    assert!(ledger.ok(&["search", "second"]).starts_with("1 hit(s)"));
+}
+
+#[test]
+fn the_demo_runs_in_a_fresh_directory() {
+    let dir = TempDir::new().unwrap();
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_ledger"))
+            .arg("demo")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for expected in [
+            "$ ledger open alice \"Alice Martin\" EUR",
+            "insufficient funds: balance 120.00 EUR, requested 500.00 EUR",
+            "compensated with PayoutReversed",
+            "the account is frozen",
+            "switched generation 1 -> 2",
+        ] {
+            assert!(
+                stdout.contains(expected),
+                "missing {expected:?} in\n{stdout}"
+            );
+        }
+    }
+    assert!(dir.path().join("demo").join("events.sqlite").exists());
+}
+
+fn reachable(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host_port = rest.split(['/', '?']).next().unwrap_or(rest);
+    host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+}
+
+fn server() -> Option<Server> {
+    let database_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    for (name, url) in [("PostgreSQL", &database_url), ("Redis", &redis_url)] {
+        if !reachable(url) {
+            if std::env::var_os("CI").is_some() {
+                panic!("{name} is unreachable at {url} and CI is set");
+            }
+            eprintln!("skipping: {name} is unreachable at {url}");
+            return None;
+        }
+    }
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    Some(Server {
+        database_url,
+        redis_url,
+        schema: format!("ledger_e2e_{}", &tag[..12]),
+        prefix: format!("ledger-e2e-{}", &tag[..12]),
+    })
+}
+
+/// Drops the test's schema and Redis keys, even when the test failed.
+struct Cleanup(Server);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let s = self.0.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let config = annals_postgres::PgConfig::new(s.database_url.clone())
+                .with_schema(s.schema.clone());
+            if let Ok(store) = annals_postgres::PgEventStore::connect(config).await {
+                let _ = store.drop_schema().await;
+            }
+            if let Ok(kv) = account_ledger::projections::Kv::redis(&s.redis_url).await {
+                let _ = kv.delete_prefix(&format!("{{{}}}", s.prefix)).await;
+            }
+        });
+    }
+}
+
+#[test]
+fn postgres_and_redis_end_to_end() {
+    let Some(server) = server() else { return };
+    let _cleanup = Cleanup(server.clone());
+    let ledger = Ledger {
+        dir: TempDir::new().unwrap(),
+        server: Some(server),
+    };
+    scenario(&ledger);
+    // Nothing of the server mode went to the embedded store.
+    assert!(!Path::new(&ledger.dir.path().join("events.sqlite")).exists());
+}
+
+#[test]
+fn concurrent_processes_lose_no_deposit() {
+    let ledger = Ledger::embedded();
+    ledger.ok(&["open", "shared", "Shared Pot", "EUR"]);
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_ledger"))
+                .arg("--data-dir")
+                .arg(ledger.dir.path())
+                .args(["--backend", "embedded", "deposit", "shared", "1.25"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    assert!(ledger.ok(&["balance", "shared"]).contains("7.50 EUR"));
+}
