@@ -1,0 +1,53 @@
+//! The Annals benchmark runner: each scenario times the framework and, in the same run, the
+//! raw baseline that bounds it (the database, Redis or tantivy used directly), and reports
+//! events/s and their ratio. `cargo run --release -p annals-bench -- all` runs them all.
+//!
+//! The library part exists for the criterion micro-benchmarks and the tests; the binary is
+//! `src/main.rs`.
+
+pub mod ledger;
+pub mod workload;
+
+mod cli;
+mod env;
+mod raw;
+mod report;
+mod runner;
+mod scenarios;
+
+pub use cli::{Args, run};
+pub use report::{BaselineResult, Row, Stats, Status, Target};
+
+/// The runner's error type: anything, with its message.
+pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// How big each scenario is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// Events of the batched append, the global-log replay and the projection rebuilds.
+    pub events: u64,
+    /// Events per append call of the batched append (and per fill call).
+    pub batch: usize,
+    /// Streams of the command path (one command each).
+    pub streams: u64,
+    /// Events of the aggregate that is loaded.
+    pub aggregate_events: u64,
+}
+
+impl Sizes {
+    /// The default sizes: `all` finishes in a few minutes on 2 cores.
+    pub const DEFAULT: Self = Self {
+        events: 200_000,
+        batch: 1_000,
+        streams: 10_000,
+        aggregate_events: 10_000,
+    };
+
+    /// Tiny sizes that only check each scenario works.
+    pub const QUICK: Self = Self {
+        events: 400,
+        batch: 100,
+        streams: 100,
+        aggregate_events: 300,
+    };
+}

@@ -1,0 +1,155 @@
+//! Every scenario, in the order they run.
+
+mod memory;
+mod pg;
+mod pg_raw;
+mod pg_store;
+mod projection;
+mod projection_run;
+mod sqlite;
+mod sqlite_store;
+
+use crate::{
+    report::Target,
+    runner::{Scenario, Spec},
+};
+
+const ISSUE3: &str = "issue 3 (PostgreSQL store)";
+const ISSUE5: &str = "issue 5 (projections)";
+
+const fn target(min_ratio: f64, source: &'static str) -> Option<Target> {
+    Some(Target { min_ratio, source })
+}
+
+macro_rules! scenario {
+    ($name:literal, $group:literal, $run:path, $target:expr, $what:literal, $baseline:literal) => {
+        Scenario {
+            spec: Spec {
+                name: $name,
+                group: $group,
+                description: $what,
+                baseline: $baseline,
+                target: $target,
+            },
+            run: $run,
+        }
+    };
+}
+
+/// All scenarios.
+pub(crate) fn all() -> Vec<Scenario> {
+    vec![
+        scenario!(
+            "memory.append.batched",
+            "memory",
+            memory::append_batched,
+            None,
+            "in-memory store: append calls of 1,000 events, 1 writer",
+            "pushing the same events into a locked Vec"
+        ),
+        scenario!(
+            "memory.replay",
+            "memory",
+            memory::replay,
+            None,
+            "in-memory store: read_all from 0 + decode into typed events",
+            "serde decode of the same payload texts"
+        ),
+        scenario!(
+            "memory.command",
+            "memory",
+            memory::command,
+            None,
+            "Repository (cached) over the in-memory store: 1 command per stream, 1 task",
+            "handle + apply + encode on a HashMap of states"
+        ),
+        scenario!(
+            "pg.append.batched",
+            "postgres",
+            pg::append_batched,
+            target(0.6, ISSUE3),
+            "PgEventStore: append calls of 1,000 events (a new stream each), 1 writer",
+            "raw COPY of the same rows, 1,000 per statement"
+        ),
+        scenario!(
+            "pg.command.1",
+            "postgres",
+            pg::command_1,
+            target(0.8, ISSUE3),
+            "Repository (cached) over PgEventStore: load+handle+append 1 event per command, 10,000 streams, 1 task",
+            "raw single-row INSERT transactions, 1 connection"
+        ),
+        scenario!(
+            "pg.command.8",
+            "postgres",
+            pg::command_8,
+            None,
+            "the same, 8 concurrent tasks",
+            "raw single-row INSERT transactions, 8 connections"
+        ),
+        scenario!(
+            "pg.command.64",
+            "postgres",
+            pg::command_64,
+            target(2.0, ISSUE3),
+            "the same, 64 concurrent tasks",
+            "raw single-row INSERT transactions, 64 connections"
+        ),
+        scenario!(
+            "pg.replay",
+            "postgres",
+            pg::replay,
+            target(1.5, ISSUE3),
+            "PgEventStore: read_all from 0 + decode into typed events",
+            "raw sqlx scan of a jsonb table with the same events, decoded into the same types"
+        ),
+        scenario!(
+            "pg.load",
+            "postgres",
+            pg::load_plain,
+            target(1.5, ISSUE3),
+            "Repository::load of one 10,000-event aggregate, no snapshot (10 loads per run)",
+            "raw jsonb scan of the one stream, applied to the aggregate"
+        ),
+        scenario!(
+            "pg.load.snapshot",
+            "postgres",
+            pg::load_snapshot,
+            None,
+            "the same with a snapshot 100 events before the end",
+            "raw jsonb scan of the one stream, applied to the aggregate"
+        ),
+        scenario!(
+            "sqlite.append.batched",
+            "sqlite",
+            sqlite::append_batched,
+            None,
+            "SqliteEventStore: append calls of 1,000 events, 1 writer",
+            "raw SQLite transaction of one 1,000-row INSERT (WAL, synchronous=FULL)"
+        ),
+        scenario!(
+            "sqlite.replay",
+            "sqlite",
+            sqlite::replay,
+            None,
+            "SqliteEventStore: read_all from 0 + decode into typed events",
+            "raw SQLite scan of the same rows, decoded with serde"
+        ),
+        scenario!(
+            "projection.redis.rebuild",
+            "projections",
+            projection::redis,
+            target(0.5, ISSUE5),
+            "ledger projection rebuilt from 0 into Redis (balances hash + ranking)",
+            "the same Redis commands pipelined directly, same batch size"
+        ),
+        scenario!(
+            "projection.tantivy.rebuild",
+            "projections",
+            projection::tantivy,
+            target(0.5, ISSUE5),
+            "ledger search projection rebuilt from 0 into a new tantivy index",
+            "the same documents indexed directly by one writer, one commit"
+        ),
+    ]
+}

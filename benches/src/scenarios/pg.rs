@@ -1,0 +1,168 @@
+//! PostgreSQL scenarios: `annals-postgres` beside raw sqlx on the same server.
+
+use futures::future::BoxFuture;
+
+use super::{pg_raw, pg_store};
+use annals_postgres::PgEventStore;
+
+use crate::{
+    BenchResult,
+    env::{Ctx, PgSchema},
+    runner::Measured,
+    workload::{self, Batch},
+};
+
+fn measured(events: u64) -> Measured {
+    Measured {
+        events,
+        framework: pg_store::AVAILABLE.then(Vec::new),
+        note: (!pg_store::AVAILABLE).then(|| "annals-postgres is not available yet".to_owned()),
+        ..Measured::default()
+    }
+}
+
+/// `pg.append.batched`: append calls of 1,000 events (one new stream each), one writer,
+/// against one raw `COPY` of the same 1,000 rows per statement.
+pub(crate) fn append_batched(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    Box::pin(async move {
+        let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
+        let mut m = measured(workload::count(&batches));
+        for _ in 0..ctx.runs {
+            if let Some(fw) = m.framework.as_mut() {
+                fw.push(pg_store::append_batched(ctx, &batches).await?);
+            }
+            m.baseline
+                .push(pg_raw::copy(ctx, &batches, pg_store::PAYLOAD_TYPE).await?);
+        }
+        Ok(m)
+    })
+}
+
+fn command(ctx: &Ctx, tasks: usize) -> BoxFuture<'_, BenchResult<Measured>> {
+    Box::pin(async move {
+        let streams = ctx.sizes.streams;
+        let mut m = measured(streams);
+        for _ in 0..ctx.runs {
+            if let Some(fw) = m.framework.as_mut() {
+                fw.push(pg_store::command(ctx, streams, tasks).await?);
+            }
+            m.baseline
+                .push(pg_raw::insert_tx(ctx, streams, tasks).await?);
+        }
+        Ok(m)
+    })
+}
+
+/// `pg.command.1`: one task; see [`command`].
+pub(crate) fn command_1(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    command(ctx, 1)
+}
+
+/// `pg.command.8`: eight tasks.
+pub(crate) fn command_8(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    command(ctx, 8)
+}
+
+/// `pg.command.64`: 64 tasks.
+pub(crate) fn command_64(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    command(ctx, 64)
+}
+
+/// Which read the interleaved runs time.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// The whole global log.
+    Replay,
+    /// The aggregate of account 1, this many times per run.
+    Load { loads: u64, snapshot: bool },
+}
+
+impl Read {
+    async fn framework(self, store: &PgEventStore, events: u64) -> BenchResult<f64> {
+        match self {
+            Self::Replay => pg_store::replay(store, events).await,
+            Self::Load { loads, .. } => pg_store::load(store, events, loads).await,
+        }
+    }
+
+    async fn baseline(self, raw: &PgSchema, events: u64) -> BenchResult<f64> {
+        match self {
+            Self::Replay => pg_raw::scan(raw, events).await,
+            Self::Load { loads, .. } => {
+                let stream = workload::stream_of(1);
+                pg_raw::load_stream(raw, stream.as_str(), events, loads).await
+            }
+        }
+    }
+}
+
+/// Fills a store and a raw table with the same batches, then alternates their timed reads
+/// `runs` times, and removes both.
+async fn interleaved_reads(
+    ctx: &Ctx,
+    batches: &[Batch],
+    read: Read,
+    mut m: Measured,
+) -> BenchResult<Measured> {
+    let events = workload::count(batches);
+    let snapshot = matches!(read, Read::Load { snapshot: true, .. });
+    let store = match m.framework {
+        Some(_) => Some(pg_store::filled(ctx, batches, snapshot).await?),
+        None => None,
+    };
+    let raw = pg_raw::filled(ctx, batches).await;
+    let result = async {
+        let raw = raw.as_ref().map_err(|e| e.to_string())?;
+        for _ in 0..ctx.runs {
+            if let (Some(store), Some(runs)) = (&store, m.framework.as_mut()) {
+                runs.push(read.framework(store, events).await?);
+            }
+            m.baseline.push(read.baseline(raw, events).await?);
+        }
+        BenchResult::Ok(m)
+    }
+    .await;
+    if let Some(store) = store {
+        pg_store::drop_store(store).await?;
+    }
+    if let Ok(raw) = raw {
+        raw.drop().await?;
+    }
+    result
+}
+
+/// `pg.replay`: the global log from 0, decoded into typed events, against the raw jsonb
+/// scan of the same events.
+pub(crate) fn replay(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    Box::pin(async move {
+        let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
+        let events = workload::count(&batches);
+        interleaved_reads(ctx, &batches, Read::Replay, measured(events)).await
+    })
+}
+
+/// How many loads of the aggregate one timed run makes (one load is too short to time).
+pub(crate) const LOADS_PER_RUN: u64 = 10;
+
+fn load(ctx: &Ctx, snapshot: bool) -> BoxFuture<'_, BenchResult<Measured>> {
+    Box::pin(async move {
+        let batches: Vec<Batch> =
+            workload::one_stream(1, ctx.sizes.aggregate_events, ctx.sizes.batch);
+        let events = workload::count(&batches);
+        let read = Read::Load {
+            loads: LOADS_PER_RUN,
+            snapshot,
+        };
+        interleaved_reads(ctx, &batches, read, measured(events * LOADS_PER_RUN)).await
+    })
+}
+
+/// `pg.load`: one aggregate of 10,000 events loaded by the repository, no snapshot.
+pub(crate) fn load_plain(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    load(ctx, false)
+}
+
+/// `pg.load.snapshot`: the same with a snapshot 100 events before the end.
+pub(crate) fn load_snapshot(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    load(ctx, true)
+}

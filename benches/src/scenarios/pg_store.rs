@@ -1,0 +1,213 @@
+//! The framework side of the PostgreSQL scenarios (`annals-postgres`).
+
+use annals::{
+    Aggregate, CommandContext, DomainEvent, EventStore, LogRead, Payload, Repository, Snapshot,
+};
+use annals_postgres::{PgConfig, PgEventStore};
+use futures::{StreamExt, TryStreamExt};
+use time::OffsetDateTime;
+
+use super::pg_raw::{check_count, split};
+use crate::{
+    BenchResult,
+    env::Ctx,
+    ledger::{Account, Deposit, Deposited, LedgerEvent, account_id},
+    runner::timed,
+    workload::{self, Batch},
+};
+
+/// Whether `annals-postgres` can be measured.
+pub(crate) const AVAILABLE: bool = true;
+
+/// The store's payload column type (`text`: it keeps the JSON as written), used for the
+/// COPY baseline's table so both write the same bytes.
+pub(crate) const PAYLOAD_TYPE: &str = "text";
+
+/// A store in a new schema of its own, migrated, with the default group-commit settings.
+async fn store(ctx: &Ctx, connections: u32) -> BenchResult<PgEventStore> {
+    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let config = PgConfig::new(ctx.database_url.as_str())
+        .with_schema(schema)
+        .with_max_connections(connections);
+    let store = PgEventStore::connect(config).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Runs `work` on a fresh store and drops its schema afterwards, whatever happened.
+pub(crate) async fn with_store<T, F, Fut>(ctx: &Ctx, connections: u32, work: F) -> BenchResult<T>
+where
+    F: FnOnce(PgEventStore) -> Fut,
+    Fut: Future<Output = BenchResult<T>>,
+{
+    let store = store(ctx, connections).await?;
+    let result = work(store.clone()).await;
+    store.drop_schema().await?;
+    store.pool().close().await;
+    result
+}
+
+/// Appends the batches, four calls at a time (an untimed fill).
+pub(crate) async fn fill(store: &PgEventStore, batches: &[Batch]) -> BenchResult<()> {
+    futures::stream::iter(batches.iter().cloned())
+        .map(|b| async move { store.append(&b.stream, b.expected(), b.events).await })
+        .buffer_unordered(4)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    Ok(())
+}
+
+/// Batched append, one writer, into a fresh schema; events/s.
+pub(crate) async fn append_batched(ctx: &Ctx, batches: &[Batch]) -> BenchResult<f64> {
+    let input: Vec<Batch> = batches.to_vec();
+    with_store(ctx, 4, |store| async move {
+        timed(workload::count(&input), async {
+            for b in input {
+                store.append(&b.stream, b.expected(), b.events).await?;
+            }
+            Ok(())
+        })
+        .await
+    })
+    .await
+}
+
+/// One deposit command per stream, spread over `tasks` concurrent tasks.
+async fn run_commands(
+    repo: &Repository<Account, PgEventStore>,
+    streams: u64,
+    tasks: usize,
+    round: u64,
+) -> BenchResult<()> {
+    let context = CommandContext::new();
+    let handles: Vec<_> = split((0..streams).collect(), tasks)
+        .into_iter()
+        .map(|share| {
+            let repo = repo.clone();
+            let context = context.clone();
+            tokio::spawn(async move {
+                for n in share {
+                    let command = Deposit(Deposited::sample(n, n + round));
+                    repo.execute(&account_id(n), command, &context).await?;
+                }
+                BenchResult::Ok(())
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await??;
+    }
+    Ok(())
+}
+
+/// Command path: a cached repository whose streams were opened by one command each
+/// (untimed), then one more command per stream over `tasks` tasks (timed); events/s.
+pub(crate) async fn command(ctx: &Ctx, streams: u64, tasks: usize) -> BenchResult<f64> {
+    with_store(ctx, 16, |store| async move {
+        let repo = Repository::<Account, _>::new(store).with_cache(streams as usize);
+        run_commands(&repo, streams, 64, 1).await?;
+        timed(streams, run_commands(&repo, streams, tasks, 2)).await
+    })
+    .await
+}
+
+/// A fresh store filled with `batches` (and, with `snapshot`, the snapshot a policy would
+/// have taken [`SNAPSHOT_TAIL`] events before the end of the first batch's stream). Drop it
+/// with [`drop_store`].
+pub(crate) async fn filled(
+    ctx: &Ctx,
+    batches: &[Batch],
+    snapshot: bool,
+) -> BenchResult<PgEventStore> {
+    let store = store(ctx, 4).await?;
+    let prepared = async {
+        let one_stream = batches.windows(2).all(|w| w[0].stream == w[1].stream);
+        if one_stream {
+            for b in batches {
+                store
+                    .append(&b.stream, b.expected(), b.events.clone())
+                    .await?;
+            }
+        } else {
+            fill(&store, batches).await?;
+        }
+        if snapshot {
+            save_snapshot(&store, batches).await?;
+        }
+        sqlx::query("ANALYZE").execute(store.pool()).await?;
+        BenchResult::Ok(())
+    }
+    .await;
+    match prepared {
+        Ok(()) => Ok(store),
+        Err(e) => {
+            drop_store(store).await?;
+            Err(e)
+        }
+    }
+}
+
+/// Drops the store's schema and closes its pool.
+pub(crate) async fn drop_store(store: PgEventStore) -> BenchResult<()> {
+    store.drop_schema().await?;
+    store.pool().close().await;
+    Ok(())
+}
+
+/// One timed replay of the whole log, decoded into typed events; events/s.
+pub(crate) async fn replay(store: &PgEventStore, events: u64) -> BenchResult<f64> {
+    timed(events, async {
+        let mut read = store.read_all(LogRead::from_start());
+        let mut seen = 0;
+        while let Some(recorded) = read.try_next().await? {
+            let LedgerEvent::Deposited(d) = LedgerEvent::decode(&recorded)?;
+            std::hint::black_box(d);
+            seen += 1;
+        }
+        check_count(seen, events)
+    })
+    .await
+}
+
+/// How far before the end of the stream the snapshot is taken.
+pub(crate) const SNAPSHOT_TAIL: u64 = 100;
+
+/// Saves the snapshot an `EveryNEvents` policy would have taken `SNAPSHOT_TAIL` events ago.
+async fn save_snapshot(store: &PgEventStore, batches: &[Batch]) -> BenchResult<()> {
+    let Some(first) = batches.first() else {
+        return Ok(());
+    };
+    let total = workload::count(batches);
+    let at = total.saturating_sub(SNAPSHOT_TAIL).max(1);
+    let mut state = Account::default();
+    for b in batches {
+        for (i, e) in b.events.iter().enumerate() {
+            if b.first_version + i as u64 <= at {
+                state.apply(&LedgerEvent::from_payload("Deposited", e.payload.as_str())?);
+            }
+        }
+    }
+    store
+        .save_snapshot(Snapshot {
+            stream_id: first.stream.clone(),
+            stream_version: at,
+            schema_version: Account::SNAPSHOT_VERSION,
+            payload: Payload::from_serialize(&state)?,
+            taken_at: OffsetDateTime::now_utc(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// `loads` timed loads of the aggregate of account 1 through the repository; events/s.
+pub(crate) async fn load(store: &PgEventStore, events: u64, loads: u64) -> BenchResult<f64> {
+    let repo = Repository::<Account, _>::new(store.clone());
+    timed(events * loads, async {
+        for _ in 0..loads {
+            let loaded = repo.load(&account_id(1)).await?;
+            check_count(loaded.state.deposits, events)?;
+        }
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,88 @@
+//! Projection rebuilds: `annals-projections` into Redis and tantivy, beside the same writes
+//! done directly.
+
+use futures::future::BoxFuture;
+
+use super::projection_run;
+use crate::{
+    BenchResult,
+    env::Ctx,
+    ledger::Deposited,
+    raw,
+    runner::{Measured, timed},
+    workload::{self, Batch},
+};
+
+fn measured(events: u64) -> Measured {
+    Measured {
+        events,
+        framework: projection_run::AVAILABLE.then(Vec::new),
+        note: (!projection_run::AVAILABLE)
+            .then(|| "annals-projections is not available yet".to_owned()),
+        ..Measured::default()
+    }
+}
+
+fn deposits(batches: &[Batch]) -> BenchResult<Vec<(String, Deposited)>> {
+    let mut out = Vec::with_capacity(workload::count(batches) as usize);
+    for b in batches {
+        for e in &b.events {
+            out.push((e.event_id.to_string(), e.payload.deserialize()?));
+        }
+    }
+    Ok(out)
+}
+
+/// `projection.redis.rebuild`: the ledger projection rebuilt from position 0 into Redis,
+/// against the same Redis commands pipelined directly in batches of the same size.
+pub(crate) fn redis(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    Box::pin(async move {
+        let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
+        let events = workload::count(&batches);
+        let docs: Vec<Deposited> = deposits(&batches)?.into_iter().map(|(_, d)| d).collect();
+        let mut m = measured(events);
+        if m.framework.is_some() {
+            m.framework = Some(projection_run::redis(ctx, &batches, ctx.runs).await?);
+        }
+        for _ in 0..ctx.runs {
+            // Shaped like a projection generation's prefix (one hash tag).
+            let prefix = format!("{{{}:ledger-balances:1}}:", ctx.redis_prefix());
+            let mut conn = ctx.redis().await?;
+            let rate = timed(events, async {
+                raw::redis::write_pipelined(&mut conn, &prefix, &docs, projection_run::BATCH).await
+            })
+            .await;
+            ctx.redis_cleanup(&prefix).await?;
+            m.baseline.push(rate?);
+        }
+        Ok(m)
+    })
+}
+
+/// `projection.tantivy.rebuild`: the ledger search projection rebuilt from position 0 into
+/// a new tantivy index, against indexing the same documents directly with one commit.
+pub(crate) fn tantivy(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    Box::pin(async move {
+        let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
+        let events = workload::count(&batches);
+        let docs = deposits(&batches)?;
+        let mut m = measured(events);
+        if m.framework.is_some() {
+            m.framework = Some(projection_run::tantivy(ctx, &batches, ctx.runs).await?);
+        }
+        for _ in 0..ctx.runs {
+            let dir = tempfile::tempdir()?;
+            let rate = timed(events, async {
+                let path = dir.path().to_owned();
+                let docs = docs.clone();
+                let indexed =
+                    tokio::task::spawn_blocking(move || raw::tantivy::index_directly(&path, &docs))
+                        .await??;
+                super::pg_raw::check_count(indexed, events)
+            })
+            .await?;
+            m.baseline.push(rate);
+        }
+        Ok(m)
+    })
+}
