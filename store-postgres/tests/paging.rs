@@ -67,3 +67,66 @@ async fn long_stream_and_log_read_in_pages() {
 
     store.drop_schema().await.unwrap();
 }
+
+/// Small pages and large ones (which switch to multi-page batches) give the very same events:
+/// metadata, timestamps, odd stream ids and odd payloads included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_and_large_pages_read_the_same_events() {
+    let Some(store) = common::try_store(common::config()).await else {
+        return;
+    };
+    let streams: Vec<StreamId> = ["a", "b/ü", "c'; --", "d\\x"]
+        .iter()
+        .map(|s| StreamId::new(*s).unwrap())
+        .collect();
+    for chunk in 0..12u64 {
+        let batch: Vec<_> = (0..500)
+            .map(|i| {
+                let n = chunk * 500 + i;
+                let event = new_event(
+                    "Noted",
+                    json!({ "n": n, "text": "zé \u{1F600} \"q\" \\ \n", "nested": { "k": [n] } }),
+                );
+                if n % 3 == 0 {
+                    let mut metadata = annals::Metadata {
+                        correlation_id: Some(uuid::Uuid::now_v7()),
+                        ..annals::Metadata::default()
+                    };
+                    metadata.custom.insert("who".into(), json!("tester"));
+                    event.with_metadata(metadata)
+                } else {
+                    event
+                }
+            })
+            .collect();
+        let s = &streams[(chunk % 4) as usize];
+        store.append(s, ExpectedVersion::Any, batch).await.unwrap();
+    }
+    let by_query: Vec<_> = store
+        .read_all(LogRead::from_start().with_page_size(7))
+        .try_collect()
+        .await
+        .unwrap();
+    let by_copy: Vec<_> = store
+        .read_all(LogRead::from_start().with_page_size(500))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(by_query.len(), 6000);
+    assert_eq!(by_copy, by_query);
+    for s in &streams {
+        let small: Vec<_> = store
+            .read_stream(s, StreamRead::forward().with_page_size(7))
+            .try_collect()
+            .await
+            .unwrap();
+        let large: Vec<_> = store
+            .read_stream(s, StreamRead::forward().with_page_size(100))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(small.len(), 1500);
+        assert_eq!(large, small);
+    }
+    store.drop_schema().await.unwrap();
+}
