@@ -241,10 +241,6 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
         let mut serving: Option<(Generation, watch::Sender<bool>)> = None;
         let mut building: Option<(Generation, watch::Sender<bool>, Instant)> = None;
         let mut handover: Option<oneshot::Sender<Option<LogPosition>>> = None;
-        if let Some(current) = generations.current {
-            let stop = self.spawn(&mut tasks, guard, current, Role::Serve);
-            serving = Some((current, stop));
-        }
         let build = match generations.building {
             Some(generation) => Some(generation),
             None if generations.current.is_none() || self.rebuild_requested => {
@@ -252,9 +248,15 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
             }
             None => None,
         };
+        // Announced before any worker runs, so the serving worker's first report never
+        // reads as "caught up, no rebuild" while a build is pending.
         match build {
             Some(generation) => self.announce_build(generation),
             None => self.shared.status.send_modify(|s| s.rebuild = None),
+        }
+        if let Some(current) = generations.current {
+            let stop = self.spawn(&mut tasks, guard, current, Role::Serve);
+            serving = Some((current, stop));
         }
         if let Some(generation) = build {
             let stop = self.spawn(&mut tasks, guard, generation, Role::Build(build_tx.clone()));

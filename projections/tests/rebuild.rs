@@ -335,3 +335,67 @@ async fn readers_never_see_a_half_built_tantivy_generation() {
     );
     runner.shutdown().await;
 }
+
+/// A build left pending by a dead owner shows in the status from the moment the next owner
+/// starts: no status ever reads "caught up on the old generation, no rebuild" while the new
+/// generation is still to be built (a reader waiting for that would stop too early).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_build_is_in_the_status_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = InMemoryEventStore::new();
+    seed(&store, 0, EVENTS).await;
+    let head = store.head_position().await.unwrap().unwrap();
+    let leases = InMemoryLeases::new();
+    let (search, schema) = Search::new("search");
+    let model = search.open(dir.path(), schema);
+
+    // A first owner builds generation 1, then dies in the middle of a rebuild.
+    let runner = ProjectionRunner::new(store.clone())
+        .with_leases(leases.clone())
+        .with_config(fast());
+    runner
+        .add(search.clone(), model.clone(), small_batches())
+        .unwrap();
+    runner.wait_for("search", head).await.unwrap();
+    let serving = runner.status("search").unwrap().generation;
+    let _ = tokio::time::timeout(Duration::ZERO, runner.rebuild("search")).await;
+    let mut status = runner.watch("search").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.rebuild.is_some_and(|r| r.events_done > 0)),
+    )
+    .await
+    .expect("the rebuild starts")
+    .unwrap();
+    drop(status);
+    drop(runner);
+    tokio::time::sleep(Duration::from_millis(160)).await;
+    let pending = model.generations().unwrap().building;
+    assert!(pending.is_some(), "the rebuild was cut before it ended");
+
+    // The next owner: every status it reports on the old generation names the rebuild.
+    let runner = ProjectionRunner::new(store.clone())
+        .with_leases(leases.clone())
+        .with_config(fast());
+    runner
+        .add(search.clone(), model.clone(), small_batches())
+        .unwrap();
+    let mut status = runner.watch("search").unwrap();
+    let watched = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let s = status.borrow_and_update().clone();
+            if s.generation == serving && s.checkpoint.is_some() {
+                assert!(s.rebuild.is_some(), "caught up with no rebuild: {s:?}");
+            }
+            if s.generation.is_some() && s.generation != serving {
+                return s;
+            }
+            status.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the resumed rebuild ends");
+    assert_eq!(watched.generation, pending);
+    assert_eq!(watched.rebuild, None);
+    runner.shutdown().await;
+}
