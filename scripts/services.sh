@@ -21,23 +21,36 @@ apt_install() {
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 
+# Debian's newest installed cluster version, if any.
+pg_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1; }
+
+# Trust auth on loopback, as the local development setup expects; true if it changed anything.
+pg_trust_loopback() {
+  local conf="/etc/postgresql/$1/main/pg_hba.conf"
+  if [ -f "$conf" ] && ! as_root grep -q '^host all all 127.0.0.1/32 trust' "$conf"; then
+    as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal all all trust' "$conf"
+    return 0
+  fi
+  return 1
+}
+
 ensure_postgres() {
   if ! command -v pg_isready >/dev/null || ! command -v pg_ctlcluster >/dev/null; then
     apt_install postgresql postgresql-client || true
   fi
-  if ! pg_up && command -v pg_ctlcluster >/dev/null; then
-    local version
-    version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
-    if [ -n "$version" ]; then
-      local conf="/etc/postgresql/$version/main"
-      # Trust auth on loopback, as the local development setup expects.
-      if [ -f "$conf/pg_hba.conf" ] && ! grep -q '^host all all 127.0.0.1/32 trust' "$conf/pg_hba.conf"; then
-        as_root sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal all all trust' "$conf/pg_hba.conf"
-      fi
-      echo "starting PostgreSQL $version"
-      as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
-      for _ in $(seq 1 30); do pg_up && break; sleep 1; done
-    fi
+  local version
+  version=$(pg_version)
+  if ! pg_up && command -v pg_ctlcluster >/dev/null && [ -n "$version" ]; then
+    pg_trust_loopback "$version" || true
+    echo "starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+  elif pg_up && [ -n "$version" ] && ! psql "$DATABASE_URL" -qtAX -c 'select 1' >/dev/null 2>&1 \
+    && pg_trust_loopback "$version"; then
+    # Running (a fresh install starts its cluster) but asking for passwords: reload with trust.
+    echo "enabling trust auth on loopback for PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload || true
+    sleep 1
   fi
   pg_up || die "PostgreSQL is not reachable on 127.0.0.1:5432" \
     "install and start it (apt-get install postgresql; pg_ctlcluster <version> main start), or set DATABASE_URL"
