@@ -16,8 +16,7 @@ use annals::{
     StreamAppend, StreamId, StreamRead,
 };
 use annals_projections::{
-    Backoff, ProjectionConfig, ProjectionRunner, ProjectionState, RedisConnection, RedisReadModel,
-    RunnerConfig,
+    Backoff, ProjectionConfig, ProjectionState, RedisConnection, RedisReadModel, RunnerConfig,
 };
 use common::*;
 use futures::{StreamExt, stream::BoxStream};
@@ -102,15 +101,13 @@ async fn store_read_failures_are_retried_without_loss_or_doubles() {
         every: 173,
         failures: Arc::default(),
     };
-    let model = RedisReadModel::with_namespace(redis.clone(), &ns, "balances").unwrap();
-    let runner = ProjectionRunner::new(store.clone()).with_config(fast());
-    runner
-        .add(
-            Balances::new("balances"),
-            model.clone(),
-            ProjectionConfig::new().with_batch_size(40),
-        )
-        .unwrap();
+    let (runner, model) = run_balances(
+        &store,
+        &redis,
+        &ns,
+        fast(),
+        ProjectionConfig::new().with_batch_size(40),
+    );
     let head = seed(&inner, 1000, 200).await;
     runner.wait_for("balances", head).await.unwrap();
     assert!(store.failures.load(Ordering::SeqCst) >= 5);
@@ -126,14 +123,7 @@ async fn store_read_failures_are_retried_without_loss_or_doubles() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(
-        total,
-        expected_balances(&inner)
-            .await
-            .values()
-            .map(|(b, _)| b)
-            .sum::<i64>()
-    );
+    assert_eq!(total, expected_total(&inner).await);
     runner.shutdown().await;
     cleanup_redis(&redis, &ns).await;
 }
@@ -183,17 +173,15 @@ async fn redis_outages_mid_run_lose_and_double_nothing() {
     let ns = unique("t");
     let proxy = proxy("127.0.0.1:6379").await;
     let through_proxy = RedisConnection::single(&proxy.url).await.unwrap();
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, 500).await;
+    let store = seeded_store(500).await;
     let model = RedisReadModel::with_namespace(through_proxy, &ns, "balances").unwrap();
-    let runner = ProjectionRunner::new(store.clone()).with_config(fast());
-    runner
-        .add(
-            Balances::new("balances"),
-            model.clone(),
-            ProjectionConfig::new().with_batch_size(25),
-        )
-        .unwrap();
+    let runner = runner_with(
+        &store,
+        fast(),
+        Balances::new("balances"),
+        model.clone(),
+        ProjectionConfig::new().with_batch_size(25),
+    );
 
     let appender = tokio::spawn({
         let store = store.clone();
@@ -231,14 +219,7 @@ async fn redis_outages_mid_run_lose_and_double_nothing() {
     assert_balances(&direct, &store).await;
     let view = direct.view().await.unwrap().unwrap();
     let total: i64 = view.get("total").await.unwrap().unwrap().parse().unwrap();
-    assert_eq!(
-        total,
-        expected_balances(&store)
-            .await
-            .values()
-            .map(|(b, _)| b)
-            .sum::<i64>()
-    );
+    assert_eq!(total, expected_total(&store).await);
     eprintln!("saw a Retrying state: {saw_retrying}");
     drop(runner);
     cleanup_redis(&redis, &ns).await;

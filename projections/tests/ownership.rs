@@ -9,9 +9,9 @@ use std::{
 
 use futures::future::BoxFuture;
 
-use annals::{EventStore, InMemoryEventStore, LogPosition};
+use annals::{EventStore, LogPosition};
 use annals_projections::{
-    Backoff, Durability, Error, GenerationWriter, InMemoryLeases, LeaseStore, ProjectionConfig,
+    Backoff, Durability, GenerationWriter, InMemoryLeases, LeaseStore, ProjectionConfig,
     ProjectionRunner, ProjectionState, ReadModel, RedisReadModel, RunnerConfig,
 };
 use common::*;
@@ -33,8 +33,7 @@ async fn two_runners_one_owner(
     ns: &str,
     redis: &annals_projections::RedisConnection,
 ) {
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, 300).await;
+    let store = seeded_store(300).await;
     let model = RedisReadModel::with_namespace(redis.clone(), ns, "balances").unwrap();
     let a = ProjectionRunner::new(store.clone())
         .with_leases(leases.clone())
@@ -165,8 +164,7 @@ async fn a_fenced_tantivy_writer_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
     let (search, schema) = Search::new("search");
     let model = search.open(dir.path(), schema);
-    let generation = model.begin_build(1).await.unwrap();
-    let mut old = model.open_writer(generation, 1).await.unwrap();
+    let (generation, mut old) = begin_writing(&model).await;
     let mut batch = old.batch();
     batch.upsert("a", tantivy::TantivyDocument::new());
     assert!(!batch.is_empty());
@@ -189,25 +187,7 @@ async fn a_fenced_tantivy_writer_cannot_write() {
     drop(new);
     // The old owner, back from a pause, is refused by the index and by the state file.
     let err = model.open_writer(generation, 1).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Fenced {
-                fence: 1,
-                stored: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        model
-            .switch(generation, 1)
-            .await
-            .unwrap_err()
-            .is_ownership_lost()
-    );
-    assert!(model.claim(1).await.unwrap_err().is_ownership_lost());
+    assert_fenced_out(&model, generation, err).await;
     model.switch(generation, 2).await.unwrap();
     let view = model.view().unwrap().unwrap();
     assert_eq!(view.num_docs(), 2);
@@ -258,8 +238,7 @@ impl LeaseStore for PausedOwnerLeases {
 async fn an_owner_that_missed_its_takeover_cannot_write() {
     let Some(redis) = redis().await else { return };
     let ns = unique("t");
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, 100).await;
+    let store = seeded_store(100).await;
     let leases = PausedOwnerLeases::default();
     let model = RedisReadModel::with_namespace(redis.clone(), &ns, "balances").unwrap();
     // `a` keeps writing on its own clock's say-so: a long ttl, so its local lease check

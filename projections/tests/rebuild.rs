@@ -40,6 +40,21 @@ fn small_batches() -> ProjectionConfig {
         .with_progress(ProgressDisplay::Silent)
 }
 
+/// A runner with `leases` and the [`fast`] config, running `projection` into `model` in
+/// [`small_batches`].
+fn start<P: annals_projections::Projection>(
+    store: &InMemoryEventStore,
+    leases: &InMemoryLeases,
+    projection: P,
+    model: P::Model,
+) -> ProjectionRunner<InMemoryEventStore> {
+    let runner = ProjectionRunner::new(store.clone())
+        .with_leases(leases.clone())
+        .with_config(fast());
+    runner.add(projection, model, small_batches()).unwrap();
+    runner
+}
+
 /// Starts a runner, asks for a rebuild, and aborts everything (drops the runner) at a
 /// random point of it: once a random share of the log is rebuilt, plus a random few
 /// milliseconds, so the task is cut at whatever await point it has reached (sometimes just
@@ -50,11 +65,8 @@ async fn run_and_abort<P: annals_projections::Projection>(
     projection: P,
     model: P::Model,
 ) -> bool {
-    let runner = ProjectionRunner::new(store.clone())
-        .with_leases(leases.clone())
-        .with_config(fast());
     let name = projection.name().to_owned();
-    runner.add(projection, model, small_batches()).unwrap();
+    let runner = start(store, leases, projection, model);
     let (share, extra) = {
         let mut rng = rand::rng();
         (rng.random_range(0.0..1.0f64), rng.random_range(0..4u64))
@@ -87,11 +99,8 @@ async fn run_to_end<P: annals_projections::Projection>(
     projection: P,
     model: P::Model,
 ) -> annals_projections::ProjectionStatus {
-    let runner = ProjectionRunner::new(store.clone())
-        .with_leases(leases.clone())
-        .with_config(fast());
     let name = projection.name().to_owned();
-    runner.add(projection, model, small_batches()).unwrap();
+    let runner = start(store, leases, projection, model);
     let head = store.head_position().await.unwrap().unwrap();
     runner.wait_for(&name, head).await.unwrap();
     let status = wait_status(&runner, &name, |s| {
@@ -106,8 +115,7 @@ async fn run_to_end<P: annals_projections::Projection>(
 async fn redis_rebuild_aborted_20_times_equals_a_clean_run() {
     let Some(redis) = redis().await else { return };
     let ns = unique("t");
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, EVENTS).await;
+    let store = seeded_store(EVENTS).await;
     let leases = InMemoryLeases::new();
 
     let clean = RedisReadModel::with_namespace(redis.clone(), &ns, "clean").unwrap();
@@ -167,8 +175,7 @@ async fn redis_rebuild_aborted_20_times_equals_a_clean_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tantivy_rebuild_aborted_20_times_equals_a_clean_run() {
     let dir = tempfile::tempdir().unwrap();
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, EVENTS).await;
+    let store = seeded_store(EVENTS).await;
     let leases = InMemoryLeases::new();
     let (crashy, schema) = Search::new("crashy");
     let crashy_model = crashy.open(dir.path(), schema);
@@ -223,19 +230,16 @@ async fn tantivy_rebuild_aborted_20_times_equals_a_clean_run() {
 async fn readers_never_see_a_half_built_redis_generation() {
     let Some(redis) = redis().await else { return };
     let ns = unique("t");
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, EVENTS).await;
-    let expected_total: i64 = expected_balances(&store)
-        .await
-        .values()
-        .map(|(b, _)| b)
-        .sum();
+    let store = seeded_store(EVENTS).await;
+    let expected_total = expected_total(&store).await;
     let model = RedisReadModel::with_namespace(redis.clone(), &ns, "balances").unwrap();
-    let runner = ProjectionRunner::new(store.clone())
-        .with_config(fast().with_retire_grace(Duration::from_millis(300)));
-    runner
-        .add(Balances::new("balances"), model.clone(), small_batches())
-        .unwrap();
+    let runner = runner_with(
+        &store,
+        fast().with_retire_grace(Duration::from_millis(300)),
+        Balances::new("balances"),
+        model.clone(),
+        small_batches(),
+    );
     let head = store.head_position().await.unwrap().unwrap();
     runner.wait_for("balances", head).await.unwrap();
 
@@ -289,15 +293,17 @@ async fn readers_never_see_a_half_built_redis_generation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_never_see_a_half_built_tantivy_generation() {
     let dir = tempfile::tempdir().unwrap();
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, EVENTS).await;
+    let store = seeded_store(EVENTS).await;
     let (search, schema) = Search::new("search");
     let model = search.open(dir.path(), schema);
     assert!(model.view().unwrap().is_none());
-    let runner = ProjectionRunner::new(store.clone()).with_config(fast());
-    runner
-        .add(search.clone(), model.clone(), small_batches())
-        .unwrap();
+    let runner = runner_with(
+        &store,
+        fast(),
+        search.clone(),
+        model.clone(),
+        small_batches(),
+    );
     let head = store.head_position().await.unwrap().unwrap();
     runner.wait_for("search", head).await.unwrap();
     let complete = dump_tantivy(&model, &search).len() as u64;
@@ -342,20 +348,14 @@ async fn readers_never_see_a_half_built_tantivy_generation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_build_is_in_the_status_from_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, EVENTS).await;
+    let store = seeded_store(EVENTS).await;
     let head = store.head_position().await.unwrap().unwrap();
     let leases = InMemoryLeases::new();
     let (search, schema) = Search::new("search");
     let model = search.open(dir.path(), schema);
 
     // A first owner builds generation 1, then dies in the middle of a rebuild.
-    let runner = ProjectionRunner::new(store.clone())
-        .with_leases(leases.clone())
-        .with_config(fast());
-    runner
-        .add(search.clone(), model.clone(), small_batches())
-        .unwrap();
+    let runner = start(&store, &leases, search.clone(), model.clone());
     runner.wait_for("search", head).await.unwrap();
     let serving = runner.status("search").unwrap().generation;
     let _ = tokio::time::timeout(Duration::ZERO, runner.rebuild("search")).await;
@@ -374,12 +374,7 @@ async fn a_resumed_build_is_in_the_status_from_the_start() {
     assert!(pending.is_some(), "the rebuild was cut before it ended");
 
     // The next owner: every status it reports on the old generation names the rebuild.
-    let runner = ProjectionRunner::new(store.clone())
-        .with_leases(leases.clone())
-        .with_config(fast());
-    runner
-        .add(search.clone(), model.clone(), small_batches())
-        .unwrap();
+    let runner = start(&store, &leases, search.clone(), model.clone());
     let mut status = runner.watch("search").unwrap();
     let watched = tokio::time::timeout(Duration::from_secs(20), async {
         loop {

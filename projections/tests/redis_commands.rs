@@ -13,8 +13,7 @@ async fn every_command_lands_as_written() {
     let Some(redis) = redis().await else { return };
     let ns = unique("cmd");
     let model = RedisReadModel::with_namespace(redis.clone(), &ns, "all").unwrap();
-    let generation = model.begin_build(1).await.unwrap();
-    let mut writer = model.open_writer(generation, 1).await.unwrap();
+    let (generation, mut writer) = begin_writing(&model).await;
     let mut batch = writer.batch();
     batch.hset("h", "a", "1");
     batch.hincrby("h", "n", 5);
@@ -69,8 +68,7 @@ async fn a_key_of_another_type_in_redis_refuses_the_batch_whole() {
     let Some(redis) = redis().await else { return };
     let ns = unique("cmd");
     let model = RedisReadModel::with_namespace(redis.clone(), &ns, "typed").unwrap();
-    let generation = model.begin_build(1).await.unwrap();
-    let mut first = model.open_writer(generation, 1).await.unwrap();
+    let (generation, mut first) = begin_writing(&model).await;
     let mut batch = first.batch();
     batch.set("k", "text");
     let at = LogPosition::serial(1);
@@ -101,8 +99,7 @@ async fn a_redis_that_forgot_the_script_gets_it_again() {
     let Some(redis) = redis().await else { return };
     let ns = unique("cmd");
     let model = RedisReadModel::with_namespace(redis.clone(), &ns, "reload").unwrap();
-    let generation = model.begin_build(1).await.unwrap();
-    let mut writer = model.open_writer(generation, 1).await.unwrap();
+    let (generation, mut writer) = begin_writing(&model).await;
     // As after a Redis restart: every cached script is gone (others reload theirs the same
     // way).
     let mut c = redis.clone();

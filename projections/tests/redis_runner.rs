@@ -5,10 +5,10 @@ mod common;
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use annals::{EventStore, ExpectedVersion, InMemoryEventStore, StreamId};
+use annals::{EventStore, ExpectedVersion, StreamId};
 use annals_projections::{
-    Backoff, Error, FailurePolicy, Generation, GenerationWriter, ProjectionConfig,
-    ProjectionRunner, ProjectionState, ReadModel, RedisReadModel, RunnerConfig,
+    Backoff, Error, FailurePolicy, Generation, GenerationWriter, ProjectionConfig, ProjectionState,
+    ReadModel, RedisReadModel, RunnerConfig,
 };
 use common::*;
 
@@ -27,21 +27,19 @@ fn fast() -> RunnerConfig {
 async fn catches_up_follows_live_and_reads_your_writes() {
     let Some(redis) = redis().await else { return };
     let ns = unique("t");
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, 1500).await;
+    let store = seeded_store(1500).await;
     let model = RedisReadModel::with_namespace(redis.clone(), &ns, "balances").unwrap();
     assert!(
         model.view().await.unwrap().is_none(),
         "no model before the first build"
     );
-    let runner = ProjectionRunner::new(store.clone()).with_config(fast());
-    runner
-        .add(
-            Balances::new("balances"),
-            model.clone(),
-            ProjectionConfig::new().with_batch_size(200),
-        )
-        .unwrap();
+    let runner = runner_with(
+        &store,
+        fast(),
+        Balances::new("balances"),
+        model.clone(),
+        ProjectionConfig::new().with_batch_size(200),
+    );
     let head = store.head_position().await.unwrap().unwrap();
     runner.wait_for("balances", head).await.unwrap();
     assert_balances(&model, &store).await;
@@ -84,41 +82,26 @@ async fn catches_up_follows_live_and_reads_your_writes() {
 async fn poison_event_stops_at_its_position_by_default() {
     let Some(redis) = redis().await else { return };
     let ns = unique("t");
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, 100).await;
-    let poison = store
-        .append(
-            &StreamId::new("bad").unwrap(),
-            ExpectedVersion::Any,
-            vec![typed("Poison")],
-        )
-        .await
-        .unwrap();
-    let after = seed(&store, 100, 50).await;
-    let model = RedisReadModel::with_namespace(redis.clone(), &ns, "balances").unwrap();
-    let runner = ProjectionRunner::new(store.clone()).with_config(fast());
-    runner
-        .add(
-            Balances::new("balances"),
-            model.clone(),
-            ProjectionConfig::new().with_batch_size(64),
-        )
-        .unwrap();
+    let (store, poison, after) = store_with_odd_event(100, "bad", "Poison", 50).await;
+    let (runner, model) = run_balances(
+        &store,
+        &redis,
+        &ns,
+        fast(),
+        ProjectionConfig::new().with_batch_size(64),
+    );
     let err = runner.wait_for("balances", after).await.unwrap_err();
     let Error::Stopped(reason) = err else {
         panic!("expected a stop, got {err:?}")
     };
-    assert_eq!(reason.position, poison.last_position);
+    assert_eq!(reason.position, poison);
     assert_eq!(reason.event_type, "Poison");
     assert!(reason.error.contains("poison event"), "{}", reason.error);
     let stored = store
         .read_all(annals::LogRead::after(annals::LogPosition::START))
         .collect_vec()
         .await;
-    let poison_event = stored
-        .iter()
-        .find(|e| e.position == poison.last_position)
-        .unwrap();
+    let poison_event = stored.iter().find(|e| e.position == poison).unwrap();
     assert_eq!(reason.event_id, poison_event.event_id);
     // The first build never completed, so nothing serves yet; the building generation's
     // checkpoint sits just before the poison event and nothing after it was applied.
@@ -130,7 +113,7 @@ async fn poison_event_stops_at_its_position_by_default() {
     let before = stored
         .iter()
         .rev()
-        .find(|e| e.position < poison.last_position)
+        .find(|e| e.position < poison)
         .unwrap()
         .position;
     assert_eq!(writer.checkpoint(), Some(before));
@@ -138,7 +121,7 @@ async fn poison_event_stops_at_its_position_by_default() {
     // A restart meets the same event again and stops again: never a silent skip.
     runner.restart("balances").await.unwrap();
     let err = runner.wait_for("balances", after).await.unwrap_err();
-    assert!(matches!(err, Error::Stopped(r) if r.position == poison.last_position));
+    assert!(matches!(err, Error::Stopped(r) if r.position == poison));
     drop(runner);
     cleanup_redis(&redis, &ns).await;
 }
@@ -147,48 +130,31 @@ async fn poison_event_stops_at_its_position_by_default() {
 async fn dead_letter_policy_parks_and_goes_on() {
     let Some(redis) = redis().await else { return };
     let ns = unique("t");
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, 100).await;
-    let poison = store
-        .append(
-            &StreamId::new("bad").unwrap(),
-            ExpectedVersion::Any,
-            vec![typed("Poison")],
-        )
-        .await
-        .unwrap();
-    let head = seed(&store, 100, 100).await;
-    let model = RedisReadModel::with_namespace(redis.clone(), &ns, "balances").unwrap();
-    let runner = ProjectionRunner::new(store.clone()).with_config(fast());
+    let (store, poison, head) = store_with_odd_event(100, "bad", "Poison", 100).await;
     let policy = FailurePolicy::retry_then_dead_letter(
         3,
         Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
     );
-    runner
-        .add(
-            Balances::new("balances"),
-            model.clone(),
-            ProjectionConfig::new()
-                .with_policy(policy)
-                .with_batch_size(64),
-        )
-        .unwrap();
+    let (runner, model) = run_balances(
+        &store,
+        &redis,
+        &ns,
+        fast(),
+        ProjectionConfig::new()
+            .with_policy(policy)
+            .with_batch_size(64),
+    );
     runner.wait_for("balances", head).await.unwrap();
     assert_balances(&model, &store).await;
     let view = model.view().await.unwrap().unwrap();
     let letters = view.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].position, poison.last_position);
+    assert_eq!(letters[0].position, poison);
     assert_eq!(letters[0].attempts, 3);
     assert!(letters[0].error.contains("poison"));
     // The poison handler's own write (a million added to the total) was rolled back.
     let total: i64 = view.get("total").await.unwrap().unwrap().parse().unwrap();
-    let expected: i64 = expected_balances(&store)
-        .await
-        .values()
-        .map(|(b, _)| b)
-        .sum();
-    assert_eq!(total, expected);
+    assert_eq!(total, expected_total(&store).await);
     runner.shutdown().await;
     cleanup_redis(&redis, &ns).await;
 }
@@ -197,33 +163,22 @@ async fn dead_letter_policy_parks_and_goes_on() {
 async fn retry_policy_retries_a_flaky_handler() {
     let Some(redis) = redis().await else { return };
     let ns = unique("t");
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, 20).await;
-    store
-        .append(
-            &StreamId::new("f").unwrap(),
-            ExpectedVersion::Any,
-            vec![typed("Flaky")],
-        )
-        .await
-        .unwrap();
-    let head = seed(&store, 20, 20).await;
+    let (store, _, head) = store_with_odd_event(20, "f", "Flaky", 20).await;
     let model = RedisReadModel::with_namespace(redis.clone(), &ns, "balances").unwrap();
     let mut projection = Balances::new("balances");
     projection.flaky_failures = 2;
     let calls = projection.flaky_calls.clone();
-    let runner = ProjectionRunner::new(store.clone()).with_config(fast());
     let policy = FailurePolicy::retry_then_stop(
         5,
         Backoff::new(Duration::from_millis(5), Duration::from_millis(20)),
     );
-    runner
-        .add(
-            projection,
-            model.clone(),
-            ProjectionConfig::new().with_policy(policy),
-        )
-        .unwrap();
+    let runner = runner_with(
+        &store,
+        fast(),
+        projection,
+        model.clone(),
+        ProjectionConfig::new().with_policy(policy),
+    );
     runner.wait_for("balances", head).await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     let view = model.view().await.unwrap().unwrap();
@@ -261,22 +216,15 @@ async fn retry_policy_retries_a_flaky_handler() {
 async fn a_panicking_handler_stops_only_its_projection() {
     let Some(redis) = redis().await else { return };
     let ns = unique("t");
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, 50).await;
-    store
-        .append(
-            &StreamId::new("p").unwrap(),
-            ExpectedVersion::Any,
-            vec![typed("Panic")],
-        )
-        .await
-        .unwrap();
-    let head = seed(&store, 50, 50).await;
-    let runner = ProjectionRunner::new(store.clone()).with_config(fast());
+    let (store, _, head) = store_with_odd_event(50, "p", "Panic", 50).await;
     let broken = RedisReadModel::with_namespace(redis.clone(), &ns, "broken").unwrap();
-    runner
-        .add(Balances::new("broken"), broken, ProjectionConfig::new())
-        .unwrap();
+    let runner = runner_with(
+        &store,
+        fast(),
+        Balances::new("broken"),
+        broken,
+        ProjectionConfig::new(),
+    );
     // Same projection type, but this one does not want `Panic` events.
     let healthy = RedisReadModel::with_namespace(redis.clone(), &ns, "healthy").unwrap();
     runner
@@ -324,8 +272,7 @@ async fn a_fenced_writer_cannot_write() {
     let Some(redis) = redis().await else { return };
     let ns = unique("t");
     let model = RedisReadModel::with_namespace(redis.clone(), &ns, "balances").unwrap();
-    let generation = model.begin_build(1).await.unwrap();
-    let mut old = model.open_writer(generation, 1).await.unwrap();
+    let (generation, mut old) = begin_writing(&model).await;
     let mut batch = old.batch();
     batch.incrby("total", 1);
     let first = annals::LogPosition::serial(1);
@@ -352,25 +299,7 @@ async fn a_fenced_writer_cannot_write() {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Fenced {
-                fence: 1,
-                stored: 2,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        model
-            .switch(generation, 1)
-            .await
-            .unwrap_err()
-            .is_ownership_lost()
-    );
-    assert!(model.claim(1).await.unwrap_err().is_ownership_lost());
+    assert_fenced_out(&model, generation, err).await;
     assert!(
         model
             .open_writer(generation, 1)

@@ -5,35 +5,24 @@ mod common;
 
 use std::time::Duration;
 
-use annals::{EventStore, ExpectedVersion, InMemoryEventStore, StreamId};
-use annals_projections::{FailurePolicy, ProjectionConfig, ProjectionRunner, RunnerConfig};
+use annals::{EventStore, ExpectedVersion, StreamId};
+use annals_projections::{FailurePolicy, ProjectionConfig, RunnerConfig};
 use common::*;
 use tantivy::schema::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexes_searches_and_parks_poison() {
     let dir = tempfile::tempdir().unwrap();
-    let store = InMemoryEventStore::new();
-    seed(&store, 0, 500).await;
-    let poison = store
-        .append(
-            &StreamId::new("bad").unwrap(),
-            ExpectedVersion::Any,
-            vec![typed("Poison")],
-        )
-        .await
-        .unwrap();
+    let (store, poison, _) = store_with_odd_event(500, "bad", "Poison", 0).await;
     let (search, schema) = Search::new("search");
     let model = search.open(dir.path(), schema);
-    let runner = ProjectionRunner::new(store.clone())
-        .with_config(RunnerConfig::new().with_lease_ttl(Duration::from_secs(2)));
-    runner
-        .add(
-            search.clone(),
-            model.clone(),
-            ProjectionConfig::new().with_policy(FailurePolicy::DeadLetter),
-        )
-        .unwrap();
+    let runner = runner_with(
+        &store,
+        RunnerConfig::new().with_lease_ttl(Duration::from_secs(2)),
+        search.clone(),
+        model.clone(),
+        ProjectionConfig::new().with_policy(FailurePolicy::DeadLetter),
+    );
     let head = store.head_position().await.unwrap().unwrap();
     runner.wait_for("search", head).await.unwrap();
     let view = model.view().unwrap().unwrap();
@@ -41,7 +30,7 @@ async fn indexes_searches_and_parks_poison() {
     assert_eq!(view.checkpoint().unwrap(), Some(head));
     let letters = view.dead_letters().unwrap();
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].position, poison.last_position);
+    assert_eq!(letters[0].position, poison);
 
     // Live upserts replace the account document; read your writes.
     let done = store

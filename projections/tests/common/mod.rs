@@ -16,8 +16,9 @@ use annals::{
     Payload, RecordedEvent, StreamId,
 };
 use annals_projections::{
-    EventFilter, Projection, ProjectionRunner, ProjectionState, RedisBatch, RedisConnection,
-    RedisReadModel, TantivyBatch, TantivyConfig, TantivyReadModel,
+    Error, EventFilter, Generation, Projection, ProjectionConfig, ProjectionRunner,
+    ProjectionState, ReadModel, RedisBatch, RedisConnection, RedisReadModel, RunnerConfig,
+    TantivyBatch, TantivyConfig, TantivyReadModel,
 };
 use serde::Deserialize;
 use tantivy::{
@@ -106,6 +107,115 @@ pub async fn seed(store: &InMemoryEventStore, from: usize, n: usize) -> LogPosit
             .last_position;
     }
     last
+}
+
+/// A new store holding `n` deposits, as [`seed`] appends them.
+pub async fn seeded_store(n: usize) -> InMemoryEventStore {
+    let store = InMemoryEventStore::new();
+    seed(&store, 0, n).await;
+    store
+}
+
+/// Appends one event of type `event_type` (empty payload) to `stream`; returns its position.
+pub async fn append_typed(
+    store: &InMemoryEventStore,
+    stream: &str,
+    event_type: &str,
+) -> LogPosition {
+    store
+        .append(
+            &StreamId::new(stream).unwrap(),
+            ExpectedVersion::Any,
+            vec![typed(event_type)],
+        )
+        .await
+        .unwrap()
+        .last_position
+}
+
+/// A new store with one odd event between deposits: `before` deposits, one `event_type`
+/// event on `stream` (a `Poison`, `Panic`, `Flaky` … for the handler to trip over), then
+/// `after` more. Returns the store, the odd event's position and the last position.
+pub async fn store_with_odd_event(
+    before: usize,
+    stream: &str,
+    event_type: &str,
+    after: usize,
+) -> (InMemoryEventStore, LogPosition, LogPosition) {
+    let store = seeded_store(before).await;
+    let odd = append_typed(&store, stream, event_type).await;
+    let last = if after == 0 {
+        odd
+    } else {
+        seed(&store, before, after).await
+    };
+    (store, odd, last)
+}
+
+/// A runner over `store` with `config` that already runs `projection` into `model`.
+pub fn runner_with<S: EventStore + Clone + 'static, P: Projection>(
+    store: &S,
+    config: RunnerConfig,
+    projection: P,
+    model: P::Model,
+    projection_config: ProjectionConfig,
+) -> ProjectionRunner<S> {
+    let runner = ProjectionRunner::new(store.clone()).with_config(config);
+    runner.add(projection, model, projection_config).unwrap();
+    runner
+}
+
+/// The usual Redis setup: a `balances` read model in namespace `ns` and a runner with
+/// `config` running [`Balances`] (named `balances`) into it with `projection_config`.
+pub fn run_balances<S: EventStore + Clone + 'static>(
+    store: &S,
+    redis: &RedisConnection,
+    ns: &str,
+    config: RunnerConfig,
+    projection_config: ProjectionConfig,
+) -> (ProjectionRunner<S>, RedisReadModel) {
+    let model = RedisReadModel::with_namespace(redis.clone(), ns, "balances").unwrap();
+    let runner = runner_with(
+        store,
+        config,
+        Balances::new("balances"),
+        model.clone(),
+        projection_config,
+    );
+    (runner, model)
+}
+
+/// Begins generation 1 of `model` for fence 1 and opens a writer into it, as a first owner
+/// would.
+pub async fn begin_writing<M: ReadModel>(model: &M) -> (Generation, M::Writer) {
+    let generation = model.begin_build(1).await.unwrap();
+    let writer = model.open_writer(generation, 1).await.unwrap();
+    (generation, writer)
+}
+
+/// Asserts that the owner with fence 1 is locked out of `model` once fence 2 holds
+/// `generation`: `err` (what its last call returned) is `Fenced { fence: 1, stored: 2 }`,
+/// and its switch and claim are refused as ownership lost.
+pub async fn assert_fenced_out<M: ReadModel>(model: &M, generation: Generation, err: Error) {
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                fence: 1,
+                stored: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        model
+            .switch(generation, 1)
+            .await
+            .unwrap_err()
+            .is_ownership_lost()
+    );
+    assert!(model.claim(1).await.unwrap_err().is_ownership_lost());
 }
 
 /// Balances in Redis: a hash per account with counters, a ranking, a capped recent list, a
@@ -217,6 +327,15 @@ pub async fn expected_balances(store: &InMemoryEventStore) -> BTreeMap<String, (
         entry.1 += 1;
     }
     out
+}
+
+/// The sum of all deposits in `store`: what `Balances` should hold under `total`.
+pub async fn expected_total(store: &InMemoryEventStore) -> i64 {
+    expected_balances(store)
+        .await
+        .values()
+        .map(|(b, _)| b)
+        .sum()
 }
 
 /// Checks the balances hashes against the store.
