@@ -221,8 +221,15 @@ impl<S: EventStore + Clone> App<S> {
             } else {
                 ""
             };
+            // No process follows the log between commands: each read model catches up when
+            // a command reads it (`search` for the index, any balance query for balances).
+            let hint = if l.behind > 0 {
+                "  (catches up at its next query)"
+            } else {
+                ""
+            };
             println!(
-                "{name:<9} generation {generation}{place}  at {at}  lag {} event(s)",
+                "{name:<9} generation {generation}{place}  at {at}  lag {} event(s){hint}",
                 l.behind
             );
         }
