@@ -55,7 +55,8 @@ pub enum Op {
 
 /// Applies a batch if `GET KEYS[1]` equals ARGV[1] (empty: no checkpoint yet) and
 /// `GET KEYS[2]` equals ARGV[4] (the guard: the generation is still the active one), then
-/// sets the checkpoint to ARGV[2]. Runs atomically: all the batch or nothing.
+/// sets the checkpoint to ARGV[2]. Runs atomically: all the batch or nothing. Every key the
+/// ops write is declared too (`KEYS[3..]`, see [`script_keys`]), as Redis requires of scripts.
 const APPLY: &str = r#"
 local current = redis.call('GET', KEYS[1]) or ''
 if current ~= ARGV[1] then return 0 end
@@ -164,15 +165,17 @@ impl Kv {
             }
             Self::Redis(con) => {
                 let mut con = con.clone();
-                let applied: i64 = Script::new(APPLY)
-                    .key(checkpoint_key)
-                    .key(guard_key)
+                let script = Script::new(APPLY);
+                let mut invocation = script.prepare_invoke();
+                for key in script_keys(checkpoint_key, guard_key, ops) {
+                    invocation.key(key);
+                }
+                invocation
                     .arg(expected)
                     .arg(next)
                     .arg(serde_json::to_string(ops)?)
-                    .arg(guard_value)
-                    .invoke_async(&mut con)
-                    .await?;
+                    .arg(guard_value);
+                let applied: i64 = invocation.invoke_async(&mut con).await?;
                 Ok(applied == 1)
             }
         }
@@ -345,6 +348,25 @@ impl Kv {
     }
 }
 
+/// The keys a batch's script touches, each once: the checkpoint, the guard, then every key the
+/// ops write, in order of first use.
+fn script_keys<'a>(checkpoint: &'a str, guard: &'a str, ops: &'a [Op]) -> Vec<&'a str> {
+    let mut keys = vec![checkpoint, guard];
+    let mut seen: std::collections::HashSet<&str> = keys.iter().copied().collect();
+    for op in ops {
+        let key = match op {
+            Op::HSet { key, .. }
+            | Op::HIncrBy { key, .. }
+            | Op::PushCapped { key, .. }
+            | Op::ZIncrBy { key, .. } => key.as_str(),
+        };
+        if seen.insert(key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
 impl MemoryKv {
     fn len(&self) -> usize {
         self.strings.len() + self.hashes.len() + self.lists.len() + self.zsets.len()
@@ -393,4 +415,47 @@ fn glob_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_declares_every_key_it_writes_once() {
+        let ops = vec![
+            Op::HIncrBy {
+                key: "{p}:g1:acct:a".into(),
+                field: "balance".into(),
+                by: 5,
+            },
+            Op::PushCapped {
+                key: "{p}:g1:recent:a".into(),
+                value: "x".into(),
+                keep: 50,
+            },
+            Op::HSet {
+                key: "{p}:g1:acct:a".into(),
+                field: "status".into(),
+                value: "open".into(),
+            },
+            Op::ZIncrBy {
+                key: "{p}:g1:ranking".into(),
+                member: "a".into(),
+                by: 5,
+            },
+        ];
+        assert_eq!(
+            script_keys("{p}:g1:checkpoint", "{p}:active", &ops),
+            [
+                "{p}:g1:checkpoint",
+                "{p}:active",
+                "{p}:g1:acct:a",
+                "{p}:g1:recent:a",
+                "{p}:g1:ranking"
+            ]
+        );
+        // Without a guard the checkpoint stands in for it, and KEYS[2] must still be there.
+        assert_eq!(script_keys("{p}:c", "{p}:c", &[]), ["{p}:c", "{p}:c"]);
+    }
 }
