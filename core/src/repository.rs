@@ -278,9 +278,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             None => Loaded::default_state(),
         };
-        let mut events = self
-            .store
-            .read_stream(stream, StreamRead::forward_from(loaded.version + 1));
+        let mut events = self.store.read_stream(
+            stream,
+            StreamRead::forward_from(loaded.version + 1).for_folding(),
+        );
         while let Some(recorded) = events.try_next().await? {
             let event = A::Event::decode(&recorded)?;
             loaded.state.apply(&event);

@@ -33,6 +33,8 @@ pub struct StreamRead {
     pub limit: Option<u64>,
     /// Events fetched per round trip; memory stays bounded by it however long the stream.
     pub page_size: usize,
+    /// Only what folding an aggregate needs (see [`StreamRead::for_folding`]).
+    pub for_folding: bool,
 }
 
 impl StreamRead {
@@ -43,7 +45,18 @@ impl StreamRead {
             from,
             limit: None,
             page_size: DEFAULT_PAGE_SIZE,
+            for_folding: false,
         }
+    }
+
+    /// Reads only what folding events into an aggregate needs: position, stream version, type,
+    /// schema version and payload. A store may then leave the other fields out, returning
+    /// them as [`Uuid::nil`](uuid::Uuid::nil) (`event_id`), empty [`Metadata`](crate::Metadata)
+    /// and the Unix epoch (`recorded_at`); the PostgreSQL store does, and sends about half the
+    /// columns. [`Repository`](crate::Repository) loads this way.
+    pub fn for_folding(mut self) -> Self {
+        self.for_folding = true;
+        self
     }
 
     /// The whole stream, oldest first.

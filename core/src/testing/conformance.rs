@@ -575,6 +575,40 @@ pub async fn read_stream_directions_and_limits<S: EventStore>(store: S) {
         .await
         .expect("read");
     assert!(missing.is_empty());
+
+    // A read for folding returns what folding needs exactly as stored; the other fields are
+    // either as stored or left out (nil, empty, the epoch), as `for_folding` documents.
+    for read in [
+        StreamRead::forward(),
+        StreamRead::forward_from(4).with_page_size(3).with_limit(5),
+    ] {
+        let full: Vec<_> = store
+            .read_stream(&s, read)
+            .try_collect()
+            .await
+            .expect("read");
+        let folding: Vec<_> = store
+            .read_stream(&s, read.for_folding())
+            .try_collect()
+            .await
+            .expect("read for folding");
+        assert_eq!(folding.len(), full.len());
+        for (f, e) in folding.iter().zip(&full) {
+            assert_eq!(
+                (f.position, &f.stream_id, f.stream_version),
+                (e.position, &e.stream_id, e.stream_version)
+            );
+            assert_eq!(
+                (&f.event_type, f.schema_version, &f.payload),
+                (&e.event_type, e.schema_version, &e.payload)
+            );
+            assert!(f.event_id == e.event_id || f.event_id.is_nil());
+            assert!(f.metadata == e.metadata || f.metadata == crate::Metadata::default());
+            assert!(
+                f.recorded_at == e.recorded_at || f.recorded_at == time::OffsetDateTime::UNIX_EPOCH
+            );
+        }
+    }
 }
 
 /// Oversized events, empty appends and repeated ids fail with typed errors and write nothing.
