@@ -43,6 +43,12 @@ const STREAM_FORWARD: &str = concat!(
      ORDER BY stream_version LIMIT $3"
 );
 
+/// A forward stream read for folding an aggregate ([`annals::StreamRead::for_folding`]): only
+/// what folding needs, about half the columns, so both the server and the client do less.
+const STREAM_FOLD: &str = "SELECT tx, sequence, stream_version, event_type, schema_version, \
+     payload FROM events WHERE stream_id = $1 AND stream_version >= $2 \
+     ORDER BY stream_version LIMIT $3";
+
 const STREAM_BACKWARD: &str = concat!(
     "SELECT ",
     stream_columns!(),
@@ -83,16 +89,20 @@ pub(crate) struct Names {
     stream: Option<StreamId>,
     /// Rows of [`stream_columns!`], all of `stream`.
     known_stream: bool,
+    /// Rows of [`STREAM_FOLD`] (with `known_stream`).
+    folding: bool,
     last_type: Option<EventType>,
     types: HashMap<String, EventType>,
 }
 
 impl Names {
-    /// For the rows of a stream read ([`stream_columns!`]): every row is of `stream`.
-    pub(crate) fn of_stream(stream: StreamId) -> Self {
+    /// For the rows of a stream read ([`stream_columns!`], or [`STREAM_FOLD`]'s when
+    /// `folding`): every row is of `stream`.
+    pub(crate) fn of_stream(stream: StreamId, folding: bool) -> Self {
         Self {
             stream: Some(stream),
             known_stream: true,
+            folding,
             ..Self::default()
         }
     }
@@ -134,6 +144,9 @@ fn unsigned(n: i64) -> annals::Result<u64> {
 /// [`Names::of_stream`]. The column types are this store's own schema, so the per-value type
 /// check is skipped (a mismatch still fails to decode, it is not unsafe).
 pub(crate) fn decode(row: &PgRow, names: &mut Names) -> annals::Result<RecordedEvent> {
+    if names.folding {
+        return decode_for_folding(row, names);
+    }
     let tx: i64 = row.try_get_unchecked(0).map_err(backend)?;
     let sequence: i64 = row.try_get_unchecked(1).map_err(backend)?;
     let (stream_id, c) = match (&names.stream, names.known_stream) {
@@ -167,6 +180,32 @@ pub(crate) fn decode(row: &PgRow, names: &mut Names) -> annals::Result<RecordedE
     })
 }
 
+/// Decodes a row of [`STREAM_FOLD`]: the fields it leaves out are nil, empty and the epoch,
+/// as [`annals::StreamRead::for_folding`] documents.
+fn decode_for_folding(row: &PgRow, names: &mut Names) -> annals::Result<RecordedEvent> {
+    let Some(stream_id) = names.stream.clone() else {
+        return Err(internal(false, "a folding read without its stream"));
+    };
+    let tx: i64 = row.try_get_unchecked(0).map_err(backend)?;
+    let sequence: i64 = row.try_get_unchecked(1).map_err(backend)?;
+    let stream_version: i64 = row.try_get_unchecked(2).map_err(backend)?;
+    let event_type: &str = row.try_get_unchecked(3).map_err(backend)?;
+    let schema_version: i32 = row.try_get_unchecked(4).map_err(backend)?;
+    let payload: &str = row.try_get_unchecked(5).map_err(backend)?;
+    Ok(RecordedEvent {
+        position: position(tx, sequence),
+        stream_id,
+        stream_version: unsigned(stream_version)?,
+        event_id: Uuid::nil(),
+        event_type: names.event_type(event_type)?,
+        schema_version: u32::try_from(schema_version)
+            .map_err(|_| internal(false, "a stored schema version is negative"))?,
+        payload: Payload::from_stored(payload.to_owned()),
+        metadata: Metadata::default(),
+        recorded_at: OffsetDateTime::UNIX_EPOCH,
+    })
+}
+
 pub(crate) fn decode_all(rows: &[PgRow]) -> annals::Result<Vec<RecordedEvent>> {
     let mut names = Names::default();
     rows.iter().map(|row| decode(row, &mut names)).collect()
@@ -185,12 +224,13 @@ pub(crate) fn stream_query(
     stream: &str,
     from: u64,
     forward: bool,
+    folding: bool,
     limit: usize,
 ) -> Query<'_, Postgres, PgArguments> {
-    let sql = if forward {
-        STREAM_FORWARD
-    } else {
-        STREAM_BACKWARD
+    let sql = match (forward, folding) {
+        (true, true) => STREAM_FOLD,
+        (true, false) => STREAM_FORWARD,
+        (false, _) => STREAM_BACKWARD,
     };
     sqlx::query(sql)
         .bind(stream)

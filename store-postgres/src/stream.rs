@@ -15,9 +15,15 @@ pub(crate) fn read_stream(
     read: StreamRead,
 ) -> BoxStream<'static, annals::Result<RecordedEvent>> {
     let limit = read.limit.unwrap_or(u64::MAX);
-    pages::events(limit, Names::of_stream(stream.clone()), move |tx| {
-        tokio::spawn(produce(pool, stream, read, limit, tx));
-    })
+    // Folding reads only what an aggregate needs; backward reads have no such use.
+    let folding = read.for_folding && read.direction == Direction::Forward;
+    pages::events(
+        limit,
+        Names::of_stream(stream.clone(), folding),
+        move |tx| {
+            tokio::spawn(produce(pool, stream, read, limit, tx));
+        },
+    )
 }
 
 async fn produce(pool: PgPool, stream: StreamId, read: StreamRead, limit: u64, tx: PageSender) {
@@ -28,7 +34,8 @@ async fn produce(pool: PgPool, stream: StreamId, read: StreamRead, limit: u64, t
     while let Some(from) = next.filter(|v| *v > 0 && left > 0) {
         let batch = batch_rows(page_size);
         let want = usize::try_from(left).map_or(batch, |l| l.min(batch));
-        let rows = stream_query(stream.as_str(), from, forward, want).fetch(&pool);
+        let rows =
+            stream_query(stream.as_str(), from, forward, read.for_folding, want).fetch(&pool);
         next = None;
         match send_rows(rows, page_size, version_key, &tx).await {
             Sent::Stopped => return,

@@ -127,6 +127,22 @@ async fn small_and_large_pages_read_the_same_events() {
             .unwrap();
         assert_eq!(small.len(), 1500);
         assert_eq!(large, small);
+        // The folding read (what `Repository::load` uses) sends only what folding needs.
+        let folding: Vec<_> = store
+            .read_stream(s, StreamRead::forward().for_folding())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(folding.len(), 1500);
+        for (f, e) in folding.iter().zip(&small) {
+            assert_eq!(
+                (f.position, f.stream_version),
+                (e.position, e.stream_version)
+            );
+            assert_eq!((&f.event_type, &f.payload), (&e.event_type, &e.payload));
+            assert!(f.event_id.is_nil());
+            assert_eq!(f.metadata, annals::Metadata::default());
+        }
     }
     store.drop_schema().await.unwrap();
 }
