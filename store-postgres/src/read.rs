@@ -140,29 +140,55 @@ fn unsigned(n: i64) -> annals::Result<u64> {
     u64::try_from(n).map_err(|_| internal(false, "a stored number is negative"))
 }
 
-/// Decodes a row of [`columns!`], or of [`stream_columns!`] when `names` is
-/// [`Names::of_stream`]. The column types are this store's own schema, so the per-value type
-/// check is skipped (a mismatch still fails to decode, it is not unsafe).
-pub(crate) fn decode(row: &PgRow, names: &mut Names) -> annals::Result<RecordedEvent> {
-    if names.folding {
-        return decode_for_folding(row, names);
+/// Reads a row's columns in order.
+struct Columns<'r> {
+    row: &'r PgRow,
+    at: usize,
+}
+
+impl<'r> Columns<'r> {
+    /// The next column, without the per-value type check: the column types are this store's
+    /// own schema (a mismatch still fails to decode, it is not unsafe).
+    fn next<T: sqlx::Decode<'r, Postgres>>(&mut self) -> annals::Result<T> {
+        let value = self.row.try_get_unchecked(self.at).map_err(backend)?;
+        self.at += 1;
+        Ok(value)
     }
-    let tx: i64 = row.try_get_unchecked(0).map_err(backend)?;
-    let sequence: i64 = row.try_get_unchecked(1).map_err(backend)?;
-    let (stream_id, c) = match (&names.stream, names.known_stream) {
-        (Some(id), true) => (id.clone(), 3),
+}
+
+/// Decodes a row of [`columns!`], or of [`stream_columns!`] (or [`STREAM_FOLD`]'s, when
+/// folding) when `names` is [`Names::of_stream`]. A folding row leaves out the event id, the
+/// metadata and the commit time, which come back nil, empty and the epoch, as
+/// [`annals::StreamRead::for_folding`] documents.
+pub(crate) fn decode(row: &PgRow, names: &mut Names) -> annals::Result<RecordedEvent> {
+    let mut col = Columns { row, at: 0 };
+    let tx: i64 = col.next()?;
+    let sequence: i64 = col.next()?;
+    let stream_id = match (&names.stream, names.known_stream) {
+        (Some(id), true) => id.clone(),
         _ => {
-            let name: &str = row.try_get_unchecked(2).map_err(backend)?;
-            (names.stream(name)?, 4)
+            let name: &str = col.next()?;
+            names.stream(name)?
         }
     };
-    let stream_version: i64 = row.try_get_unchecked(c - 1).map_err(backend)?;
-    let event_id: Uuid = row.try_get_unchecked(c).map_err(backend)?;
-    let event_type: &str = row.try_get_unchecked(c + 1).map_err(backend)?;
-    let schema_version: i32 = row.try_get_unchecked(c + 2).map_err(backend)?;
-    let payload: &str = row.try_get_unchecked(c + 3).map_err(backend)?;
-    let metadata: Option<&str> = row.try_get_unchecked(c + 4).map_err(backend)?;
-    let recorded_at: OffsetDateTime = row.try_get_unchecked(c + 5).map_err(backend)?;
+    let stream_version: i64 = col.next()?;
+    let event_id = if names.folding {
+        Uuid::nil()
+    } else {
+        col.next()?
+    };
+    let event_type: &str = col.next()?;
+    let schema_version: i32 = col.next()?;
+    let payload: &str = col.next()?;
+    let (metadata, recorded_at) = if names.folding {
+        (Metadata::default(), OffsetDateTime::UNIX_EPOCH)
+    } else {
+        let metadata = match col.next::<Option<&str>>()? {
+            None => Metadata::default(),
+            Some(json) => Metadata::from_json(json)?,
+        };
+        (metadata, col.next()?)
+    };
     Ok(RecordedEvent {
         position: position(tx, sequence),
         stream_id,
@@ -172,37 +198,8 @@ pub(crate) fn decode(row: &PgRow, names: &mut Names) -> annals::Result<RecordedE
         schema_version: u32::try_from(schema_version)
             .map_err(|_| internal(false, "a stored schema version is negative"))?,
         payload: Payload::from_stored(payload.to_owned()),
-        metadata: match metadata {
-            None => Metadata::default(),
-            Some(json) => Metadata::from_json(json)?,
-        },
+        metadata,
         recorded_at,
-    })
-}
-
-/// Decodes a row of [`STREAM_FOLD`]: the fields it leaves out are nil, empty and the epoch,
-/// as [`annals::StreamRead::for_folding`] documents.
-fn decode_for_folding(row: &PgRow, names: &mut Names) -> annals::Result<RecordedEvent> {
-    let Some(stream_id) = names.stream.clone() else {
-        return Err(internal(false, "a folding read without its stream"));
-    };
-    let tx: i64 = row.try_get_unchecked(0).map_err(backend)?;
-    let sequence: i64 = row.try_get_unchecked(1).map_err(backend)?;
-    let stream_version: i64 = row.try_get_unchecked(2).map_err(backend)?;
-    let event_type: &str = row.try_get_unchecked(3).map_err(backend)?;
-    let schema_version: i32 = row.try_get_unchecked(4).map_err(backend)?;
-    let payload: &str = row.try_get_unchecked(5).map_err(backend)?;
-    Ok(RecordedEvent {
-        position: position(tx, sequence),
-        stream_id,
-        stream_version: unsigned(stream_version)?,
-        event_id: Uuid::nil(),
-        event_type: names.event_type(event_type)?,
-        schema_version: u32::try_from(schema_version)
-            .map_err(|_| internal(false, "a stored schema version is negative"))?,
-        payload: Payload::from_stored(payload.to_owned()),
-        metadata: Metadata::default(),
-        recorded_at: OffsetDateTime::UNIX_EPOCH,
     })
 }
 
