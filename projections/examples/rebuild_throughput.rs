@@ -68,6 +68,26 @@ impl Projection for Search {
     }
 }
 
+/// Prints the baseline's rate, then the first build's and the rebuild's, each with its share
+/// of the baseline's speed.
+fn print_rates(
+    baseline: &str,
+    unit: &str,
+    n: usize,
+    raw: Duration,
+    built: Duration,
+    rebuilt: Duration,
+) {
+    println!(
+        "{baseline} {:.0} {unit}; first build {:.0} events/s ({:.0}%); rebuild {:.0} events/s ({:.0}%)",
+        rate(n, raw),
+        rate(n, built),
+        100.0 * raw.as_secs_f64() / built.as_secs_f64(),
+        rate(n, rebuilt),
+        100.0 * raw.as_secs_f64() / rebuilt.as_secs_f64(),
+    );
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -151,13 +171,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     runner.wait_for("bench_balances", head).await?;
     let built = started.elapsed();
     let report = runner.rebuild("bench_balances").await?;
-    println!(
-        "redis: raw pipelined {:.0} events/s; first build {:.0} events/s ({:.0}%); rebuild {:.0} events/s ({:.0}%)",
-        rate(n, raw),
-        rate(n, built),
-        100.0 * raw.as_secs_f64() / built.as_secs_f64(),
-        rate(n, report.elapsed),
-        100.0 * raw.as_secs_f64() / report.elapsed.as_secs_f64(),
+    print_rates(
+        "redis: raw pipelined",
+        "events/s",
+        n,
+        raw,
+        built,
+        report.elapsed,
     );
     runner.shutdown().await;
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -208,14 +228,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     runner.wait_for("bench_search", head).await?;
     let built = started.elapsed();
     let report = runner.rebuild("bench_search").await?;
-    println!(
-        "tantivy: direct {:.0} docs/s; first build {:.0} events/s ({:.0}%); rebuild {:.0} events/s ({:.0}%)",
-        rate(n, raw),
-        rate(n, built),
-        100.0 * raw.as_secs_f64() / built.as_secs_f64(),
-        rate(n, report.elapsed),
-        100.0 * raw.as_secs_f64() / report.elapsed.as_secs_f64(),
-    );
+    print_rates("tantivy: direct", "docs/s", n, raw, built, report.elapsed);
     runner.shutdown().await;
     Ok(())
 }
