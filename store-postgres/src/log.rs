@@ -100,8 +100,14 @@ async fn produce(
         } else {
             page_size
         };
-        let rows = log_query(after, batch).fetch(&pool);
-        let full = match send_rows(rows, page_size, log_key, &tx).await {
+        let Some(mut conn) = pages::connection(&pool, &tx).await else {
+            return;
+        };
+        let rows = log_query(after, batch).fetch(&mut *conn);
+        let sent = send_rows(rows, page_size, log_key, &tx).await;
+        // Back to the pool before any wait.
+        drop(conn);
+        let full = match sent {
             Sent::Stopped => return,
             Sent::Done { rows, last } => {
                 if let Some(last) = last {

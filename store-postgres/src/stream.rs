@@ -34,8 +34,11 @@ async fn produce(pool: PgPool, stream: StreamId, read: StreamRead, limit: u64, t
     while let Some(from) = next.filter(|v| *v > 0 && left > 0) {
         let batch = batch_rows(page_size);
         let want = usize::try_from(left).map_or(batch, |l| l.min(batch));
+        let Some(mut conn) = pages::connection(&pool, &tx).await else {
+            return;
+        };
         let rows =
-            stream_query(stream.as_str(), from, forward, read.for_folding, want).fetch(&pool);
+            stream_query(stream.as_str(), from, forward, read.for_folding, want).fetch(&mut *conn);
         next = None;
         match send_rows(rows, page_size, version_key, &tx).await {
             Sent::Stopped => return,
