@@ -1,0 +1,175 @@
+//! Where a log replay's CPU goes: the store's replay and the raw `jsonb` scan of the same
+//! events, each timed with the CPU used by this process and by all PostgreSQL processes, in
+//! microseconds an event. Far steadier than throughput on a shared 2-core machine, so it
+//! shows changes of a few percent that `annals-bench pg.replay` cannot.
+//!
+//! `cargo run --release -p annals-bench --example replay_cpu` (Linux only: it reads `/proc`).
+//! Settings from the environment: `DATABASE_URL`, `EVENTS` (default 500000), `RUNS` (4),
+//! `WORKERS` (tokio worker threads, 2), `RAW=0` to skip the raw scan. The schema
+//! `annals_replay_cpu` is kept between runs (filled once per size) and dropped with `DROP=1`.
+
+use std::time::Instant;
+
+use annals::{DomainEvent, EventStore, LogRead};
+use annals_bench::{
+    BenchResult,
+    ledger::{Deposited, LedgerEvent},
+    workload,
+};
+use annals_postgres::{PgConfig, PgEventStore};
+use futures::TryStreamExt;
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU ticks (user + system) of this process and of all `postgres` processes.
+fn cpu_ticks() -> (u64, u64) {
+    fn ticks(pid: &str) -> Option<(bool, u64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(") ")?;
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let used = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((head.contains("(postgres"), used))
+    }
+    let own = ticks("self").map_or(0, |(_, t)| t);
+    let postgres = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|pid| ticks(&pid))
+        .filter_map(|(pg, t)| pg.then_some(t))
+        .sum();
+    (own, postgres)
+}
+
+/// A row of the raw table, decoded as `annals-bench`'s baseline decodes it.
+#[derive(Debug, sqlx::FromRow)]
+#[allow(dead_code, reason = "decoding every column is the work measured")]
+struct RawRow {
+    position: i64,
+    stream_id: String,
+    stream_version: i64,
+    event_id: Uuid,
+    event_type: String,
+    schema_version: i32,
+    payload: Json<Deposited>,
+    metadata: Json<annals::Metadata>,
+    recorded_at: OffsetDateTime,
+}
+
+async fn fill(store: &PgEventStore, events: u64) -> BenchResult<()> {
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(store.pool())
+        .await?;
+    if u64::try_from(have)? == events {
+        return Ok(());
+    }
+    sqlx::query("DROP TABLE IF EXISTS raw_events")
+        .execute(store.pool())
+        .await?;
+    sqlx::query("TRUNCATE events, streams")
+        .execute(store.pool())
+        .await
+        .ok();
+    for b in workload::many_streams(events, 1_000) {
+        store.append(&b.stream, b.expected(), b.events).await?;
+    }
+    sqlx::query(
+        "CREATE TABLE raw_events AS SELECT sequence AS position, stream_id, stream_version, \
+         event_id, event_type, schema_version, payload::jsonb AS payload, \
+         '{}'::jsonb AS metadata, recorded_at FROM events ORDER BY tx, sequence",
+    )
+    .execute(store.pool())
+    .await?;
+    sqlx::query("ALTER TABLE raw_events ADD PRIMARY KEY (position)")
+        .execute(store.pool())
+        .await?;
+    for vacuum in ["VACUUM ANALYZE events", "VACUUM ANALYZE raw_events"] {
+        sqlx::query(vacuum).execute(store.pool()).await?;
+    }
+    Ok(())
+}
+
+async fn replay(store: &PgEventStore) -> BenchResult<u64> {
+    let mut read = store.read_all(LogRead::from_start());
+    let mut seen = 0;
+    while let Some(recorded) = read.try_next().await? {
+        std::hint::black_box(LedgerEvent::decode(&recorded)?);
+        seen += 1;
+    }
+    Ok(seen)
+}
+
+async fn raw_scan(store: &PgEventStore) -> BenchResult<u64> {
+    let mut rows = sqlx::query_as::<_, RawRow>(
+        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
+         payload, metadata, recorded_at FROM raw_events ORDER BY position",
+    )
+    .fetch(store.pool());
+    let mut seen = 0;
+    while let Some(row) = rows.try_next().await? {
+        std::hint::black_box(row);
+        seen += 1;
+    }
+    Ok(seen)
+}
+
+async fn run() -> BenchResult<()> {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let events = env_or("EVENTS", 500_000u64);
+    let store =
+        PgEventStore::connect(PgConfig::new(url).with_schema("annals_replay_cpu")).await?;
+    store.migrate().await?;
+    if env_or("DROP", 0) == 1 {
+        store.drop_schema().await?;
+        return Ok(());
+    }
+    fill(&store, events).await?;
+    // Ticks per second of /proc's times: 100 on every Linux this runs on.
+    let us = |ticks: u64, n: u64| ticks as f64 / 100.0 / n as f64 * 1e6;
+    for _ in 0..env_or("RUNS", 4) {
+        for raw in [false, true] {
+            if raw && env_or("RAW", 1) == 0 {
+                continue;
+            }
+            let (own0, pg0) = cpu_ticks();
+            let start = Instant::now();
+            let n = if raw {
+                raw_scan(&store).await?
+            } else {
+                replay(&store).await?
+            };
+            let wall = start.elapsed().as_secs_f64();
+            let (own1, pg1) = cpu_ticks();
+            let (client, server) = (us(own1 - own0, n), us(pg1 - pg0, n));
+            println!(
+                "{:<6} {:>5.0}k events/s  client {client:.2} + postgres {server:.2} = {:.2} us an \
+                 event  ({:.2} cores busy)",
+                if raw { "raw" } else { "store" },
+                n as f64 / wall / 1e3,
+                client + server,
+                (own1 - own0 + pg1 - pg0) as f64 / 100.0 / wall,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> BenchResult<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(env_or("WORKERS", 2usize).max(1))
+        .enable_all()
+        .build()?;
+    // On a worker, as an application's code runs: not on the thread that blocks on it.
+    runtime.block_on(async { tokio::spawn(run()).await? })
+}
