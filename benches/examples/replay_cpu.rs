@@ -127,8 +127,7 @@ async fn run() -> BenchResult<()> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let events = env_or("EVENTS", 500_000u64);
-    let store =
-        PgEventStore::connect(PgConfig::new(url).with_schema("annals_replay_cpu")).await?;
+    let store = PgEventStore::connect(PgConfig::new(url).with_schema("annals_replay_cpu")).await?;
     store.migrate().await?;
     if env_or("DROP", 0) == 1 {
         store.drop_schema().await?;
