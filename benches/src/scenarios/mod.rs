@@ -108,7 +108,7 @@ pub(crate) fn all() -> Vec<Scenario> {
             "postgres",
             pg::load_plain,
             target(1.5, ISSUE3),
-            "Repository::load of one 10,000-event aggregate, no snapshot (10 loads per run)",
+            "Repository::load of one 10,000-event aggregate, no snapshot (30 loads per run)",
             "raw jsonb scan of the one stream, applied to the aggregate"
         ),
         scenario!(
