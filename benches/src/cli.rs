@@ -51,8 +51,7 @@ pub struct Args {
 
 /// Runs the selected scenarios, prints the table and writes the JSON.
 ///
-/// Returns failure when a scenario failed (a missing crate is "not available", not a
-/// failure).
+/// Returns failure when a scenario failed.
 ///
 /// # Errors
 /// An unknown scenario name, or the JSON file cannot be written.

@@ -59,8 +59,6 @@ pub struct BaselineResult {
 pub enum Status {
     /// Measured.
     Ok,
-    /// The crate it measures is not built yet: no number is reported.
-    NotAvailable,
     /// It ran and failed; see the note.
     Failed,
 }
@@ -127,10 +125,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
     for row in rows {
         let (median, min, max) = match row.events_per_sec {
             Some(s) => (rate(s.median), rate(s.min), rate(s.max)),
-            None => match row.status {
-                Status::Failed => ("failed".into(), "-".into(), "-".into()),
-                _ => ("not available".into(), "-".into(), "-".into()),
-            },
+            None => ("failed".into(), "-".into(), "-".into()),
         };
         let baseline = row
             .baseline

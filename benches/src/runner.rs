@@ -30,12 +30,20 @@ pub(crate) struct Spec {
 pub(crate) struct Measured {
     /// Events per timed run.
     pub(crate) events: u64,
-    /// Framework runs (`None`: the crate it needs is not available; the baseline still ran).
-    pub(crate) framework: Option<Vec<f64>>,
+    /// Framework runs.
+    pub(crate) framework: Vec<f64>,
     /// Baseline runs.
     pub(crate) baseline: Vec<f64>,
-    /// A remark for the report.
-    pub(crate) note: Option<String>,
+}
+
+impl Measured {
+    /// Nothing measured yet of a scenario whose timed runs handle `events` events each.
+    pub(crate) fn new(events: u64) -> Self {
+        Self {
+            events,
+            ..Self::default()
+        }
+    }
 }
 
 /// A scenario: its spec and the function that measures it.
@@ -91,19 +99,13 @@ pub(crate) fn row(spec: &Spec, runs: usize, outcome: BenchResult<Measured>) -> R
         }
     };
     row.events = measured.events;
-    row.note = measured.note;
     row.baseline = Stats::of(&measured.baseline).map(|s| BaselineResult {
         name: spec.baseline,
         events_per_sec: s,
     });
-    match measured.framework {
-        None => row.status = Status::NotAvailable,
-        Some(runs) => {
-            row.events_per_sec = Stats::of(&runs);
-            if row.events_per_sec.is_none() {
-                row.status = Status::Failed;
-            }
-        }
+    row.events_per_sec = Stats::of(&measured.framework);
+    if row.events_per_sec.is_none() {
+        row.status = Status::Failed;
     }
     if let (Some(fw), Some(base)) = (row.events_per_sec, &row.baseline) {
         let ratio = fw.median / base.events_per_sec.median;

@@ -2,15 +2,13 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use annals::{
-    Aggregate, CommandContext, DomainEvent, EventStore, InMemoryEventStore, LogRead, Repository,
-};
-use futures::{TryStreamExt, future::BoxFuture};
+use annals::{Aggregate, CommandContext, EventStore, InMemoryEventStore, Repository};
+use futures::future::BoxFuture;
 
 use crate::{
     BenchResult,
     env::Ctx,
-    ledger::{Account, Deposit, Deposited, LedgerEvent, account_id},
+    ledger::{Account, Deposit, Deposited, account_id},
     runner::{Measured, timed},
     workload::{self, Batch},
 };
@@ -25,11 +23,7 @@ pub(crate) fn append_batched(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> 
     Box::pin(async move {
         let batches = all_batches(ctx);
         let events = workload::count(&batches);
-        let mut m = Measured {
-            events,
-            framework: Some(Vec::new()),
-            ..Measured::default()
-        };
+        let mut m = Measured::new(events);
         for _ in 0..ctx.runs {
             let input = batches.clone();
             let store = InMemoryEventStore::new();
@@ -59,9 +53,7 @@ pub(crate) fn append_batched(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> 
 }
 
 fn push(m: &mut Measured, fw: f64, base: f64) {
-    if let Some(runs) = m.framework.as_mut() {
-        runs.push(fw);
-    }
+    m.framework.push(fw);
     m.baseline.push(base);
 }
 
@@ -79,23 +71,9 @@ pub(crate) fn replay(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
         for b in batches {
             store.append(&b.stream, b.expected(), b.events).await?;
         }
-        let mut m = Measured {
-            events,
-            framework: Some(Vec::new()),
-            ..Measured::default()
-        };
+        let mut m = Measured::new(events);
         for _ in 0..ctx.runs {
-            let fw = timed(events, async {
-                let mut read = store.read_all(LogRead::from_start());
-                let mut sum = 0i64;
-                while let Some(recorded) = read.try_next().await? {
-                    let LedgerEvent::Deposited(d) = LedgerEvent::decode(&recorded)?;
-                    sum = sum.wrapping_add(d.amount);
-                }
-                std::hint::black_box(sum);
-                Ok(())
-            })
-            .await?;
+            let fw = super::typed_replay(&store, events).await?;
             let base = timed(events, async {
                 let mut sum = 0i64;
                 for p in &payloads {
@@ -118,11 +96,7 @@ pub(crate) fn replay(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
 pub(crate) fn command(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
     Box::pin(async move {
         let streams = ctx.sizes.streams;
-        let mut m = Measured {
-            events: streams,
-            framework: Some(Vec::new()),
-            ..Measured::default()
-        };
+        let mut m = Measured::new(streams);
         let context = CommandContext::new();
         for run in 0..ctx.runs as u64 {
             let repo = Repository::<Account, _>::new(InMemoryEventStore::new())

@@ -9,10 +9,31 @@ mod projection_run;
 mod sqlite;
 mod sqlite_store;
 
+use annals::{DomainEvent, EventStore, LogRead};
+use futures::TryStreamExt;
+
 use crate::{
+    BenchResult,
+    ledger::LedgerEvent,
     report::Target,
-    runner::{Scenario, Spec},
+    runner::{Scenario, Spec, timed},
 };
+
+/// One timed replay of a store's whole log of `events` deposits, each decoded into its typed
+/// event; events/s. The framework side of every replay scenario.
+async fn typed_replay<S: EventStore>(store: &S, events: u64) -> BenchResult<f64> {
+    timed(events, async {
+        let mut read = store.read_all(LogRead::from_start());
+        let mut seen = 0;
+        while let Some(recorded) = read.try_next().await? {
+            let LedgerEvent::Deposited(d) = LedgerEvent::decode(&recorded)?;
+            std::hint::black_box(d);
+            seen += 1;
+        }
+        pg_raw::check_count(seen, events)
+    })
+    .await
+}
 
 const ISSUE3: &str = "issue 3 (PostgreSQL store)";
 const ISSUE5: &str = "issue 5 (projections)";

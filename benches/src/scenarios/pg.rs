@@ -12,25 +12,15 @@ use crate::{
     workload::{self, Batch},
 };
 
-fn measured(events: u64) -> Measured {
-    Measured {
-        events,
-        framework: pg_store::AVAILABLE.then(Vec::new),
-        note: (!pg_store::AVAILABLE).then(|| "annals-postgres is not available yet".to_owned()),
-        ..Measured::default()
-    }
-}
-
 /// `pg.append.batched`: append calls of 1,000 events (one new stream each), one writer,
 /// against one raw `COPY` of the same 1,000 rows per statement.
 pub(crate) fn append_batched(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
     Box::pin(async move {
         let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
-        let mut m = measured(workload::count(&batches));
+        let mut m = Measured::new(workload::count(&batches));
         for _ in 0..ctx.runs {
-            if let Some(fw) = m.framework.as_mut() {
-                fw.push(pg_store::append_batched(ctx, &batches).await?);
-            }
+            m.framework
+                .push(pg_store::append_batched(ctx, &batches).await?);
             m.baseline
                 .push(pg_raw::copy(ctx, &batches, pg_store::PAYLOAD_TYPE).await?);
         }
@@ -41,11 +31,10 @@ pub(crate) fn append_batched(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> 
 fn command(ctx: &Ctx, tasks: usize) -> BoxFuture<'_, BenchResult<Measured>> {
     Box::pin(async move {
         let streams = ctx.sizes.streams;
-        let mut m = measured(streams);
+        let mut m = Measured::new(streams);
         for _ in 0..ctx.runs {
-            if let Some(fw) = m.framework.as_mut() {
-                fw.push(pg_store::command(ctx, streams, tasks).await?);
-            }
+            m.framework
+                .push(pg_store::command(ctx, streams, tasks).await?);
             m.baseline
                 .push(pg_raw::insert_tx(ctx, streams, tasks).await?);
         }
@@ -80,7 +69,7 @@ enum Read {
 impl Read {
     async fn framework(self, store: &PgEventStore, events: u64) -> BenchResult<f64> {
         match self {
-            Self::Replay => pg_store::replay(store, events).await,
+            Self::Replay => super::typed_replay(store, events).await,
             Self::Load { loads, .. } => pg_store::load(store, events, loads).await,
         }
     }
@@ -106,25 +95,18 @@ async fn interleaved_reads(
 ) -> BenchResult<Measured> {
     let events = workload::count(batches);
     let snapshot = matches!(read, Read::Load { snapshot: true, .. });
-    let store = match m.framework {
-        Some(_) => Some(pg_store::filled(ctx, batches, snapshot).await?),
-        None => None,
-    };
+    let store = pg_store::filled(ctx, batches, snapshot).await?;
     let raw = pg_raw::filled(ctx, batches).await;
     let result = async {
         let raw = raw.as_ref().map_err(|e| e.to_string())?;
         for _ in 0..ctx.runs {
-            if let (Some(store), Some(runs)) = (&store, m.framework.as_mut()) {
-                runs.push(read.framework(store, events).await?);
-            }
+            m.framework.push(read.framework(&store, events).await?);
             m.baseline.push(read.baseline(raw, events).await?);
         }
         BenchResult::Ok(m)
     }
     .await;
-    if let Some(store) = store {
-        pg_store::drop_store(store).await?;
-    }
+    pg_store::drop_store(store).await?;
     if let Ok(raw) = raw {
         raw.drop().await?;
     }
@@ -137,7 +119,7 @@ pub(crate) fn replay(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
     Box::pin(async move {
         let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
         let events = workload::count(&batches);
-        interleaved_reads(ctx, &batches, Read::Replay, measured(events)).await
+        interleaved_reads(ctx, &batches, Read::Replay, Measured::new(events)).await
     })
 }
 
@@ -154,7 +136,7 @@ fn load(ctx: &Ctx, snapshot: bool) -> BoxFuture<'_, BenchResult<Measured>> {
             loads: LOADS_PER_RUN,
             snapshot,
         };
-        interleaved_reads(ctx, &batches, read, measured(events * LOADS_PER_RUN)).await
+        interleaved_reads(ctx, &batches, read, Measured::new(events * LOADS_PER_RUN)).await
     })
 }
 

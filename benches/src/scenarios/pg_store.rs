@@ -1,8 +1,6 @@
 //! The framework side of the PostgreSQL scenarios (`annals-postgres`).
 
-use annals::{
-    Aggregate, CommandContext, DomainEvent, EventStore, LogRead, Payload, Repository, Snapshot,
-};
+use annals::{Aggregate, CommandContext, DomainEvent, EventStore, Payload, Repository, Snapshot};
 use annals_postgres::{PgConfig, PgEventStore};
 use futures::{StreamExt, TryStreamExt};
 use time::OffsetDateTime;
@@ -15,9 +13,6 @@ use crate::{
     runner::timed,
     workload::{self, Batch},
 };
-
-/// Whether `annals-postgres` can be measured.
-pub(crate) const AVAILABLE: bool = true;
 
 /// The store's payload column type (`text`: it keeps the JSON as written), used for the
 /// COPY baseline's table so both write the same bytes.
@@ -152,21 +147,6 @@ pub(crate) async fn drop_store(store: PgEventStore) -> BenchResult<()> {
     store.drop_schema().await?;
     store.pool().close().await;
     Ok(())
-}
-
-/// One timed replay of the whole log, decoded into typed events; events/s.
-pub(crate) async fn replay(store: &PgEventStore, events: u64) -> BenchResult<f64> {
-    timed(events, async {
-        let mut read = store.read_all(LogRead::from_start());
-        let mut seen = 0;
-        while let Some(recorded) = read.try_next().await? {
-            let LedgerEvent::Deposited(d) = LedgerEvent::decode(&recorded)?;
-            std::hint::black_box(d);
-            seen += 1;
-        }
-        check_count(seen, events)
-    })
-    .await
 }
 
 /// How far before the end of the stream the snapshot is taken.

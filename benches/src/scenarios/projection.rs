@@ -13,16 +13,6 @@ use crate::{
     workload::{self, Batch},
 };
 
-fn measured(events: u64) -> Measured {
-    Measured {
-        events,
-        framework: projection_run::AVAILABLE.then(Vec::new),
-        note: (!projection_run::AVAILABLE)
-            .then(|| "annals-projections is not available yet".to_owned()),
-        ..Measured::default()
-    }
-}
-
 fn deposits(batches: &[Batch]) -> BenchResult<Vec<(String, Deposited)>> {
     let mut out = Vec::with_capacity(workload::count(batches) as usize);
     for b in batches {
@@ -40,10 +30,8 @@ pub(crate) fn redis(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
         let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
         let events = workload::count(&batches);
         let docs: Vec<Deposited> = deposits(&batches)?.into_iter().map(|(_, d)| d).collect();
-        let mut m = measured(events);
-        if m.framework.is_some() {
-            m.framework = Some(projection_run::redis(ctx, &batches, ctx.runs).await?);
-        }
+        let mut m = Measured::new(events);
+        m.framework = projection_run::redis(ctx, &batches, ctx.runs).await?;
         for _ in 0..ctx.runs {
             // Shaped like a projection generation's prefix (one hash tag).
             let prefix = format!("{{{}:ledger-balances:1}}:", ctx.redis_prefix());
@@ -66,10 +54,8 @@ pub(crate) fn tantivy(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
         let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
         let events = workload::count(&batches);
         let docs = deposits(&batches)?;
-        let mut m = measured(events);
-        if m.framework.is_some() {
-            m.framework = Some(projection_run::tantivy(ctx, &batches, ctx.runs).await?);
-        }
+        let mut m = Measured::new(events);
+        m.framework = projection_run::tantivy(ctx, &batches, ctx.runs).await?;
         for _ in 0..ctx.runs {
             let dir = tempfile::tempdir()?;
             let rate = timed(events, async {

@@ -20,9 +20,6 @@ use crate::{
     workload::{self, Batch},
 };
 
-/// Whether `annals-projections` can be measured.
-pub(crate) const AVAILABLE: bool = true;
-
 /// Events per read-model write, for the projection and its baseline alike (the runner's
 /// default).
 pub(crate) const BATCH: usize = 5_000;

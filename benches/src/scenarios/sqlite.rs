@@ -11,15 +11,6 @@ use crate::{
     workload::{self, Batch, RawRow},
 };
 
-fn measured(events: u64) -> Measured {
-    Measured {
-        events,
-        framework: sqlite_store::AVAILABLE.then(Vec::new),
-        note: (!sqlite_store::AVAILABLE).then(|| "annals-sqlite is not available yet".to_owned()),
-        ..Measured::default()
-    }
-}
-
 async fn raw_insert(batches: &[Batch]) -> BenchResult<f64> {
     let rows: Vec<Vec<RawRow>> = batches.iter().map(RawRow::of_batch).collect();
     let dir = tempfile::tempdir()?;
@@ -40,11 +31,10 @@ async fn raw_insert(batches: &[Batch]) -> BenchResult<f64> {
 pub(crate) fn append_batched(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
     Box::pin(async move {
         let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
-        let mut m = measured(workload::count(&batches));
+        let mut m = Measured::new(workload::count(&batches));
         for _ in 0..ctx.runs {
-            if let Some(fw) = m.framework.as_mut() {
-                fw.push(sqlite_store::append_batched(&batches).await?);
-            }
+            m.framework
+                .push(sqlite_store::append_batched(&batches).await?);
             m.baseline.push(raw_insert(&batches).await?);
         }
         Ok(m)
@@ -81,10 +71,8 @@ async fn raw_scan(batches: &[Batch], runs: usize) -> BenchResult<Vec<f64>> {
 pub(crate) fn replay(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
     Box::pin(async move {
         let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
-        let mut m = measured(workload::count(&batches));
-        if m.framework.is_some() {
-            m.framework = Some(sqlite_store::replay(&batches, ctx.runs).await?);
-        }
+        let mut m = Measured::new(workload::count(&batches));
+        m.framework = sqlite_store::replay(&batches, ctx.runs).await?;
         m.baseline = raw_scan(&batches, ctx.runs).await?;
         Ok(m)
     })

@@ -1,18 +1,13 @@
 //! The framework side of the SQLite scenarios (`annals-sqlite`).
 
-use annals::{DomainEvent, EventStore, LogRead};
+use annals::EventStore;
 use annals_sqlite::{Durability, SqliteConfig, SqliteEventStore};
-use futures::TryStreamExt;
 
 use crate::{
     BenchResult,
-    ledger::LedgerEvent,
     runner::timed,
     workload::{self, Batch},
 };
-
-/// Whether `annals-sqlite` can be measured.
-pub(crate) const AVAILABLE: bool = true;
 
 /// A store in a new file under `dir`, durable like the raw baseline (`synchronous = FULL`).
 async fn open(dir: &std::path::Path) -> BenchResult<SqliteEventStore> {
@@ -86,19 +81,7 @@ async fn replay_owned(batches: Vec<Batch>, runs: usize) -> BenchResult<Vec<f64>>
         append_all(&store, &batches).await?;
         let mut out = Vec::with_capacity(runs);
         for _ in 0..runs {
-            out.push(
-                timed(events, async {
-                    let mut read = store.read_all(LogRead::from_start());
-                    let mut seen = 0;
-                    while let Some(recorded) = read.try_next().await? {
-                        let LedgerEvent::Deposited(d) = LedgerEvent::decode(&recorded)?;
-                        std::hint::black_box(d);
-                        seen += 1;
-                    }
-                    super::pg_raw::check_count(seen, events)
-                })
-                .await?,
-            );
+            out.push(super::typed_replay(&store, events).await?);
         }
         Ok(out)
     }
