@@ -93,14 +93,7 @@ async fn cancelled_appends_are_all_or_nothing_and_leave_the_pool_usable() {
         );
     }
     // No pooled connection was left inside a transaction: every one of them still works.
-    let busy: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'annals-postgres' \
-         AND state LIKE 'idle in transaction%' AND datname = current_database()",
-    )
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(busy, 0);
+    assert_eq!(idle_in_transaction(&store).await, 0);
     let writes = (0..8).map(|i| {
         let store = store.clone();
         async move {
@@ -327,13 +320,18 @@ async fn cancelled_direct_appends_keep_stream_and_events_consistent() {
         .await;
     assert!(matches!(stale, Err(annals::Error::Conflict { .. })));
     assert_eq!(store.stream_version(&stream).await.unwrap(), events + 5);
-    let busy: i64 = sqlx::query_scalar(
+    assert_eq!(idle_in_transaction(&store).await, 0);
+    store.drop_schema().await.unwrap();
+}
+
+/// How many of the store's connections sit inside a transaction with no statement running:
+/// a cancelled append must never leave one so.
+async fn idle_in_transaction(store: &PgEventStore) -> i64 {
+    sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'annals-postgres' \
          AND state LIKE 'idle in transaction%' AND datname = current_database()",
     )
     .fetch_one(store.pool())
     .await
-    .unwrap();
-    assert_eq!(busy, 0);
-    store.drop_schema().await.unwrap();
+    .unwrap()
 }
