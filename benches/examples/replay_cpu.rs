@@ -5,8 +5,16 @@
 //!
 //! `cargo run --release -p annals-bench --example replay_cpu` (Linux only: it reads `/proc`).
 //! Settings from the environment: `DATABASE_URL`, `EVENTS` (default 500000), `RUNS` (4),
-//! `WORKERS` (tokio worker threads, 2), `RAW=0` to skip the raw scan. The schema
-//! `annals_replay_cpu` is kept between runs (filled once per size) and dropped with `DROP=1`.
+//! `WORKERS` (tokio worker threads, 2), `READS` (which reads each run times, in order,
+//! comma-separated; default `store,raw`). The schema `annals_replay_cpu` is kept between runs
+//! (filled once per size) and dropped with `DROP=1`.
+//!
+//! The reads:
+//! - `store`: `read_all` from the start, each event decoded into the ledger's typed events;
+//! - `raw`: the baseline, a typed sqlx scan of a `jsonb` table of the same rows;
+//! - `untyped`: `read_all` without the typed decode (what the store's pipeline costs);
+//! - `fetch`: the store's log query as one sqlx query on one connection, rows counted and
+//!   not decoded: the ceiling one PostgreSQL backend and sqlx set for any log reader.
 
 use std::time::Instant;
 
@@ -73,13 +81,9 @@ async fn fill(store: &PgEventStore, events: u64) -> BenchResult<()> {
     if u64::try_from(have)? == events {
         return Ok(());
     }
-    sqlx::query("DROP TABLE IF EXISTS raw_events")
-        .execute(store.pool())
-        .await?;
-    sqlx::query("TRUNCATE events, streams")
-        .execute(store.pool())
-        .await
-        .ok();
+    // Stored events are immutable (even TRUNCATE is refused): start from a fresh schema.
+    store.drop_schema().await?;
+    store.migrate().await?;
     for b in workload::many_streams(events, 1_000) {
         store.append(&b.stream, b.expected(), b.events).await?;
     }
@@ -99,11 +103,57 @@ async fn fill(store: &PgEventStore, events: u64) -> BenchResult<()> {
     Ok(())
 }
 
-async fn replay(store: &PgEventStore) -> BenchResult<u64> {
+/// What one timed run reads.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    Store,
+    Raw,
+    Untyped,
+    Fetch,
+}
+
+impl std::str::FromStr for Read {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "store" => Ok(Self::Store),
+            "raw" => Ok(Self::Raw),
+            "untyped" => Ok(Self::Untyped),
+            "fetch" => Ok(Self::Fetch),
+            other => Err(format!(
+                "unknown read {other:?}: expected store, raw, untyped or fetch"
+            )),
+        }
+    }
+}
+
+async fn replay(store: &PgEventStore, typed: bool) -> BenchResult<u64> {
     let mut read = store.read_all(LogRead::from_start());
     let mut seen = 0;
     while let Some(recorded) = read.try_next().await? {
-        std::hint::black_box(LedgerEvent::decode(&recorded)?);
+        if typed {
+            std::hint::black_box(LedgerEvent::decode(&recorded)?);
+        } else {
+            std::hint::black_box(recorded);
+        }
+        seen += 1;
+    }
+    Ok(seen)
+}
+
+/// The store's log query (all of it visible now, in one query) on one connection, rows only.
+async fn fetch(store: &PgEventStore) -> BenchResult<u64> {
+    let mut conn = store.pool().acquire().await?;
+    let mut rows = sqlx::query(
+        "SELECT tx, sequence, stream_id, stream_version, event_id, event_type, schema_version, \
+         payload, metadata, recorded_at FROM events WHERE (tx, sequence) > (0, 0) \
+         AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint ORDER BY tx, sequence",
+    )
+    .fetch(&mut *conn);
+    let mut seen = 0;
+    while let Some(row) = rows.try_next().await? {
+        std::hint::black_box(row);
         seen += 1;
     }
     Ok(seen)
@@ -133,28 +183,31 @@ async fn run() -> BenchResult<()> {
         store.drop_schema().await?;
         return Ok(());
     }
+    let reads = std::env::var("READS")
+        .unwrap_or_else(|_| "store,raw".to_owned())
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<Read>, _>>()?;
     fill(&store, events).await?;
     // Ticks per second of /proc's times: 100 on every Linux this runs on.
     let us = |ticks: u64, n: u64| ticks as f64 / 100.0 / n as f64 * 1e6;
     for _ in 0..env_or("RUNS", 4) {
-        for raw in [false, true] {
-            if raw && env_or("RAW", 1) == 0 {
-                continue;
-            }
+        for &read in &reads {
             let (own0, pg0) = cpu_ticks();
             let start = Instant::now();
-            let n = if raw {
-                raw_scan(&store).await?
-            } else {
-                replay(&store).await?
+            let n = match read {
+                Read::Store => replay(&store, true).await?,
+                Read::Raw => raw_scan(&store).await?,
+                Read::Untyped => replay(&store, false).await?,
+                Read::Fetch => fetch(&store).await?,
             };
             let wall = start.elapsed().as_secs_f64();
             let (own1, pg1) = cpu_ticks();
             let (client, server) = (us(own1 - own0, n), us(pg1 - pg0, n));
             println!(
-                "{:<6} {:>5.0}k events/s  client {client:.2} + postgres {server:.2} = {:.2} us an \
+                "{:<8} {:>5.0}k events/s  client {client:.2} + postgres {server:.2} = {:.2} us an \
                  event  ({:.2} cores busy)",
-                if raw { "raw" } else { "store" },
+                format!("{read:?}").to_lowercase(),
                 n as f64 / wall / 1e3,
                 client + server,
                 (own1 - own0 + pg1 - pg0) as f64 / 100.0 / wall,
