@@ -1,5 +1,6 @@
-//! Test support (feature `testing`): the store conformance suite, a given/when/then helper
-//! for aggregates, and a small fixture aggregate.
+//! Test support (feature `testing`): the store conformance suite, the model-based property
+//! test of appends ([`model`]), a given/when/then helper for aggregates, and a small fixture
+//! aggregate.
 //!
 //! Every store runs the same suite with [`conformance_tests!`](crate::conformance_tests):
 //!
@@ -10,6 +11,7 @@
 pub mod conformance;
 mod fixtures;
 mod given;
+pub mod model;
 
 pub use fixtures::{Counter, CounterCommand, CounterError, CounterEvent, new_event};
 pub use given::{Given, Then, given};
