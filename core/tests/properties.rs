@@ -253,3 +253,19 @@ proptest! {
         prop_assert_eq!(reparsed.deserialize::<Value>().unwrap(), payload);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Writers racing with appends, retries and tampered retries never break the invariants
+    /// of `annals::testing::model::check_concurrent` in the reference store either.
+    #[test]
+    fn racing_writers_keep_the_invariants(writers in annals::testing::model::concurrent_ops()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(annals::testing::model::check_concurrent(&InMemoryEventStore::new(), writers));
+    }
+}

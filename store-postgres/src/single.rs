@@ -1,6 +1,7 @@
 //! The fast path of a group holding one call to one stream (the common command): one plain
-//! SQL statement, the stream's row upserted or updated with the expected-version check in
-//! its `WHERE`, and the events inserted only if that row was written. Anything else (a
+//! SQL statement, the stream's advisory lock taken, its row upserted or updated with the
+//! expected-version check in its `WHERE`, and the events inserted only if that row was
+//! written. Anything else (a
 //! conflict, a stored event id) falls back to `append_group`, which gives the exact answer.
 
 use annals::{ExpectedVersion, StreamAppend};
@@ -9,7 +10,10 @@ use sqlx::PgExecutor;
 macro_rules! append_one {
     ($stream:literal) => {
         concat!(
-            "WITH s AS (",
+            // The stream's advisory locks come first, before anything takes the
+            // transaction's id (see migrations/0003_stream_order.sql); `s` reads from `l`,
+            // so it runs after it.
+            "WITH l AS (SELECT lock_streams(ARRAY[$1::text])), s AS (",
             $stream,
             "), ins AS (\
              INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
@@ -31,7 +35,10 @@ macro_rules! append_one {
 macro_rules! append_scalar {
     ($stream:literal) => {
         concat!(
-            "WITH s AS (",
+            // The stream's advisory locks come first, before anything takes the
+            // transaction's id (see migrations/0003_stream_order.sql); `s` reads from `l`,
+            // so it runs after it.
+            "WITH l AS (SELECT lock_streams(ARRAY[$1::text])), s AS (",
             $stream,
             "), ins AS (\
              INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
@@ -56,21 +63,21 @@ macro_rules! statements {
 statements!(
     /// `Any`: create the stream or move it on, whatever its version.
     ANY,
-    "INSERT INTO streams AS st (stream_id, version) VALUES ($1, $2) \
+    "INSERT INTO streams AS st (stream_id, version) SELECT $1, $2 FROM l \
      ON CONFLICT (stream_id) DO UPDATE SET version = st.version + $2 RETURNING version"
 );
 
 statements!(
     /// `NoStream`, `Exact(0)`: create the stream, or write nothing if it exists.
     NEW,
-    "INSERT INTO streams (stream_id, version) VALUES ($1, $2) \
+    "INSERT INTO streams (stream_id, version) SELECT $1, $2 FROM l \
      ON CONFLICT (stream_id) DO NOTHING RETURNING version"
 );
 
 statements!(
     /// `StreamExists` (`$3` = -2), `Exact(n)`: move an existing stream on if it is at `n`.
     EXISTING,
-    "UPDATE streams SET version = version + $2 \
+    "UPDATE streams SET version = version + $2 FROM l \
      WHERE stream_id = $1 AND ($3 = -2 OR version = $3) RETURNING version"
 );
 

@@ -111,6 +111,11 @@ async fn run(rx: Arc<Mutex<mpsc::Receiver<Request>>>, context: Arc<WriterContext
     }
 }
 
+/// The most stream appends one group gathers beyond its first call. `lock_streams`
+/// (migrations/0003_stream_order.sql) locks up to 128 streams one by one and the whole log
+/// beyond that, so larger groups would wait for every other writer: kept at its threshold.
+const MAX_GROUP_STREAMS: usize = 128;
+
 /// Builds one group: `first`, then whatever is queued, within the limits. A call whose
 /// caller has gone before it started is dropped unstored.
 fn gather(
@@ -122,6 +127,7 @@ fn gather(
     let mut group = Vec::new();
     let mut ids: HashSet<Uuid> = HashSet::new();
     let mut events = 0usize;
+    let mut streams = 0usize;
     let mut next = Some(first);
     while let Some(request) = next.take() {
         if !request.reply.is_closed() {
@@ -132,20 +138,24 @@ fn gather(
             }
             if group.is_empty() {
                 events += count;
+                streams += request.appends.len();
                 group.push(request);
             } else if events + count > context.max_events
+                || streams + request.appends.len() > MAX_GROUP_STREAMS
                 || event_ids(&request).any(|id| ids.contains(&id))
             {
                 deferred.push_back(request);
             } else {
                 ids.extend(event_ids(&request));
                 events += count;
+                streams += request.appends.len();
                 group.push(request);
             }
         }
         if group.len() < context.max_requests
             && deferred.len() < context.max_requests
             && events < context.max_events
+            && streams < MAX_GROUP_STREAMS
         {
             next = rx.as_mut().and_then(|rx| rx.try_recv().ok());
         }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -14,8 +14,8 @@ use std::{
 };
 
 use annals::{
-    Error, EventStore, ExpectedVersion, LogPosition, LogRead, RecordedEvent, StreamId,
-    testing::new_event,
+    Error, EventStore, ExpectedVersion, LogPosition, LogRead, RecordedEvent, StreamAppend,
+    StreamId, testing::new_event,
 };
 use annals_postgres::{PgConfig, PgEventStore, TestHooks};
 use futures::{TryStreamExt, future::join_all};
@@ -84,20 +84,7 @@ async fn a_transaction_held_open_hides_later_commits_until_it_ends() {
             .unwrap()
     });
     // Wait until the slow transaction has inserted and sleeps before its commit.
-    loop {
-        let sleeping: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-             WHERE l.relation = 'events'::regclass AND l.mode = 'RowExclusiveLock' \
-             AND a.wait_event = 'PgSleep')",
-        )
-        .fetch_one(base.pool())
-        .await
-        .unwrap();
-        if sleeping {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    sleeping_writer(&base).await;
     let mut fast_ids = Vec::new();
     for i in 0..5 {
         let e = new_event("Fast", json!({ "i": i }));
@@ -243,4 +230,172 @@ async fn writers_with_random_delays_and_rollbacks_never_make_readers_skip() {
         assert_eq!(seen, final_ids, "reader with page size {page}");
     }
     base.drop_schema().await.unwrap();
+}
+
+/// Waits until a transaction of this test's schema sleeps in the test hook, holding its
+/// inserted events and its streams, and returns its backend's pid.
+async fn sleeping_writer(store: &PgEventStore) -> i32 {
+    loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE l.relation = 'events'::regclass AND l.mode = 'RowExclusiveLock' \
+             AND a.wait_event = 'PgSleep' LIMIT 1",
+        )
+        .fetch_optional(store.pool())
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until some backend waits for a lock that backend `pid` holds.
+async fn until_blocked_by(store: &PgEventStore, pid: i32) {
+    loop {
+        let blocked: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid)))",
+        )
+        .bind(pid)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if blocked {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The global log keeps each stream's order. A transaction's id is its place in the log, so
+/// it must be taken only once the transaction holds every stream it writes: otherwise an
+/// append that took its id, then waited for a stream, lands before a later-id append it
+/// follows on another stream. The race: a slow append holds stream `a`; a two-stream append
+/// to `a` and `b` queues behind it; meanwhile `b` moves on alone. When the slow append ends,
+/// the two-stream append writes `b`'s next version, which must come after the one written
+/// meanwhile in the log too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_log_keeps_each_streams_order_when_appends_queue_for_a_stream() {
+    let Some(base) = common::try_store(common::config()).await else {
+        return;
+    };
+    let schema = base.schema().to_owned();
+    for s in ["a", "b"] {
+        base.append(
+            &sid(s),
+            ExpectedVersion::NoStream,
+            vec![new_event("Noted", json!({}))],
+        )
+        .await
+        .unwrap();
+    }
+    let hold = TestHooks {
+        in_transaction_delay: Some(Arc::new(|| Duration::from_millis(800))),
+        ..TestHooks::default()
+    };
+    let slow = connect_to(&schema, hold, |c| c).await;
+    let group = connect_to(&schema, TestHooks::default(), |c| c).await;
+
+    let slow_append = tokio::spawn(async move {
+        slow.append(
+            &sid("a"),
+            ExpectedVersion::Any,
+            vec![new_event("Slow", json!({}))],
+        )
+        .await
+        .unwrap()
+    });
+    let holder = sleeping_writer(&base).await;
+    let both = tokio::spawn(async move {
+        group
+            .append_multi(vec![
+                StreamAppend::new(
+                    sid("a"),
+                    ExpectedVersion::Any,
+                    vec![new_event("Both", json!({}))],
+                ),
+                StreamAppend::new(
+                    sid("b"),
+                    ExpectedVersion::Any,
+                    vec![new_event("Both", json!({}))],
+                ),
+            ])
+            .await
+            .unwrap()
+    });
+    until_blocked_by(&base, holder).await;
+    base.append(
+        &sid("b"),
+        ExpectedVersion::Any,
+        vec![new_event("Alone", json!({}))],
+    )
+    .await
+    .unwrap();
+    slow_append.await.unwrap();
+    both.await.unwrap();
+
+    let log = read_after(&base, LogPosition::START, 100).await;
+    for s in ["a", "b"] {
+        let versions: Vec<u64> = log
+            .iter()
+            .filter(|e| e.stream_id.as_str() == s)
+            .map(|e| e.stream_version)
+            .collect();
+        assert_eq!(versions, [1, 2, 3], "stream {s}'s versions in log order");
+    }
+    base.drop_schema().await.unwrap();
+}
+
+/// An append of more streams than are locked one by one (over 128) takes the whole log's lock
+/// instead; racing with single-stream appends to the same streams, it keeps each stream's
+/// order in the log too, and stores everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wide_append_keeps_each_streams_order() {
+    let Some(store) = common::try_store(common::config()).await else {
+        return;
+    };
+    let names: Vec<StreamId> = (0..200).map(|i| sid(&format!("w{i}"))).collect();
+    let wide = names
+        .iter()
+        .map(|s| {
+            StreamAppend::new(
+                s.clone(),
+                ExpectedVersion::Any,
+                vec![new_event("Wide", json!({}))],
+            )
+        })
+        .collect::<Vec<_>>();
+    let narrow = (0..60).map(|i| {
+        let store = store.clone();
+        let stream = names[(i * 7) % names.len()].clone();
+        async move {
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::Any,
+                    vec![new_event("Narrow", json!({}))],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let wide_append = store.append_multi(wide);
+    let (results, _) = tokio::join!(wide_append, join_all(narrow));
+    assert_eq!(results.unwrap().len(), 200);
+
+    let log = read_after(&store, LogPosition::START, 500).await;
+    assert_eq!(log.len(), 260);
+    let mut heads: HashMap<&str, u64> = HashMap::new();
+    for e in &log {
+        let head = heads.entry(e.stream_id.as_str()).or_insert(0);
+        assert_eq!(
+            e.stream_version,
+            *head + 1,
+            "{}'s versions in log order",
+            e.stream_id
+        );
+        *head = e.stream_version;
+    }
+    store.drop_schema().await.unwrap();
 }

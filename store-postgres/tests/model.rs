@@ -1,6 +1,7 @@
 //! Model-based property test: any sequence of appends (single and multi-stream, every kind of
 //! expected version, retries of earlier batches, reused ids) gives the same answers and the
-//! same log in PostgreSQL as in the reference in-memory store (`annals::testing::model`).
+//! same log in PostgreSQL as in the reference in-memory store (`annals::testing::model`), and
+//! writers racing with such sequences keep the store's invariants.
 //!
 //! The sequences take every append path of the store: a lone one-stream call on the direct
 //! connection, its fall-back to the group function on a conflict or a stored id, and the
@@ -27,6 +28,24 @@ proptest! {
                 return;
             };
             annals::testing::model::check(&store, ops).await;
+            store.drop_schema().await.expect("drop the test schema");
+        });
+    }
+
+    /// Racing writers share group commits: each caller still gets its own answer, and a
+    /// conflict in a group stores nothing of that caller's append.
+    #[test]
+    fn racing_writers_keep_the_invariants(writers in annals::testing::model::concurrent_ops()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let Some(store) = common::try_store(common::config()).await else {
+                return;
+            };
+            annals::testing::model::check_concurrent(&store, writers).await;
             store.drop_schema().await.expect("drop the test schema");
         });
     }

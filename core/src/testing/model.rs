@@ -170,20 +170,13 @@ async fn settle<S: EventStore>(store: &S, raw: Vec<Raw>) -> (Vec<RecordedEvent>,
     (log, answers)
 }
 
-/// Runs `ops` against `store` (fresh, empty) and against a reference in-memory store, and
-/// panics where they differ: an append's answer (versions, conflicts, idempotency verdicts,
-/// the events its positions name), or the final log (order, streams, versions, ids, types,
-/// payloads).
-///
-/// # Panics
-/// On the first difference, naming it.
-pub async fn check<S: EventStore>(store: &S, ops: Vec<Op>) {
-    let model = InMemoryEventStore::new();
-    let mut sent: Vec<Vec<StreamAppend>> = Vec::new();
-    let (mut expected, mut actual) = (Vec::new(), Vec::new());
-    for op in ops {
-        let appends = match op {
-            Op::Append { streams, n } => streams
+/// The appends one step sends, given the batches sent before it; `None` for a retry before
+/// anything was sent.
+fn appends_of(op: Op, sent: &[Vec<StreamAppend>]) -> Option<Vec<StreamAppend>> {
+    let earlier = |batch: usize| (!sent.is_empty()).then(|| sent[batch % sent.len()].clone());
+    match op {
+        Op::Append { streams, n } => Some(
+            streams
                 .into_iter()
                 .map(|(s, e)| {
                     let events: Vec<NewEvent> = (0..n)
@@ -196,25 +189,40 @@ pub async fn check<S: EventStore>(store: &S, ops: Vec<Op>) {
                     )
                 })
                 .collect(),
-            Op::Retry { batch, expect } if !sent.is_empty() => {
-                let mut again = sent[batch % sent.len()].clone();
-                for a in &mut again {
-                    a.expected = expect.get();
-                }
-                again
+        ),
+        Op::Retry { batch, expect } => earlier(batch).map(|mut again| {
+            for a in &mut again {
+                a.expected = expect.get();
             }
-            Op::Tamper { batch, reverse } if !sent.is_empty() => {
-                let mut again = sent[batch % sent.len()].clone();
-                let first = &mut again[0];
-                if reverse && first.events.len() > 1 {
-                    first.events.reverse();
-                } else {
-                    first.events[0] = new_event("Noted", json!({ "other": true }))
-                        .with_id(first.events[0].event_id);
-                }
-                again
+            again
+        }),
+        Op::Tamper { batch, reverse } => earlier(batch).map(|mut again| {
+            let first = &mut again[0];
+            if reverse && first.events.len() > 1 {
+                first.events.reverse();
+            } else {
+                first.events[0] =
+                    new_event("Noted", json!({ "other": true })).with_id(first.events[0].event_id);
             }
-            _ => continue,
+            again
+        }),
+    }
+}
+
+/// Runs `ops` against `store` (fresh, empty) and against a reference in-memory store, and
+/// panics where they differ: an append's answer (versions, conflicts, idempotency verdicts,
+/// the events its positions name), or the final log (order, streams, versions, ids, types,
+/// payloads).
+///
+/// # Panics
+/// On the first difference, naming it.
+pub async fn check<S: EventStore>(store: &S, ops: Vec<Op>) {
+    let model = InMemoryEventStore::new();
+    let mut sent: Vec<Vec<StreamAppend>> = Vec::new();
+    let (mut expected, mut actual) = (Vec::new(), Vec::new());
+    for op in ops {
+        let Some(appends) = appends_of(op, &sent) else {
+            continue;
         };
         expected.push(run(&model, appends.clone()).await);
         actual.push(run(store, appends.clone()).await);
@@ -243,4 +251,123 @@ pub async fn check<S: EventStore>(store: &S, ops: Vec<Op>) {
         contents(&model_log),
         "the log after {sent:?}"
     );
+}
+
+/// Sequences for [`check_concurrent`]: 2 to 6 writers, each with 1 to 12 steps.
+pub fn concurrent_ops() -> impl Strategy<Value = Vec<Vec<Op>>> {
+    prop::collection::vec(prop::collection::vec(op(), 1..13), 2..7)
+}
+
+/// What one writer sent, and how the store answered.
+struct Sent {
+    appends: Vec<StreamAppend>,
+    answer: crate::Result<Vec<AppendResult>>,
+}
+
+async fn writer<S: EventStore>(store: &S, ops: Vec<Op>) -> Vec<Sent> {
+    let mut sent: Vec<Vec<StreamAppend>> = Vec::new();
+    let mut answers = Vec::new();
+    for op in ops {
+        let Some(appends) = appends_of(op, &sent) else {
+            continue;
+        };
+        answers.push(store.append_multi(appends.clone()).await);
+        sent.push(appends);
+    }
+    sent.into_iter()
+        .zip(answers)
+        .map(|(appends, answer)| Sent { appends, answer })
+        .collect()
+}
+
+/// Runs each writer's `ops` at the same time against `store` (fresh, empty), then checks the
+/// invariants no interleaving may break, against the store's whole log:
+///
+/// - no event id is stored twice, and each stream's versions are 1, 2, 3, ... in log order;
+/// - every successful append's events are stored, on their streams, with their contents, at
+///   the versions its answer gives, and its answer's positions name its first and last event;
+/// - every stored event belongs to an append answered with success: a refused append (a
+///   conflict, say) stored nothing, unless a later retry of the same ids succeeded;
+/// - a conflict reports a version the stream really reached.
+///
+/// # Panics
+/// On the first broken invariant, naming it.
+pub async fn check_concurrent<S: EventStore>(store: &S, writers: Vec<Vec<Op>>) {
+    let sent: Vec<Sent> =
+        futures::future::join_all(writers.into_iter().map(|ops| writer(store, ops)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+    let log: Vec<RecordedEvent> = store
+        .read_all(LogRead::from_start())
+        .try_collect()
+        .await
+        .expect("reading the whole log");
+    let mut by_id: HashMap<uuid::Uuid, &RecordedEvent> = HashMap::new();
+    let mut heads: HashMap<&StreamId, u64> = HashMap::new();
+    for event in &log {
+        assert!(
+            by_id.insert(event.event_id, event).is_none(),
+            "event {} is stored twice",
+            event.event_id
+        );
+        let head = heads.entry(&event.stream_id).or_insert(0);
+        assert_eq!(
+            event.stream_version,
+            *head + 1,
+            "stream {} skips or repeats a version in the log",
+            event.stream_id
+        );
+        *head = event.stream_version;
+    }
+    let succeeded: std::collections::HashSet<uuid::Uuid> = sent
+        .iter()
+        .filter(|s| s.answer.is_ok())
+        .flat_map(|s| s.appends.iter().flat_map(|a| &a.events))
+        .map(|e| e.event_id)
+        .collect();
+    for event in &log {
+        assert!(
+            succeeded.contains(&event.event_id),
+            "event {} is stored, but every append of it was refused",
+            event.event_id
+        );
+    }
+    for s in &sent {
+        match &s.answer {
+            Ok(results) => {
+                assert_eq!(results.len(), s.appends.len(), "one result per stream");
+                for (append, result) in s.appends.iter().zip(results) {
+                    let n = append.events.len() as u64;
+                    for (i, event) in append.events.iter().enumerate() {
+                        let stored = by_id.get(&event.event_id).unwrap_or_else(|| {
+                            panic!("event {} of a successful append is missing", event.event_id)
+                        });
+                        assert_eq!(stored.stream_id, append.stream, "stored on another stream");
+                        assert_eq!(stored.payload, event.payload, "stored with other contents");
+                        assert_eq!(
+                            stored.stream_version,
+                            result.stream_version + 1 - n + i as u64,
+                            "stored at another version than the answer gives"
+                        );
+                        if i == 0 {
+                            assert_eq!(stored.position, result.first_position, "first position");
+                        }
+                        if i as u64 + 1 == n {
+                            assert_eq!(stored.position, result.last_position, "last position");
+                        }
+                    }
+                }
+            }
+            Err(crate::Error::Conflict { stream, actual, .. }) => {
+                let head = heads.get(stream).copied().unwrap_or(0);
+                assert!(
+                    *actual <= head,
+                    "conflict on {stream} reports version {actual}, the stream ends at {head}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
 }
