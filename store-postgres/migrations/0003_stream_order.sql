@@ -28,7 +28,6 @@ CREATE FUNCTION lock_streams(p_streams text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_keys bigint[];
-    v_key  bigint;
 BEGIN
     SELECT coalesce(array_agg(k ORDER BY k), '{}') INTO v_keys
       FROM (SELECT DISTINCT stream_lock_key(s) AS k FROM unnest(p_streams) AS s) AS keys;
@@ -37,9 +36,11 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(stream_lock_key(''));
-    FOREACH v_key IN ARRAY v_keys LOOP
-        PERFORM pg_advisory_xact_lock(v_key);
-    END LOOP;
+    -- One statement for all keys. An output expression not named in ORDER BY is evaluated
+    -- after the sort (the SELECT reference says so), so the keys are locked in order.
+    PERFORM pg_advisory_xact_lock(u.k)
+       FROM unnest(v_keys) WITH ORDINALITY AS u(k, i)
+      ORDER BY u.i;
 END
 $$;
 

@@ -10,10 +10,11 @@ use sqlx::PgExecutor;
 macro_rules! append_one {
     ($stream:literal) => {
         concat!(
-            // The stream's advisory locks come first, before anything takes the
-            // transaction's id (see migrations/0003_stream_order.sql); `s` reads from `l`,
-            // so it runs after it.
-            "WITH l AS (SELECT lock_streams(ARRAY[$1::text])), s AS (",
+            // The log's lock (shared) and the stream's come first, before anything takes
+            // the transaction's id, as `lock_streams` in migrations/0003_stream_order.sql
+            // takes them; `l` reads from `g` and `s` from `l`, so they run in that order.
+            "WITH g AS (SELECT pg_advisory_xact_lock_shared(stream_lock_key(''))), \
+             l AS (SELECT pg_advisory_xact_lock(stream_lock_key($1)) FROM g), s AS (",
             $stream,
             "), ins AS (\
              INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
@@ -35,10 +36,11 @@ macro_rules! append_one {
 macro_rules! append_scalar {
     ($stream:literal) => {
         concat!(
-            // The stream's advisory locks come first, before anything takes the
-            // transaction's id (see migrations/0003_stream_order.sql); `s` reads from `l`,
-            // so it runs after it.
-            "WITH l AS (SELECT lock_streams(ARRAY[$1::text])), s AS (",
+            // The log's lock (shared) and the stream's come first, before anything takes
+            // the transaction's id, as `lock_streams` in migrations/0003_stream_order.sql
+            // takes them; `l` reads from `g` and `s` from `l`, so they run in that order.
+            "WITH g AS (SELECT pg_advisory_xact_lock_shared(stream_lock_key(''))), \
+             l AS (SELECT pg_advisory_xact_lock(stream_lock_key($1)) FROM g), s AS (",
             $stream,
             "), ins AS (\
              INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
