@@ -7,10 +7,10 @@
 -- that stream written meanwhile, and the log showed the stream's versions out of order.
 --
 -- Now every append first takes one advisory lock per stream (an advisory lock takes no
--- transaction id), all in one order, and only then its id (lock_streams below). An append to a stream so takes
--- its id after the previous append to that stream has committed: ids, and with them the log,
--- follow each stream's versions. The one-statement append of a single stream (single.rs)
--- takes the same locks first.
+-- transaction id), all in one order, and only then its id (lock_streams below). An append to
+-- a stream so takes its id after the previous append to that stream has committed: ids, and
+-- with them the log, follow each stream's versions. The one-statement append of a single
+-- stream (single.rs) takes the same locks first.
 
 -- The advisory lock key of a stream, seeded with the events table's oid so the streams of two
 -- stores in one database never share a key.
@@ -23,7 +23,7 @@ $$;
 -- log's lock shared (the key of '', a name no stream can have), then each stream's key in
 -- ascending order, so two appends never wait for each other in a cycle. A larger one takes
 -- the log's lock alone, exclusively, instead: it then waits for every other append and keeps
--- the lock table small (each advisory lock is an entry there, rows locks are not).
+-- the lock table small (each advisory lock is an entry there, row locks are not).
 CREATE FUNCTION lock_streams(p_streams text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
