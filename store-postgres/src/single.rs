@@ -1,20 +1,27 @@
 //! The fast path of a group holding one call to one stream (the common command): one plain
 //! SQL statement, the stream's advisory lock taken, its row upserted or updated with the
 //! expected-version check in its `WHERE`, and the events inserted only if that row was
-//! written. Anything else (a
-//! conflict, a stored event id) falls back to `append_group`, which gives the exact answer.
+//! written. Anything else (a conflict, a stored event id) falls back to `append_group`, which
+//! gives the exact answer.
 
 use annals::{ExpectedVersion, StreamAppend};
 use sqlx::PgExecutor;
 
+/// The statements' start, up to the stream statement `s`: the log's lock (shared) and the
+/// stream's come first, before anything takes the transaction's id, as `lock_streams` in
+/// migrations/0003_stream_order.sql takes them; `l` reads from `g` and `s` from `l`, so they
+/// run in that order.
+macro_rules! locked_stream {
+    () => {
+        "WITH g AS (SELECT pg_advisory_xact_lock_shared(stream_lock_key(''))), \
+         l AS (SELECT pg_advisory_xact_lock(stream_lock_key($1)) FROM g), s AS ("
+    };
+}
+
 macro_rules! append_one {
     ($stream:literal) => {
         concat!(
-            // The log's lock (shared) and the stream's come first, before anything takes
-            // the transaction's id, as `lock_streams` in migrations/0003_stream_order.sql
-            // takes them; `l` reads from `g` and `s` from `l`, so they run in that order.
-            "WITH g AS (SELECT pg_advisory_xact_lock_shared(stream_lock_key(''))), \
-             l AS (SELECT pg_advisory_xact_lock(stream_lock_key($1)) FROM g), s AS (",
+            locked_stream!(),
             $stream,
             "), ins AS (\
              INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
@@ -36,11 +43,7 @@ macro_rules! append_one {
 macro_rules! append_scalar {
     ($stream:literal) => {
         concat!(
-            // The log's lock (shared) and the stream's come first, before anything takes
-            // the transaction's id, as `lock_streams` in migrations/0003_stream_order.sql
-            // takes them; `l` reads from `g` and `s` from `l`, so they run in that order.
-            "WITH g AS (SELECT pg_advisory_xact_lock_shared(stream_lock_key(''))), \
-             l AS (SELECT pg_advisory_xact_lock(stream_lock_key($1)) FROM g), s AS (",
+            locked_stream!(),
             $stream,
             "), ins AS (\
              INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \

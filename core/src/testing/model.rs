@@ -137,13 +137,17 @@ async fn run<S: EventStore>(store: &S, appends: Vec<StreamAppend>) -> Raw {
     }
 }
 
-/// A store's whole log, and the answers it gave with their positions placed in that log.
-async fn settle<S: EventStore>(store: &S, raw: Vec<Raw>) -> (Vec<RecordedEvent>, Vec<Answer>) {
-    let log: Vec<RecordedEvent> = store
+async fn whole_log<S: EventStore>(store: &S) -> Vec<RecordedEvent> {
+    store
         .read_all(LogRead::from_start())
         .try_collect()
         .await
-        .expect("reading the whole log");
+        .expect("reading the whole log")
+}
+
+/// A store's whole log, and the answers it gave with their positions placed in that log.
+async fn settle<S: EventStore>(store: &S, raw: Vec<Raw>) -> (Vec<RecordedEvent>, Vec<Answer>) {
+    let log = whole_log(store).await;
     let place: HashMap<LogPosition, usize> = log
         .iter()
         .enumerate()
@@ -299,14 +303,21 @@ pub async fn check_concurrent<S: EventStore>(store: &S, writers: Vec<Vec<Op>>) {
             .into_iter()
             .flatten()
             .collect();
-    let log: Vec<RecordedEvent> = store
-        .read_all(LogRead::from_start())
-        .try_collect()
-        .await
-        .expect("reading the whole log");
+    let log = whole_log(store).await;
+    let succeeded: std::collections::HashSet<uuid::Uuid> = sent
+        .iter()
+        .filter(|s| s.answer.is_ok())
+        .flat_map(|s| s.appends.iter().flat_map(|a| &a.events))
+        .map(|e| e.event_id)
+        .collect();
     let mut by_id: HashMap<uuid::Uuid, &RecordedEvent> = HashMap::new();
     let mut heads: HashMap<&StreamId, u64> = HashMap::new();
     for event in &log {
+        assert!(
+            succeeded.contains(&event.event_id),
+            "event {} is stored, but every append of it was refused",
+            event.event_id
+        );
         assert!(
             by_id.insert(event.event_id, event).is_none(),
             "event {} is stored twice",
@@ -320,19 +331,6 @@ pub async fn check_concurrent<S: EventStore>(store: &S, writers: Vec<Vec<Op>>) {
             event.stream_id
         );
         *head = event.stream_version;
-    }
-    let succeeded: std::collections::HashSet<uuid::Uuid> = sent
-        .iter()
-        .filter(|s| s.answer.is_ok())
-        .flat_map(|s| s.appends.iter().flat_map(|a| &a.events))
-        .map(|e| e.event_id)
-        .collect();
-    for event in &log {
-        assert!(
-            succeeded.contains(&event.event_id),
-            "event {} is stored, but every append of it was refused",
-            event.event_id
-        );
     }
     for s in &sent {
         match &s.answer {
