@@ -4,6 +4,7 @@
 #![doc = include_str!("../PERFORMANCE.md")]
 
 mod config;
+mod copy;
 mod direct;
 mod error;
 mod group;

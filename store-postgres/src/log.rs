@@ -10,6 +10,7 @@ use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::OnceCell;
 
 use crate::{
+    copy,
     pages::{self, PageSender},
     pages::{Sent, batch_rows, send_rows},
     read::{Names, log_key, log_query, pending},
@@ -90,23 +91,34 @@ async fn produce(
     let page_size = page_size.max(1);
     let mut backoff = MIN_BACKOFF;
     let mut full_batches = 0u32;
+    // Names seen by the batches this task decodes itself.
+    let mut names = Names::default();
     while !tx.is_closed() {
         // A long read streams several pages per query, which saves a round trip and a plan
-        // per page. Only with table statistics: without them PostgreSQL may answer a LIMIT near
-        // its guess of the matching rows with a bitmap scan and a sort of everything after
-        // the checkpoint, instead of the ordered index scan.
-        let batch = if full_batches >= 2 && *stats.get_or_init(|| have_stats(&pool)).await {
-            batch_rows(page_size)
+        // per page, as binary `COPY`, which the client decodes in half the time. Only with
+        // table statistics: without them PostgreSQL may answer a LIMIT near its guess of the
+        // matching rows with a bitmap scan and a sort of everything after the checkpoint,
+        // instead of the ordered index scan.
+        let long = full_batches >= 2 && *stats.get_or_init(|| have_stats(&pool)).await;
+        let (batch, sent) = if long {
+            let batch = batch_rows(page_size);
+            let query = copy::Batch::Log {
+                commit: after.commit,
+                sequence: after.sequence,
+            };
+            let key = |e: &RecordedEvent| e.position;
+            let sent = copy::send_batch(&pool, query, batch, &mut names, page_size, key, &tx);
+            (batch, sent.await)
         } else {
-            page_size
+            let Some(mut conn) = pages::connection(&pool, &tx).await else {
+                return;
+            };
+            let rows = log_query(after, page_size).fetch(&mut *conn);
+            let sent = send_rows(rows, page_size, log_key, &tx).await;
+            // Back to the pool before any wait.
+            drop(conn);
+            (page_size, sent)
         };
-        let Some(mut conn) = pages::connection(&pool, &tx).await else {
-            return;
-        };
-        let rows = log_query(after, batch).fetch(&mut *conn);
-        let sent = send_rows(rows, page_size, log_key, &tx).await;
-        // Back to the pool before any wait.
-        drop(conn);
         let full = match sent {
             Sent::Stopped => return,
             Sent::Done { rows, last } => {

@@ -83,7 +83,11 @@ pub(crate) async fn send_rows<K>(
                 }
                 None => {}
             }
-            if tx.send(Ok(std::mem::take(&mut page))).await.is_err() {
+            if tx
+                .send(Ok(Rows::Query(std::mem::take(&mut page))))
+                .await
+                .is_err()
+            {
                 return Sent::Stopped;
             }
         }
@@ -93,8 +97,16 @@ pub(crate) async fn send_rows<K>(
     }
 }
 
-/// What a producer sends: a page of rows, or the error that ends the read.
-pub(crate) type Page = annals::Result<Vec<PgRow>>;
+/// A page of a read as a producer sends it.
+pub(crate) enum Rows {
+    /// Rows of a query, for the decoder to decode.
+    Query(Vec<PgRow>),
+    /// Events the producer decoded itself (from binary `COPY` data, [`crate::copy`]).
+    Decoded(Vec<RecordedEvent>),
+}
+
+/// What a producer sends: a page, or the error that ends the read.
+pub(crate) type Page = annals::Result<Rows>;
 
 /// The sending half a producer gets.
 pub(crate) type PageSender = mpsc::Sender<Page>;
@@ -136,12 +148,18 @@ async fn decoder(
     mut names: Names,
 ) {
     while let Some(page) = rows.recv().await {
-        let decoded = page.and_then(|rows| {
-            let n = usize::try_from(limit).map_or(rows.len(), |l| l.min(rows.len()));
-            rows.iter()
-                .take(n)
-                .map(|row| decode(row, &mut names))
-                .collect::<annals::Result<Vec<_>>>()
+        let decoded = page.and_then(|page| match page {
+            Rows::Query(rows) => {
+                let n = usize::try_from(limit).map_or(rows.len(), |l| l.min(rows.len()));
+                rows.iter()
+                    .take(n)
+                    .map(|row| decode(row, &mut names))
+                    .collect::<annals::Result<Vec<_>>>()
+            }
+            Rows::Decoded(mut events) => {
+                events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+                Ok(events)
+            }
         });
         let stop = match &decoded {
             Ok(page) => {

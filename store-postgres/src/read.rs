@@ -43,11 +43,23 @@ const STREAM_FORWARD: &str = concat!(
      ORDER BY stream_version LIMIT $3"
 );
 
-/// A forward stream read for folding an aggregate ([`annals::StreamRead::for_folding`]): only
-/// what folding needs, about half the columns, so both the server and the client do less.
-const STREAM_FOLD: &str = "SELECT tx, sequence, stream_version, event_type, schema_version, \
-     payload FROM events WHERE stream_id = $1 AND stream_version >= $2 \
-     ORDER BY stream_version LIMIT $3";
+/// The columns of a forward stream read for folding an aggregate
+/// ([`annals::StreamRead::for_folding`]): only what folding needs, about half the columns, so
+/// both the server and the client do less.
+macro_rules! fold_columns {
+    () => {
+        "tx, sequence, stream_version, event_type, schema_version, payload"
+    };
+}
+
+pub(crate) use columns;
+
+const STREAM_FOLD: &str = concat!(
+    "SELECT ",
+    fold_columns!(),
+    " FROM events WHERE stream_id = $1 AND stream_version >= $2 \
+     ORDER BY stream_version LIMIT $3"
+);
 
 const STREAM_BACKWARD: &str = concat!(
     "SELECT ",
@@ -140,13 +152,34 @@ fn unsigned(n: i64) -> annals::Result<u64> {
     u64::try_from(n).map_err(|_| internal(false, "a stored number is negative"))
 }
 
-/// Reads a row's columns in order.
-struct Columns<'r> {
+/// The columns of one stored row, read in order: a row of a query, or a row of a binary
+/// `COPY` ([`crate::copy`]). [`decode`] reads both alike.
+pub(crate) trait Columns<'r> {
+    /// The next `bigint`.
+    fn int8(&mut self) -> annals::Result<i64>;
+    /// The next `integer`.
+    fn int4(&mut self) -> annals::Result<i32>;
+    /// The next `text`, `None` for NULL.
+    fn text_or_null(&mut self) -> annals::Result<Option<&'r str>>;
+    /// The next `uuid`.
+    fn uuid(&mut self) -> annals::Result<Uuid>;
+    /// The next `timestamptz`.
+    fn timestamptz(&mut self) -> annals::Result<OffsetDateTime>;
+
+    /// The next non-NULL `text`.
+    fn text(&mut self) -> annals::Result<&'r str> {
+        self.text_or_null()?
+            .ok_or_else(|| internal(false, "a stored text column is NULL"))
+    }
+}
+
+/// Reads a query row's columns in order.
+pub(crate) struct RowColumns<'r> {
     row: &'r PgRow,
     at: usize,
 }
 
-impl<'r> Columns<'r> {
+impl<'r> RowColumns<'r> {
     /// The next column, without the per-value type check: the column types are this store's
     /// own schema (a mismatch still fails to decode, it is not unsafe).
     fn next<T: sqlx::Decode<'r, Postgres>>(&mut self) -> annals::Result<T> {
@@ -156,38 +189,67 @@ impl<'r> Columns<'r> {
     }
 }
 
+impl<'r> Columns<'r> for RowColumns<'r> {
+    fn int8(&mut self) -> annals::Result<i64> {
+        self.next()
+    }
+
+    fn int4(&mut self) -> annals::Result<i32> {
+        self.next()
+    }
+
+    fn text_or_null(&mut self) -> annals::Result<Option<&'r str>> {
+        self.next()
+    }
+
+    fn uuid(&mut self) -> annals::Result<Uuid> {
+        self.next()
+    }
+
+    fn timestamptz(&mut self) -> annals::Result<OffsetDateTime> {
+        self.next()
+    }
+}
+
 /// Decodes a row of [`columns!`], or of [`stream_columns!`] (or [`STREAM_FOLD`]'s, when
 /// folding) when `names` is [`Names::of_stream`]. A folding row leaves out the event id, the
 /// metadata and the commit time, which come back nil, empty and the epoch, as
 /// [`annals::StreamRead::for_folding`] documents.
 pub(crate) fn decode(row: &PgRow, names: &mut Names) -> annals::Result<RecordedEvent> {
-    let mut col = Columns { row, at: 0 };
-    let tx: i64 = col.next()?;
-    let sequence: i64 = col.next()?;
+    decode_columns(&mut RowColumns { row, at: 0 }, names)
+}
+
+/// [`decode`] of any source of columns.
+pub(crate) fn decode_columns<'r>(
+    col: &mut impl Columns<'r>,
+    names: &mut Names,
+) -> annals::Result<RecordedEvent> {
+    let tx = col.int8()?;
+    let sequence = col.int8()?;
     let stream_id = match (&names.stream, names.known_stream) {
         (Some(id), true) => id.clone(),
         _ => {
-            let name: &str = col.next()?;
+            let name = col.text()?;
             names.stream(name)?
         }
     };
-    let stream_version: i64 = col.next()?;
+    let stream_version = col.int8()?;
     let event_id = if names.folding {
         Uuid::nil()
     } else {
-        col.next()?
+        col.uuid()?
     };
-    let event_type: &str = col.next()?;
-    let schema_version: i32 = col.next()?;
-    let payload: &str = col.next()?;
+    let event_type = col.text()?;
+    let schema_version = col.int4()?;
+    let payload = col.text()?;
     let (metadata, recorded_at) = if names.folding {
         (Metadata::default(), OffsetDateTime::UNIX_EPOCH)
     } else {
-        let metadata = match col.next::<Option<&str>>()? {
+        let metadata = match col.text_or_null()? {
             None => Metadata::default(),
             Some(json) => Metadata::from_json(json)?,
         };
-        (metadata, col.next()?)
+        (metadata, col.timestamptz()?)
     };
     Ok(RecordedEvent {
         position: position(tx, sequence),

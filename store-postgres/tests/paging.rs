@@ -68,8 +68,9 @@ async fn long_stream_and_log_read_in_pages() {
     store.drop_schema().await.unwrap();
 }
 
-/// Small pages and large ones (which switch to multi-page batches) give the very same events:
-/// metadata, timestamps, odd stream ids and odd payloads included.
+/// One page and small pages give the very same events: metadata, timestamps, odd stream ids
+/// and odd payloads included. One page is one query, decoded by sqlx; a long log read in small
+/// pages switches to batches of binary `COPY`, decoded by the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_and_large_pages_read_the_same_events() {
     let Some(store) = common::try_store(common::config()).await else {
@@ -103,36 +104,48 @@ async fn small_and_large_pages_read_the_same_events() {
         store.append(s, ExpectedVersion::Any, batch).await.unwrap();
     }
     let by_query: Vec<_> = store
-        .read_all(LogRead::from_start().with_page_size(7))
+        .read_all(LogRead::from_start().with_page_size(10_000))
         .try_collect()
         .await
         .unwrap();
     let by_copy: Vec<_> = store
-        .read_all(LogRead::from_start().with_page_size(500))
+        .read_all(LogRead::from_start().with_page_size(7))
         .try_collect()
         .await
         .unwrap();
     assert_eq!(by_query.len(), 6000);
     assert_eq!(by_copy, by_query);
     for s in &streams {
+        let one_page: Vec<_> = store
+            .read_stream(s, StreamRead::forward().with_page_size(2000))
+            .try_collect()
+            .await
+            .unwrap();
         let small: Vec<_> = store
             .read_stream(s, StreamRead::forward().with_page_size(7))
             .try_collect()
             .await
             .unwrap();
-        let large: Vec<_> = store
-            .read_stream(s, StreamRead::forward().with_page_size(100))
-            .try_collect()
-            .await
-            .unwrap();
         assert_eq!(small.len(), 1500);
-        assert_eq!(large, small);
+        assert_eq!(small, one_page);
+        let backward = |page| {
+            store
+                .read_stream(s, StreamRead::backward_from(1500).with_page_size(page))
+                .try_collect::<Vec<_>>()
+        };
+        let mut back = backward(7).await.unwrap();
+        assert_eq!(back, backward(2000).await.unwrap());
+        back.reverse();
+        assert_eq!(back, small);
         // The folding read (what `Repository::load` uses) sends only what folding needs.
-        let folding: Vec<_> = store
-            .read_stream(s, StreamRead::forward().for_folding())
-            .try_collect()
-            .await
-            .unwrap();
+        let folding = |page| {
+            store
+                .read_stream(s, StreamRead::forward().for_folding().with_page_size(page))
+                .try_collect::<Vec<_>>()
+        };
+        let folding_one_page = folding(2000).await.unwrap();
+        let folding = folding(7).await.unwrap();
+        assert_eq!(folding, folding_one_page);
         assert_eq!(folding.len(), 1500);
         for (f, e) in folding.iter().zip(&small) {
             assert_eq!(
@@ -143,6 +156,65 @@ async fn small_and_large_pages_read_the_same_events() {
             assert!(f.event_id.is_nil());
             assert_eq!(f.metadata, annals::Metadata::default());
         }
+    }
+    store.drop_schema().await.unwrap();
+}
+
+/// A long read dropped in the middle of a batch (a binary `COPY` with rows still unread) must
+/// not hand its connection back to the pool, where the next query would read those rows. With
+/// one connection in the pool, every read after the drop runs on the connection after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_dropped_mid_batch_leaves_the_pool_sound() {
+    let Some(store) = common::try_store(common::config().with_max_connections(1)).await else {
+        return;
+    };
+    let s = StreamId::new("long").unwrap();
+    for chunk in 0..20u64 {
+        let batch: Vec<_> = (0..1000)
+            .map(|i| {
+                new_event(
+                    "Noted",
+                    json!({ "n": chunk * 1000 + i, "pad": "x".repeat(200) }),
+                )
+            })
+            .collect();
+        store
+            .append(&s, ExpectedVersion::Exact(chunk * 1000), batch)
+            .await
+            .unwrap();
+    }
+    for round in 0..3 {
+        let mut events = store.read_stream(&s, StreamRead::forward().with_page_size(100));
+        for _ in 0..150 {
+            events.try_next().await.unwrap().unwrap();
+        }
+        drop(events);
+        // Dropped after its first two queries, inside the binary `COPY` that follows.
+        let mut log = store.read_all(LogRead::from_start().with_page_size(100));
+        for _ in 0..(round + 1) * 250 {
+            log.try_next().await.unwrap().unwrap();
+        }
+        drop(log);
+
+        let versions: Vec<u64> = store
+            .read_stream(
+                &s,
+                StreamRead::forward().with_page_size(100).with_limit(20_000),
+            )
+            .map_ok(|e| e.stream_version)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(versions, (1..=20_000).collect::<Vec<_>>(), "round {round}");
+        let head = store
+            .append(
+                &s,
+                ExpectedVersion::Exact(20_000 + round),
+                vec![new_event("Noted", json!({}))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(head.stream_version, 20_001 + round);
     }
     store.drop_schema().await.unwrap();
 }

@@ -1,0 +1,476 @@
+//! Long reads as `COPY (SELECT ...) TO STDOUT (FORMAT binary)`, decoded by hand.
+//!
+//! A replay's rows cost the client about 1.2 µs each as query rows (sqlx's row machinery and
+//! column accessors, then the typed decode) and about 0.65 µs as binary `COPY` data decoded
+//! here (`replay_cpu`, BENCHMARKS.md). So once a log read has shown it is long, its batches
+//! come this way. Stream reads do not: they have fewer columns, and a `Repository::load`
+//! measured slower this way (the producing task, which decodes here, became its bottleneck).
+//!
+//! `COPY` takes no bound parameters, and this store never builds SQL text from values. The
+//! statements here are constant: their parameters are set first, bound, with `set_config` on
+//! the same connection (session settings `annals.read_1`, `annals.read_2` and
+//! `annals.read_limit`, overwritten by the next such read), and read back by
+//! `current_setting`, which PostgreSQL evaluates once per statement, so an index still serves
+//! the keyset condition.
+//!
+//! sqlx does not track a `COPY` left unfinished: a connection returned to the pool in the
+//! middle of one would hand its leftover rows to the next query. [`Copying`] closes the
+//! connection instead unless the `COPY` ran to its end.
+
+use annals::RecordedEvent;
+use futures::TryStreamExt;
+use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    error::{backend, internal},
+    pages::{PageSender, Rows, Sent},
+    read::{Columns, Names, decode_columns},
+};
+
+/// Sets the parameters of the statements below.
+const SETTINGS: &str = "SELECT set_config('annals.read_1', $1, false), \
+     set_config('annals.read_2', $2, false), set_config('annals.read_limit', $3, false)";
+
+macro_rules! copy {
+    ($columns:expr, $rest:literal) => {
+        concat!(
+            "COPY (SELECT ",
+            $columns,
+            " FROM events ",
+            $rest,
+            ") TO STDOUT (FORMAT binary)"
+        )
+    };
+}
+
+const LOG: &str = copy!(
+    crate::read::columns!(),
+    "WHERE (tx, sequence) > (current_setting('annals.read_1')::bigint, \
+     current_setting('annals.read_2')::bigint) \
+     AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+     ORDER BY tx, sequence LIMIT current_setting('annals.read_limit')::bigint"
+);
+
+/// One batch of a long read.
+#[derive(Debug, Clone)]
+pub(crate) enum Batch {
+    /// The global log after `(commit, sequence)`, below the horizon, as `read::log_query`.
+    Log { commit: u64, sequence: u64 },
+}
+
+impl Batch {
+    /// The statement and the number of columns of its rows.
+    fn statement(&self) -> (&'static str, usize) {
+        match self {
+            Self::Log { .. } => (LOG, 10),
+        }
+    }
+
+    fn parameters(&self) -> (String, String) {
+        match self {
+            Self::Log { commit, sequence } => (commit.to_string(), sequence.to_string()),
+        }
+    }
+}
+
+/// A pooled connection in the middle of a `COPY`: closed, not pooled, when dropped before
+/// [`Copying::finish`].
+struct Copying(Option<PoolConnection<Postgres>>);
+
+impl Copying {
+    fn conn(&mut self) -> annals::Result<&mut PgConnection> {
+        self.0
+            .as_deref_mut()
+            .ok_or_else(|| internal(false, "a COPY connection was used after its end"))
+    }
+
+    /// The `COPY` ran to its end (its `ReadyForQuery` read): the connection may be pooled.
+    fn finish(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Copying {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            // Unread rows may follow: this connection must not serve another query.
+            drop(conn.detach());
+        }
+    }
+}
+
+/// Runs one batch of at most `limit` rows as a binary `COPY` and sends its events to the
+/// decoder in pages of `page_size`, keyed by `key`.
+pub(crate) async fn send_batch<K>(
+    pool: &PgPool,
+    batch: Batch,
+    limit: usize,
+    names: &mut Names,
+    page_size: usize,
+    key: impl Fn(&RecordedEvent) -> K,
+    tx: &PageSender,
+) -> Sent<K> {
+    match copy_batch(pool, batch, limit, names, page_size, key, tx).await {
+        Ok(sent) => sent,
+        Err(error) => {
+            let _ = tx.send(Err(error)).await;
+            Sent::Stopped
+        }
+    }
+}
+
+async fn copy_batch<K>(
+    pool: &PgPool,
+    batch: Batch,
+    limit: usize,
+    names: &mut Names,
+    page_size: usize,
+    key: impl Fn(&RecordedEvent) -> K,
+    tx: &PageSender,
+) -> annals::Result<Sent<K>> {
+    let mut conn = Copying(Some(pool.acquire().await.map_err(backend)?));
+    let (statement, columns) = batch.statement();
+    let (first, second) = batch.parameters();
+    sqlx::query(SETTINGS)
+        .bind(first)
+        .bind(second)
+        .bind(limit.to_string())
+        .execute(conn.conn()?)
+        .await
+        .map_err(backend)?;
+    let mut parser = Parser::new(columns);
+    let mut page = Vec::with_capacity(page_size.min(4096));
+    let (mut count, mut last) = (0usize, None);
+    {
+        let mut data = conn
+            .conn()?
+            .copy_out_raw(statement)
+            .await
+            .map_err(backend)?;
+        while let Some(chunk) = data.try_next().await.map_err(backend)? {
+            parser.feed(&chunk, |row| {
+                let event = decode_columns(&mut CopyColumns(row), names)?;
+                page.push(event);
+                Ok(())
+            })?;
+            if page.len() >= page_size {
+                count += page.len();
+                last = page.last().map(&key);
+                if tx
+                    .send(Ok(Rows::Decoded(std::mem::take(&mut page))))
+                    .await
+                    .is_err()
+                {
+                    return Ok(Sent::Stopped);
+                }
+            }
+        }
+    }
+    parser.end()?;
+    conn.finish();
+    if !page.is_empty() {
+        count += page.len();
+        last = page.last().map(&key);
+        if tx.send(Ok(Rows::Decoded(page))).await.is_err() {
+            return Ok(Sent::Stopped);
+        }
+    }
+    Ok(Sent::Done { rows: count, last })
+}
+
+/// The signature, flags and extension length that open binary `COPY` data.
+const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+fn malformed() -> annals::Error {
+    internal(false, "malformed binary COPY data from PostgreSQL")
+}
+
+/// Splits binary `COPY` data, as it arrives in chunks of any size, into rows.
+struct Parser {
+    columns: usize,
+    /// Bytes of an unfinished header or row, waiting for the next chunk.
+    carry: Vec<u8>,
+    header: bool,
+    ended: bool,
+}
+
+impl Parser {
+    fn new(columns: usize) -> Self {
+        Self {
+            columns,
+            carry: Vec::new(),
+            header: false,
+            ended: false,
+        }
+    }
+
+    /// Calls `row` with the fields of each whole row in `chunk` (after what was carried).
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        mut row: impl FnMut(&[u8]) -> annals::Result<()>,
+    ) -> annals::Result<()> {
+        if self.carry.is_empty() {
+            let used = self.rows(chunk, &mut row)?;
+            self.carry.extend_from_slice(&chunk[used..]);
+        } else {
+            let mut data = std::mem::take(&mut self.carry);
+            data.extend_from_slice(chunk);
+            let used = self.rows(&data, &mut row)?;
+            data.drain(..used);
+            self.carry = data;
+        }
+        Ok(())
+    }
+
+    /// Parses whole rows from the front of `data`; returns how many bytes they took.
+    fn rows(
+        &mut self,
+        data: &[u8],
+        row: &mut impl FnMut(&[u8]) -> annals::Result<()>,
+    ) -> annals::Result<usize> {
+        let mut at = 0;
+        if !self.header {
+            let Some(len) = header_len(data)? else {
+                return Ok(0);
+            };
+            self.header = true;
+            at = len;
+        }
+        while let Some(count) = data.get(at..at + 2) {
+            if self.ended {
+                return Err(malformed());
+            }
+            let count = i16::from_be_bytes([count[0], count[1]]);
+            if count == -1 {
+                self.ended = true;
+                at += 2;
+                continue;
+            }
+            if usize::try_from(count).ok() != Some(self.columns) {
+                return Err(malformed());
+            }
+            let Some(len) = row_len(&data[at + 2..], self.columns)? else {
+                break;
+            };
+            row(&data[at + 2..at + 2 + len])?;
+            at += 2 + len;
+        }
+        Ok(at)
+    }
+
+    /// The data ended: it must have ended with its trailer.
+    fn end(&self) -> annals::Result<()> {
+        if self.ended && self.carry.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed())
+        }
+    }
+}
+
+/// The length of the header at the front of `data`, `None` if it is not all there yet.
+fn header_len(data: &[u8]) -> annals::Result<Option<usize>> {
+    let fixed = SIGNATURE.len() + 8;
+    if data.len() < fixed {
+        return Ok(None);
+    }
+    if &data[..SIGNATURE.len()] != SIGNATURE {
+        return Err(malformed());
+    }
+    let extension = u32::from_be_bytes(
+        data[SIGNATURE.len() + 4..fixed]
+            .try_into()
+            .map_err(|_| malformed())?,
+    );
+    let len = fixed + usize::try_from(extension).map_err(|_| malformed())?;
+    Ok((data.len() >= len).then_some(len))
+}
+
+/// The length of the fields of a row of `columns` at the front of `data`, `None` if the row
+/// is not all there yet.
+fn row_len(data: &[u8], columns: usize) -> annals::Result<Option<usize>> {
+    let mut at = 0usize;
+    for _ in 0..columns {
+        let Some(len) = data.get(at..at + 4) else {
+            return Ok(None);
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4;
+        if len >= 0 {
+            at += usize::try_from(len).map_err(|_| malformed())?;
+        } else if len != -1 {
+            return Err(malformed());
+        }
+    }
+    Ok((data.len() >= at).then_some(at))
+}
+
+/// The fields of one whole row of binary `COPY` data, read in order.
+struct CopyColumns<'r>(&'r [u8]);
+
+impl<'r> CopyColumns<'r> {
+    /// The next field's bytes, `None` for NULL. [`row_len`] has checked the lengths.
+    fn field(&mut self) -> annals::Result<Option<&'r [u8]>> {
+        let (len, rest) = self.0.split_first_chunk::<4>().ok_or_else(malformed)?;
+        let len = i32::from_be_bytes(*len);
+        let Ok(len) = usize::try_from(len) else {
+            self.0 = rest;
+            return Ok(None);
+        };
+        let (value, rest) = rest.split_at_checked(len).ok_or_else(malformed)?;
+        self.0 = rest;
+        Ok(Some(value))
+    }
+
+    fn value<const N: usize>(&mut self) -> annals::Result<[u8; N]> {
+        self.field()?
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(malformed)
+    }
+}
+
+/// PostgreSQL's epoch, 2000-01-01 00:00 UTC, which binary `timestamptz` counts from.
+const POSTGRES_EPOCH: OffsetDateTime = time::macros::datetime!(2000-01-01 00:00 UTC);
+
+impl<'r> Columns<'r> for CopyColumns<'r> {
+    fn int8(&mut self) -> annals::Result<i64> {
+        Ok(i64::from_be_bytes(self.value()?))
+    }
+
+    fn int4(&mut self) -> annals::Result<i32> {
+        Ok(i32::from_be_bytes(self.value()?))
+    }
+
+    fn text_or_null(&mut self) -> annals::Result<Option<&'r str>> {
+        self.field()?
+            .map(|v| {
+                std::str::from_utf8(v).map_err(|_| internal(false, "stored text is not UTF-8"))
+            })
+            .transpose()
+    }
+
+    fn uuid(&mut self) -> annals::Result<Uuid> {
+        Ok(Uuid::from_bytes(self.value()?))
+    }
+
+    fn timestamptz(&mut self) -> annals::Result<OffsetDateTime> {
+        let micros = i64::from_be_bytes(self.value()?);
+        POSTGRES_EPOCH
+            .checked_add(time::Duration::microseconds(micros))
+            .ok_or_else(|| internal(false, "a stored time is out of range"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Vec<u8> {
+        let mut data = SIGNATURE.to_vec();
+        data.extend_from_slice(&[0; 8]);
+        data
+    }
+
+    fn row(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut data = i16::try_from(fields.len()).unwrap().to_be_bytes().to_vec();
+        for field in fields {
+            match field {
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    data.extend_from_slice(&i32::try_from(v.len()).unwrap().to_be_bytes());
+                    data.extend_from_slice(v);
+                }
+            }
+        }
+        data
+    }
+
+    fn parse(chunks: &[&[u8]], columns: usize) -> annals::Result<Vec<Vec<u8>>> {
+        let mut parser = Parser::new(columns);
+        let mut rows = Vec::new();
+        for chunk in chunks {
+            parser.feed(chunk, |r| {
+                rows.push(r.to_vec());
+                Ok(())
+            })?;
+        }
+        parser.end()?;
+        Ok(rows)
+    }
+
+    fn data() -> (Vec<u8>, Vec<Vec<u8>>) {
+        let rows = [
+            row(&[Some(b"ab"), None]),
+            row(&[Some(b""), Some(&7i64.to_be_bytes())]),
+        ];
+        let mut data = header();
+        for r in &rows {
+            data.extend_from_slice(r);
+        }
+        data.extend_from_slice(&(-1i16).to_be_bytes());
+        (data, rows.iter().map(|r| r[2..].to_vec()).collect())
+    }
+
+    #[test]
+    fn rows_split_anywhere_between_chunks_parse_alike() {
+        let (data, want) = data();
+        assert_eq!(parse(&[&data], 2).unwrap(), want);
+        for cut in 0..=data.len() {
+            let (a, b) = data.split_at(cut);
+            assert_eq!(parse(&[a, b], 2).unwrap(), want, "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = data.chunks(1).collect();
+        assert_eq!(parse(&bytes, 2).unwrap(), want);
+    }
+
+    #[test]
+    fn malformed_data_is_an_error_not_a_panic() {
+        let (data, _) = data();
+        // Truncated anywhere: no trailer.
+        for cut in 0..data.len() {
+            assert!(parse(&[&data[..cut]], 2).is_err(), "cut at {cut}");
+        }
+        // A wrong signature, a wrong column count, a bad length, data after the trailer.
+        let mut bad = data.clone();
+        bad[0] = b'X';
+        assert!(parse(&[&bad], 2).is_err());
+        assert!(parse(&[&data], 3).is_err());
+        let mut bad = header();
+        bad.extend_from_slice(&1i16.to_be_bytes());
+        bad.extend_from_slice(&(-5i32).to_be_bytes());
+        assert!(parse(&[&bad], 1).is_err());
+        let mut bad = data.clone();
+        bad.extend_from_slice(&row(&[Some(b"x"), None]));
+        assert!(parse(&[&bad], 2).is_err());
+    }
+
+    #[test]
+    fn columns_decode_binary_values() {
+        let row = row(&[
+            Some(&(-3i64).to_be_bytes()),
+            Some(&9i32.to_be_bytes()),
+            Some("é".as_bytes()),
+            None,
+            Some(Uuid::from_u128(5).as_bytes()),
+            Some(&86_400_000_000i64.to_be_bytes()),
+            Some(&[0xff]),
+            Some(&[1, 2]),
+        ]);
+        let mut col = CopyColumns(&row[2..]);
+        assert_eq!(col.int8().unwrap(), -3);
+        assert_eq!(col.int4().unwrap(), 9);
+        assert_eq!(col.text().unwrap(), "é");
+        assert!(col.text().is_err(), "NULL where text is required");
+        assert_eq!(col.uuid().unwrap(), Uuid::from_u128(5));
+        assert_eq!(
+            col.timestamptz().unwrap(),
+            time::macros::datetime!(2000-01-02 00:00 UTC)
+        );
+        assert!(col.text().is_err(), "not UTF-8");
+        assert!(col.int4().is_err(), "two bytes are no integer");
+        assert!(col.int8().is_err(), "past the end");
+    }
+}
