@@ -1,23 +1,23 @@
 //! Long reads as `COPY (SELECT ...) TO STDOUT (FORMAT binary)`, decoded by hand.
 //!
 //! A replay's rows cost the client about 1.2 µs each as query rows (sqlx's row machinery and
-//! column accessors, then the typed decode) and about 0.65 µs as binary `COPY` data decoded
-//! here (`replay_cpu`, BENCHMARKS.md). So once a log read has shown it is long, its batches
-//! come this way. Stream reads do not: they have fewer columns, and a `Repository::load`
-//! measured slower this way (the producing task, which decodes here, became its bottleneck).
+//! column accessors, then the typed decode) and about 0.65-0.8 µs as binary `COPY` data
+//! decoded here (`replay_cpu`, BENCHMARKS.md). So a long read takes its batches this way: a log
+//! read after two full pages, a stream read after its first page. Short reads stay one query,
+//! one round trip.
 //!
 //! `COPY` takes no bound parameters, and this store never builds SQL text from values. The
 //! statements here are constant: their parameters are set first, bound, with `set_config` on
 //! the same connection (session settings `annals.read_1`, `annals.read_2` and
-//! `annals.read_limit`, overwritten by the next such read), and read back by
-//! `current_setting`, which PostgreSQL evaluates once per statement, so an index still serves
-//! the keyset condition.
+//! `annals.read_limit`, overwritten by the next such read), and read back in sub-selects
+//! (`(SELECT current_setting(...))`), which PostgreSQL runs once per statement as initplans
+//! and then uses as index conditions.
 //!
 //! sqlx does not track a `COPY` left unfinished: a connection returned to the pool in the
 //! middle of one would hand its leftover rows to the next query. [`Copying`] closes the
 //! connection instead unless the `COPY` ran to its end.
 
-use annals::RecordedEvent;
+use annals::{RecordedEvent, StreamId};
 use futures::TryStreamExt;
 use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
 use time::OffsetDateTime;
@@ -34,30 +34,59 @@ const SETTINGS: &str = "SELECT set_config('annals.read_1', $1, false), \
      set_config('annals.read_2', $2, false), set_config('annals.read_limit', $3, false)";
 
 macro_rules! copy {
-    ($columns:expr, $rest:literal) => {
+    ($columns:expr, $($rest:expr),+) => {
         concat!(
             "COPY (SELECT ",
             $columns,
             " FROM events ",
-            $rest,
+            $($rest,)+
             ") TO STDOUT (FORMAT binary)"
         )
     };
 }
 
+// Each parameter is read in a sub-select, which PostgreSQL runs once per statement (an
+// initplan) whatever the plan. `current_setting` itself is only stable: in a filter, rather
+// than an index condition, it ran once per row, and a load of 10,000 events cost PostgreSQL
+// twice its time (a sequential scan calling it per row, then a sort).
+
 const LOG: &str = copy!(
     crate::read::columns!(),
-    "WHERE (tx, sequence) > (current_setting('annals.read_1')::bigint, \
-     current_setting('annals.read_2')::bigint) \
+    "WHERE (tx, sequence) > ((SELECT current_setting('annals.read_1')::bigint), \
+     (SELECT current_setting('annals.read_2')::bigint)) \
      AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-     ORDER BY tx, sequence LIMIT current_setting('annals.read_limit')::bigint"
+     ORDER BY tx, sequence LIMIT (SELECT current_setting('annals.read_limit')::bigint)"
 );
+
+macro_rules! stream_copy {
+    ($columns:expr, $version:literal, $order:literal) => {
+        copy!(
+            $columns,
+            "WHERE stream_id = (SELECT current_setting('annals.read_1')) AND stream_version ",
+            $version,
+            " (SELECT current_setting('annals.read_2')::bigint) ORDER BY stream_version",
+            $order,
+            " LIMIT (SELECT current_setting('annals.read_limit')::bigint)"
+        )
+    };
+}
+
+const STREAM_FORWARD: &str = stream_copy!(crate::read::stream_columns!(), ">=", "");
+const STREAM_FOLD: &str = stream_copy!(crate::read::fold_columns!(), ">=", "");
+const STREAM_BACKWARD: &str = stream_copy!(crate::read::stream_columns!(), "<=", " DESC");
 
 /// One batch of a long read.
 #[derive(Debug, Clone)]
 pub(crate) enum Batch {
     /// The global log after `(commit, sequence)`, below the horizon, as `read::log_query`.
     Log { commit: u64, sequence: u64 },
+    /// A stream from version `from` (inclusive), as `read::stream_query`.
+    Stream {
+        stream: StreamId,
+        from: u64,
+        forward: bool,
+        folding: bool,
+    },
 }
 
 impl Batch {
@@ -65,12 +94,16 @@ impl Batch {
     fn statement(&self) -> (&'static str, usize) {
         match self {
             Self::Log { .. } => (LOG, 10),
+            Self::Stream { forward: false, .. } => (STREAM_BACKWARD, 9),
+            Self::Stream { folding: true, .. } => (STREAM_FOLD, 6),
+            Self::Stream { .. } => (STREAM_FORWARD, 9),
         }
     }
 
     fn parameters(&self) -> (String, String) {
         match self {
             Self::Log { commit, sequence } => (commit.to_string(), sequence.to_string()),
+            Self::Stream { stream, from, .. } => (stream.as_str().to_owned(), from.to_string()),
         }
     }
 }
@@ -367,6 +400,17 @@ impl<'r> Columns<'r> for CopyColumns<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every parameter is read once per statement, in a sub-select: a bare `current_setting`
+    /// in a filter runs once per row.
+    #[test]
+    fn statements_read_each_setting_once() {
+        for statement in [LOG, STREAM_FORWARD, STREAM_FOLD, STREAM_BACKWARD] {
+            let bare = statement.matches("current_setting(").count();
+            let once = statement.matches("(SELECT current_setting(").count();
+            assert_eq!((bare, once), (3, 3), "{statement}");
+        }
+    }
 
     fn header() -> Vec<u8> {
         let mut data = SIGNATURE.to_vec();

@@ -52,7 +52,7 @@ macro_rules! fold_columns {
     };
 }
 
-pub(crate) use columns;
+pub(crate) use {columns, fold_columns, stream_columns};
 
 const STREAM_FOLD: &str = concat!(
     "SELECT ",

@@ -5,6 +5,7 @@ use futures::stream::BoxStream;
 use sqlx::PgPool;
 
 use crate::{
+    copy,
     pages::{self, PageSender, Sent, batch_rows, send_rows},
     read::{Names, stream_query, version_key},
 };
@@ -31,16 +32,38 @@ async fn produce(pool: PgPool, stream: StreamId, read: StreamRead, limit: u64, t
     let page_size = read.page_size.max(1);
     let mut next = Some(if forward { read.from.max(1) } else { read.from });
     let mut left = limit;
+    // The first page is one query, all a short stream needs. A longer stream's further
+    // batches come as binary `COPY` ([`copy`]), which the client decodes in two thirds of the
+    // time.
+    let mut first = true;
+    let mut names = Names::of_stream(stream.clone(), forward && read.for_folding);
     while let Some(from) = next.filter(|v| *v > 0 && left > 0) {
-        let batch = batch_rows(page_size);
-        let want = usize::try_from(left).map_or(batch, |l| l.min(batch));
-        let Some(mut conn) = pages::connection(&pool, &tx).await else {
-            return;
+        let batch = if first {
+            page_size
+        } else {
+            batch_rows(page_size)
         };
-        let rows =
-            stream_query(stream.as_str(), from, forward, read.for_folding, want).fetch(&mut *conn);
+        let want = usize::try_from(left).map_or(batch, |l| l.min(batch));
+        let sent = if first {
+            let Some(mut conn) = pages::connection(&pool, &tx).await else {
+                return;
+            };
+            let rows = stream_query(stream.as_str(), from, forward, read.for_folding, want)
+                .fetch(&mut *conn);
+            send_rows(rows, page_size, version_key, &tx).await
+        } else {
+            let query = copy::Batch::Stream {
+                stream: stream.clone(),
+                from,
+                forward,
+                folding: read.for_folding,
+            };
+            let key = |e: &RecordedEvent| e.stream_version;
+            copy::send_batch(&pool, query, want, &mut names, page_size, key, &tx).await
+        };
+        first = false;
         next = None;
-        match send_rows(rows, page_size, version_key, &tx).await {
+        match sent {
             Sent::Stopped => return,
             Sent::Done { rows, last } => {
                 left = left.saturating_sub(rows as u64);

@@ -69,7 +69,7 @@ async fn long_stream_and_log_read_in_pages() {
 }
 
 /// One page and small pages give the very same events: metadata, timestamps, odd stream ids
-/// and odd payloads included. One page is one query, decoded by sqlx; a long log read in small
+/// and odd payloads included. One page is one query, decoded by sqlx; a long read in small
 /// pages switches to batches of binary `COPY`, decoded by the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_and_large_pages_read_the_same_events() {
@@ -184,6 +184,7 @@ async fn a_read_dropped_mid_batch_leaves_the_pool_sound() {
             .unwrap();
     }
     for round in 0..3 {
+        // Dropped after its first query, inside the binary `COPY` that follows.
         let mut events = store.read_stream(&s, StreamRead::forward().with_page_size(100));
         for _ in 0..150 {
             events.try_next().await.unwrap().unwrap();
