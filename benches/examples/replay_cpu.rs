@@ -6,15 +6,18 @@
 //! `cargo run --release -p annals-bench --example replay_cpu` (Linux only: it reads `/proc`).
 //! Settings from the environment: `DATABASE_URL`, `EVENTS` (default 500000), `RUNS` (4),
 //! `WORKERS` (tokio worker threads, 2), `READS` (which reads each run times, in order,
-//! comma-separated; default `store,raw`). The schema `annals_replay_cpu` is kept between runs
-//! (filled once per size) and dropped with `DROP=1`.
+//! comma-separated; default `store,raw`). The schemas `annals_replay_cpu` and
+//! `annals_replay_cpu_load` are kept between runs (filled once per size) and dropped with
+//! `DROP=1`.
 //!
 //! The reads:
 //! - `store`: `read_all` from the start, each event decoded into the ledger's typed events;
 //! - `raw`: the baseline, a typed sqlx scan of a `jsonb` table of the same rows;
 //! - `untyped`: `read_all` without the typed decode (what the store's pipeline costs);
 //! - `fetch`: the store's log query as one sqlx query on one connection, rows counted and
-//!   not decoded: the ceiling one PostgreSQL backend and sqlx set for any log reader.
+//!   not decoded: the ceiling one PostgreSQL backend and sqlx set for any log reader;
+//! - `load`: 30 loads of one 10,000-event aggregate's stream as `Repository::load` reads it,
+//!   typed decode included, from a schema holding only that stream (as `pg.load` has it).
 
 use std::time::Instant;
 
@@ -110,6 +113,7 @@ enum Read {
     Raw,
     Untyped,
     Fetch,
+    Load,
 }
 
 impl std::str::FromStr for Read {
@@ -121,8 +125,9 @@ impl std::str::FromStr for Read {
             "raw" => Ok(Self::Raw),
             "untyped" => Ok(Self::Untyped),
             "fetch" => Ok(Self::Fetch),
+            "load" => Ok(Self::Load),
             other => Err(format!(
-                "unknown read {other:?}: expected store, raw, untyped or fetch"
+                "unknown read {other:?}: expected store, raw, untyped, fetch or load"
             )),
         }
     }
@@ -159,6 +164,51 @@ async fn fetch(store: &PgEventStore) -> BenchResult<u64> {
     Ok(seen)
 }
 
+/// The store of the `load` read: one aggregate of [`AGGREGATE`] events, alone in its schema and
+/// analyzed but not vacuumed, as `annals-bench pg.load` fills it.
+async fn aggregate(url: &str) -> BenchResult<PgEventStore> {
+    let config = PgConfig::new(url)
+        .with_schema("annals_replay_cpu_load")
+        .with_max_connections(4);
+    let store = PgEventStore::connect(config).await?;
+    if env_or("DROP", 0) == 1 {
+        store.drop_schema().await?;
+        return Ok(store);
+    }
+    store.migrate().await?;
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(store.pool())
+        .await?;
+    if u64::try_from(have)? != AGGREGATE {
+        store.drop_schema().await?;
+        store.migrate().await?;
+        for b in workload::one_stream(1, AGGREGATE, 1000) {
+            store.append(&b.stream, b.expected(), b.events).await?;
+        }
+        sqlx::query("ANALYZE events").execute(store.pool()).await?;
+    }
+    Ok(store)
+}
+
+/// Events of the `load` read's aggregate.
+const AGGREGATE: u64 = 10_000;
+
+/// 30 loads of the aggregate's stream as `Repository::load` reads it (`for_folding`), each
+/// event decoded into the ledger's types.
+async fn load(store: &PgEventStore) -> BenchResult<u64> {
+    use annals::StreamRead;
+    let stream = annals_bench::workload::stream_of(1);
+    let mut seen = 0;
+    for _ in 0..30 {
+        let mut read = store.read_stream(&stream, StreamRead::forward().for_folding());
+        while let Some(recorded) = read.try_next().await? {
+            std::hint::black_box(LedgerEvent::decode(&recorded)?);
+            seen += 1;
+        }
+    }
+    Ok(seen)
+}
+
 async fn raw_scan(store: &PgEventStore) -> BenchResult<u64> {
     let mut rows = sqlx::query_as::<_, RawRow>(
         "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
@@ -177,10 +227,12 @@ async fn run() -> BenchResult<()> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let events = env_or("EVENTS", 500_000u64);
-    let store = PgEventStore::connect(PgConfig::new(url).with_schema("annals_replay_cpu")).await?;
+    let store =
+        PgEventStore::connect(PgConfig::new(url.as_str()).with_schema("annals_replay_cpu")).await?;
     store.migrate().await?;
     if env_or("DROP", 0) == 1 {
         store.drop_schema().await?;
+        aggregate(&url).await?;
         return Ok(());
     }
     let reads = std::env::var("READS")
@@ -189,6 +241,11 @@ async fn run() -> BenchResult<()> {
         .map(str::parse)
         .collect::<Result<Vec<Read>, _>>()?;
     fill(&store, events).await?;
+    let load_store = if reads.iter().any(|r| matches!(r, Read::Load)) {
+        Some(aggregate(&url).await?)
+    } else {
+        None
+    };
     // Ticks per second of /proc's times: 100 on every Linux this runs on.
     let us = |ticks: u64, n: u64| ticks as f64 / 100.0 / n as f64 * 1e6;
     for _ in 0..env_or("RUNS", 4) {
@@ -200,6 +257,10 @@ async fn run() -> BenchResult<()> {
                 Read::Raw => raw_scan(&store).await?,
                 Read::Untyped => replay(&store, false).await?,
                 Read::Fetch => fetch(&store).await?,
+                Read::Load => match &load_store {
+                    Some(store) => load(store).await?,
+                    None => 0,
+                },
             };
             let wall = start.elapsed().as_secs_f64();
             let (own1, pg1) = cpu_ticks();
