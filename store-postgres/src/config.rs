@@ -49,6 +49,9 @@ enum Source {
     Options(Box<PgConnectOptions>),
 }
 
+/// The application name of the store's connections when the caller sets none.
+const DEFAULT_APPLICATION_NAME: &str = "annals-postgres";
+
 /// How to connect a [`PgEventStore`](crate::PgEventStore) and how it behaves.
 ///
 /// ```
@@ -100,7 +103,9 @@ impl fmt::Debug for PgConfig {
 
 impl PgConfig {
     /// A configuration for the database at `url` (`postgres://user@host:port/db`), in the
-    /// schema `annals`, with default limits.
+    /// schema `annals`, with default limits. Connections show `annals-postgres` as their
+    /// application name (in `pg_stat_activity`) unless the URL sets one
+    /// (`?application_name=billing`).
     pub fn new(url: impl Into<String>) -> Self {
         Self::with_source(Source::Url(url.into()))
     }
@@ -202,10 +207,15 @@ impl PgConfig {
             Source::Url(url) => url.parse::<PgConnectOptions>().map_err(Error::InvalidUrl)?,
             Source::Options(options) => (**options).clone(),
         };
+        // The caller's application name, if the URL or the options set one.
+        let name = options
+            .get_application_name()
+            .unwrap_or(DEFAULT_APPLICATION_NAME)
+            .to_owned();
         // Validated: a plain identifier, safe to send as the search_path startup option.
         Ok(options
             .options([("search_path", self.schema.as_str())])
-            .application_name("annals-postgres"))
+            .application_name(&name))
     }
 
     /// The notification channel of this schema.

@@ -145,72 +145,55 @@ pub(crate) async fn send_batch<K>(
     key: impl Fn(&RecordedEvent) -> K,
     tx: &PageSender,
 ) -> Sent<K> {
-    match copy_batch(pool, batch, limit, names, page_size, key, tx).await {
-        Ok(sent) => sent,
+    let (mut count, mut last) = (0usize, None);
+    // Sends a page; false once the reader has gone.
+    let mut send = async |page: Vec<RecordedEvent>| {
+        count += page.len();
+        last = page.last().map(&key);
+        tx.send(Ok(Rows::Decoded(page))).await.is_ok()
+    };
+    let copied: annals::Result<bool> = async {
+        let mut conn = Copying(Some(pool.acquire().await.map_err(backend)?));
+        let (statement, columns) = batch.statement();
+        let (first, second) = batch.parameters();
+        sqlx::query(SETTINGS)
+            .bind(first)
+            .bind(second)
+            .bind(limit.to_string())
+            .execute(conn.conn()?)
+            .await
+            .map_err(backend)?;
+        let mut parser = Parser::new(columns);
+        let mut page = Vec::with_capacity(page_size.min(4096));
+        {
+            let mut data = conn
+                .conn()?
+                .copy_out_raw(statement)
+                .await
+                .map_err(backend)?;
+            while let Some(chunk) = data.try_next().await.map_err(backend)? {
+                parser.feed(&chunk, |row| {
+                    page.push(decode_columns(&mut CopyColumns(row), names)?);
+                    Ok(())
+                })?;
+                if page.len() >= page_size && !send(std::mem::take(&mut page)).await {
+                    return Ok(false);
+                }
+            }
+        }
+        parser.end()?;
+        conn.finish();
+        Ok(page.is_empty() || send(page).await)
+    }
+    .await;
+    match copied {
+        Ok(true) => Sent::Done { rows: count, last },
+        Ok(false) => Sent::Stopped,
         Err(error) => {
             let _ = tx.send(Err(error)).await;
             Sent::Stopped
         }
     }
-}
-
-async fn copy_batch<K>(
-    pool: &PgPool,
-    batch: Batch,
-    limit: usize,
-    names: &mut Names,
-    page_size: usize,
-    key: impl Fn(&RecordedEvent) -> K,
-    tx: &PageSender,
-) -> annals::Result<Sent<K>> {
-    let mut conn = Copying(Some(pool.acquire().await.map_err(backend)?));
-    let (statement, columns) = batch.statement();
-    let (first, second) = batch.parameters();
-    sqlx::query(SETTINGS)
-        .bind(first)
-        .bind(second)
-        .bind(limit.to_string())
-        .execute(conn.conn()?)
-        .await
-        .map_err(backend)?;
-    let mut parser = Parser::new(columns);
-    let mut page = Vec::with_capacity(page_size.min(4096));
-    let (mut count, mut last) = (0usize, None);
-    {
-        let mut data = conn
-            .conn()?
-            .copy_out_raw(statement)
-            .await
-            .map_err(backend)?;
-        while let Some(chunk) = data.try_next().await.map_err(backend)? {
-            parser.feed(&chunk, |row| {
-                let event = decode_columns(&mut CopyColumns(row), names)?;
-                page.push(event);
-                Ok(())
-            })?;
-            if page.len() >= page_size {
-                count += page.len();
-                last = page.last().map(&key);
-                if tx
-                    .send(Ok(Rows::Decoded(std::mem::take(&mut page))))
-                    .await
-                    .is_err()
-                {
-                    return Ok(Sent::Stopped);
-                }
-            }
-        }
-    }
-    parser.end()?;
-    conn.finish();
-    if !page.is_empty() {
-        count += page.len();
-        last = page.last().map(&key);
-        if tx.send(Ok(Rows::Decoded(page))).await.is_err() {
-            return Ok(Sent::Stopped);
-        }
-    }
-    Ok(Sent::Done { rows: count, last })
 }
 
 /// The signature, flags and extension length that open binary `COPY` data.

@@ -35,12 +35,9 @@ async fn cancelled_appends_are_all_or_nothing_and_leave_the_pool_usable() {
         })),
         ..TestHooks::default()
     };
-    let Some(store) = common::try_store(
-        common::config()
-            .with_max_connections(4)
-            .with_test_hooks(hooks),
-    )
-    .await
+    let (config, name) = common::named_config();
+    let Some(store) =
+        common::try_store(config.with_max_connections(4).with_test_hooks(hooks)).await
     else {
         return;
     };
@@ -93,7 +90,7 @@ async fn cancelled_appends_are_all_or_nothing_and_leave_the_pool_usable() {
         );
     }
     // No pooled connection was left inside a transaction: every one of them still works.
-    assert_eq!(idle_in_transaction(&store).await, 0);
+    assert_eq!(idle_in_transaction(&store, &name).await, 0);
     let writes = (0..8).map(|i| {
         let store = store.clone();
         async move {
@@ -276,7 +273,8 @@ async fn nul_bytes_are_refused_with_a_typed_error() {
 /// and later appends (direct or grouped) still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_direct_appends_keep_stream_and_events_consistent() {
-    let Some(store) = common::try_store(common::config().with_max_connections(4)).await else {
+    let (config, name) = common::named_config();
+    let Some(store) = common::try_store(config.with_max_connections(4)).await else {
         return;
     };
     let stream = sid("direct");
@@ -320,18 +318,23 @@ async fn cancelled_direct_appends_keep_stream_and_events_consistent() {
         .await;
     assert!(matches!(stale, Err(annals::Error::Conflict { .. })));
     assert_eq!(store.stream_version(&stream).await.unwrap(), events + 5);
-    assert_eq!(idle_in_transaction(&store).await, 0);
+    assert_eq!(idle_in_transaction(&store, &name).await, 0);
     store.drop_schema().await.unwrap();
 }
 
-/// How many of the store's connections sit inside a transaction with no statement running:
-/// a cancelled append must never leave one so.
-async fn idle_in_transaction(store: &PgEventStore) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'annals-postgres' \
-         AND state LIKE 'idle in transaction%' AND datname = current_database()",
+/// How many of the store's connections (application name `name`, not other tests' stores)
+/// sit inside a transaction with no statement running: a cancelled append must never leave
+/// one so.
+async fn idle_in_transaction(store: &PgEventStore, name: &str) -> i64 {
+    let (idle, all): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE state LIKE 'idle in transaction%'), count(*) \
+         FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
     )
+    .bind(name)
     .fetch_one(store.pool())
     .await
-    .unwrap()
+    .unwrap();
+    // At least the connection asking: the name does pick out this store's connections.
+    assert!(all >= 1, "no connection is named {name}");
+    idle
 }

@@ -26,6 +26,18 @@ pub fn config() -> PgConfig {
         .with_max_connections(8)
 }
 
+/// The test configuration for a new random schema whose connections carry the schema's name
+/// as their application name, so `pg_stat_activity` tells them from other tests'.
+pub fn named_config() -> (PgConfig, String) {
+    let schema = unique_schema();
+    let url = database_url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let config = PgConfig::new(format!("{url}{separator}application_name={schema}"))
+        .with_schema(schema.clone())
+        .with_max_connections(8);
+    (config, schema)
+}
+
 /// Connects and migrates `config`, or reports that PostgreSQL is unreachable: a panic under
 /// CI, `None` with a notice otherwise.
 pub async fn try_store(config: PgConfig) -> Option<PgEventStore> {
