@@ -40,28 +40,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// CPU ticks (user + system) of this process and of all `postgres` processes.
-fn cpu_ticks() -> (u64, u64) {
-    fn ticks(pid: &str) -> Option<(bool, u64)> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (head, rest) = stat.rsplit_once(") ")?;
-        let fields: Vec<&str> = rest.split(' ').collect();
-        let used = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some((head.contains("(postgres"), used))
-    }
-    let own = ticks("self").map_or(0, |(_, t)| t);
-    let postgres = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
-        .filter_map(|pid| ticks(&pid))
-        .filter_map(|(pg, t)| pg.then_some(t))
-        .sum();
-    (own, postgres)
-}
-
 /// A row of the raw table, decoded as `annals-bench`'s baseline decodes it.
 #[derive(Debug, sqlx::FromRow)]
 #[allow(dead_code, reason = "decoding every column is the work measured")]
@@ -246,11 +224,11 @@ async fn run() -> BenchResult<()> {
     } else {
         None
     };
-    // Ticks per second of /proc's times: 100 on every Linux this runs on.
-    let us = |ticks: u64, n: u64| ticks as f64 / 100.0 / n as f64 * 1e6;
+    let us =
+        |ticks: u64, n: u64| ticks as f64 / annals_bench::cpu::TICKS_PER_SECOND / n as f64 * 1e6;
     for _ in 0..env_or("RUNS", 4) {
         for &read in &reads {
-            let (own0, pg0) = cpu_ticks();
+            let (own0, pg0) = annals_bench::cpu::ticks();
             let start = Instant::now();
             let n = match read {
                 Read::Store => replay(&store, true).await?,
@@ -263,7 +241,7 @@ async fn run() -> BenchResult<()> {
                 },
             };
             let wall = start.elapsed().as_secs_f64();
-            let (own1, pg1) = cpu_ticks();
+            let (own1, pg1) = annals_bench::cpu::ticks();
             let (client, server) = (us(own1 - own0, n), us(pg1 - pg0, n));
             println!(
                 "{:<8} {:>5.0}k events/s  client {client:.2} + postgres {server:.2} = {:.2} us an \
@@ -271,7 +249,7 @@ async fn run() -> BenchResult<()> {
                 format!("{read:?}").to_lowercase(),
                 n as f64 / wall / 1e3,
                 client + server,
-                (own1 - own0 + pg1 - pg0) as f64 / 100.0 / wall,
+                (own1 - own0 + pg1 - pg0) as f64 / annals_bench::cpu::TICKS_PER_SECOND / wall,
             );
         }
     }

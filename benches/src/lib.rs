@@ -5,6 +5,7 @@
 //! The library part exists for the criterion micro-benchmarks and the tests; the binary is
 //! `src/main.rs`.
 
+pub mod cpu;
 pub mod ledger;
 pub mod workload;
 
