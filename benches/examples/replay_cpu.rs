@@ -235,10 +235,9 @@ async fn run() -> BenchResult<()> {
                 Read::Raw => raw_scan(&store).await?,
                 Read::Untyped => replay(&store, false).await?,
                 Read::Fetch => fetch(&store).await?,
-                Read::Load => match &load_store {
-                    Some(store) => load(store).await?,
-                    None => 0,
-                },
+                Read::Load => {
+                    load(load_store.as_ref().ok_or("no store for the load read")?).await?
+                }
             };
             let wall = start.elapsed().as_secs_f64();
             let (own1, pg1) = annals_bench::cpu::ticks();

@@ -75,6 +75,19 @@ const STREAM_FORWARD: &str = stream_copy!(crate::read::stream_columns!(), ">=", 
 const STREAM_FOLD: &str = stream_copy!(crate::read::fold_columns!(), ">=", "");
 const STREAM_BACKWARD: &str = stream_copy!(crate::read::stream_columns!(), "<=", " DESC");
 
+/// The number of columns a column list names: one more than its commas.
+const fn column_count(columns: &str) -> usize {
+    let bytes = columns.as_bytes();
+    let (mut i, mut count) = (0, 1);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            count += 1;
+        }
+        i += 1;
+    }
+    count
+}
+
 /// One batch of a long read.
 #[derive(Debug, Clone)]
 pub(crate) enum Batch {
@@ -93,10 +106,15 @@ impl Batch {
     /// The statement and the number of columns of its rows.
     fn statement(&self) -> (&'static str, usize) {
         match self {
-            Self::Log { .. } => (LOG, 10),
-            Self::Stream { forward: false, .. } => (STREAM_BACKWARD, 9),
-            Self::Stream { folding: true, .. } => (STREAM_FOLD, 6),
-            Self::Stream { .. } => (STREAM_FORWARD, 9),
+            Self::Log { .. } => (LOG, column_count(crate::read::columns!())),
+            Self::Stream { forward: false, .. } => (
+                STREAM_BACKWARD,
+                column_count(crate::read::stream_columns!()),
+            ),
+            Self::Stream { folding: true, .. } => {
+                (STREAM_FOLD, column_count(crate::read::fold_columns!()))
+            }
+            Self::Stream { .. } => (STREAM_FORWARD, column_count(crate::read::stream_columns!())),
         }
     }
 
@@ -383,6 +401,36 @@ impl<'r> Columns<'r> for CopyColumns<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn column_counts_follow_the_column_lists() {
+        let counts = [
+            Batch::Log {
+                commit: 0,
+                sequence: 0,
+            },
+            Batch::Stream {
+                stream: StreamId::new("s").unwrap(),
+                from: 1,
+                forward: false,
+                folding: true,
+            },
+            Batch::Stream {
+                stream: StreamId::new("s").unwrap(),
+                from: 1,
+                forward: true,
+                folding: true,
+            },
+            Batch::Stream {
+                stream: StreamId::new("s").unwrap(),
+                from: 1,
+                forward: true,
+                folding: false,
+            },
+        ]
+        .map(|b| b.statement().1);
+        assert_eq!(counts, [10, 9, 6, 9]);
+    }
 
     /// Every parameter is read once per statement, in a sub-select: a bare `current_setting`
     /// in a filter runs once per row.

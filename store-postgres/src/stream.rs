@@ -22,12 +22,20 @@ pub(crate) fn read_stream(
         limit,
         Names::of_stream(stream.clone(), folding),
         move |tx| {
-            tokio::spawn(produce(pool, stream, read, limit, tx));
+            tokio::spawn(produce(pool, stream, read, folding, limit, tx));
         },
     )
 }
 
-async fn produce(pool: PgPool, stream: StreamId, read: StreamRead, limit: u64, tx: PageSender) {
+/// Reads the stream's batches; `folding` as [`read_stream`] decided it.
+async fn produce(
+    pool: PgPool,
+    stream: StreamId,
+    read: StreamRead,
+    folding: bool,
+    limit: u64,
+    tx: PageSender,
+) {
     let forward = read.direction == Direction::Forward;
     let page_size = read.page_size.max(1);
     let mut next = Some(if forward { read.from.max(1) } else { read.from });
@@ -36,7 +44,8 @@ async fn produce(pool: PgPool, stream: StreamId, read: StreamRead, limit: u64, t
     // batches come as binary `COPY` ([`copy`]), which the client decodes in two thirds of the
     // time.
     let mut first = true;
-    let mut names = Names::of_stream(stream.clone(), forward && read.for_folding);
+    // For the batches this task decodes itself (the decoder decodes the first page's rows).
+    let mut names = Names::of_stream(stream.clone(), folding);
     while let Some(from) = next.filter(|v| *v > 0 && left > 0) {
         let batch = if first {
             page_size
