@@ -239,6 +239,9 @@ pub struct TestHooks {
     /// Commit this many successful appends, then report a transient error instead of their
     /// result, as if the connection broke after COMMIT was sent.
     pub lose_results: Arc<AtomicUsize>,
+    /// Counts the groups of several one-stream calls that the one-statement path stored
+    /// (`batch.rs`), so a test can tell that it ran.
+    pub batched_groups: Arc<AtomicUsize>,
 }
 
 impl TestHooks {
@@ -270,6 +273,7 @@ impl fmt::Debug for TestHooks {
             .field("in_transaction_delay", &self.in_transaction_delay.is_some())
             .field("fail_after_insert", &self.fail_after_insert.is_some())
             .field("lose_results", &self.lose_results)
+            .field("batched_groups", &self.batched_groups)
             .finish()
     }
 }

@@ -25,7 +25,7 @@ pub(crate) struct Arrays<'a> {
     metadata: Vec<Option<&'a str>>,
 }
 
-fn expected_code(expected: annals::ExpectedVersion) -> i64 {
+pub(crate) fn expected_code(expected: annals::ExpectedVersion) -> i64 {
     match expected {
         annals::ExpectedVersion::Any => -1,
         annals::ExpectedVersion::StreamExists => -2,
@@ -34,7 +34,7 @@ fn expected_code(expected: annals::ExpectedVersion) -> i64 {
     }
 }
 
-fn to_i32(n: usize) -> i32 {
+pub(crate) fn to_i32(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 

@@ -3,6 +3,7 @@
 //! # Performance
 #![doc = include_str!("../PERFORMANCE.md")]
 
+mod batch;
 mod config;
 mod copy;
 mod direct;

@@ -1,5 +1,7 @@
 //! Group commit: a few background writers take the append calls queued by every handle of a
-//! store and run as many as fit in one transaction, in one round trip (`append_group`).
+//! store and run as many as fit in one transaction, in one round trip: one plain statement
+//! when each call appends to a stream of its own (`batch.rs`), else the `append_group`
+//! function, which also answers whatever that statement did not store.
 //!
 //! Each call keeps its own result and its own conflict: the database checks the expected
 //! versions of the whole group, call by call, and inserts only the calls that pass. A caller
@@ -8,7 +10,7 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
 };
 
 use annals::{AppendResult, Error, StreamAppend};
@@ -17,6 +19,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
+    batch,
     config::TestHooks,
     error::sql_state,
     group::{GroupResult, arrays, call, reply_each},
@@ -202,19 +205,42 @@ enum Single {
     Undecided,
 }
 
-async fn execute(group: Vec<Request>, context: &WriterContext) {
-    // After the fast path could not decide, look for stored ids at once.
+async fn execute(mut group: Vec<Request>, context: &WriterContext) {
+    // After a fast path could not decide, look for stored ids at once.
     let mut check_dups = match execute_single(&group, context).await {
         Single::Stored(result) => {
-            if let Some(notify) = &context.notify {
-                let _ = notify.try_send(());
-            }
+            notify(context);
             reply_each(group, result, context);
             return;
         }
         Single::Undecided => true,
         Single::NotTried => false,
     };
+    if !check_dups && !context.hooks.active() && batch::applies(&group) {
+        // An error: nothing was written, or the outcome is unknown; the lookup decides.
+        if let Ok(stored) = batch::append(&context.pool, &group).await {
+            let (written, rest): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .zip(stored.written)
+                .partition(|(_, written)| *written);
+            if !written.is_empty() {
+                context.hooks.batched_groups.fetch_add(1, Ordering::Relaxed);
+                notify(context);
+                reply_each(
+                    written.into_iter().map(|(r, _)| r).collect(),
+                    stored.result,
+                    context,
+                );
+            }
+            if rest.is_empty() {
+                return;
+            }
+            // Conflicts, or streams another transaction created meanwhile: nothing of these
+            // calls was written; `append_group` gives their exact answers.
+            group = rest.into_iter().map(|(r, _)| r).collect();
+        }
+        check_dups = true;
+    }
     let a = arrays(&group);
     let mut attempt = 0;
     let result = loop {
@@ -239,8 +265,8 @@ async fn execute(group: Vec<Request>, context: &WriterContext) {
     drop(a);
     match result {
         Ok(result) => {
-            if let (Some(notify), false) = (&context.notify, result.seq.is_empty()) {
-                let _ = notify.try_send(());
+            if !result.seq.is_empty() {
+                notify(context);
             }
             reply_each(group, result, context);
         }
@@ -252,6 +278,13 @@ async fn execute(group: Vec<Request>, context: &WriterContext) {
                 let _ = request.reply.send(Err(Error::backend(transient, shared)));
             }
         }
+    }
+}
+
+/// Wakes the notifier after a commit that stored events.
+fn notify(context: &WriterContext) {
+    if let Some(notify) = &context.notify {
+        let _ = notify.try_send(());
     }
 }
 

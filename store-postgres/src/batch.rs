@@ -1,0 +1,174 @@
+//! The fast path of a group whose calls each append to one stream, no two calls to the same
+//! stream (the usual group of concurrent commands): one plain SQL statement judges and stores
+//! the whole group, instead of `append_group`'s PL/pgSQL loops.
+//!
+//! The statement takes the streams' advisory locks first (the log's lock shared, then each
+//! stream's key in ascending order, as `lock_streams` in migrations/0003_stream_order.sql
+//! does), before anything takes the transaction's id. It then moves every existing stream
+//! whose version passes its call's check on in one `UPDATE`, creates the new streams of the
+//! calls that allow creating one in one `INSERT .. ON CONFLICT DO NOTHING`, and inserts the
+//! events of exactly the calls whose stream row was written. A call whose stream was not
+//! written (a conflict, or a stream created by a transaction the statement's snapshot does
+//! not see) stores nothing and is left to `append_group`, which gives the exact answer; one
+//! call's conflict so never fails another. An event id stored already fails the whole
+//! statement (a unique violation, nothing written), and the writer hands the group to
+//! `append_group` with the stored-id lookup.
+//!
+//! Why this is correct under concurrency: every append to a stream holds its advisory lock
+//! until it commits, so the statement reaches a stream's row only after the previous append
+//! to it has committed. The `UPDATE` then rechecks its `WHERE` on the newest version of the
+//! row (READ COMMITTED re-evaluates it on a concurrently updated row), so the version check
+//! sees the committed version even when the statement's snapshot is older.
+
+use std::collections::HashSet;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    group::{GroupResult, expected_code, to_i32},
+    writer::Request,
+};
+
+/// One statement for the whole group. `$1..$3` are per call (stream, expected version code
+/// as in `append_group`, number of events), `$4..$10` per event (its call, 1-based, its place
+/// in that call, 1-based, and its columns). `a` reads from `l` and `l` from `g`, so the locks
+/// are taken in that order before any row is written; the keys are sorted in a sub-query
+/// that is not flattened (`OFFSET 0`), so the outer query locks them in order. The `UPDATE`
+/// names its rows with `= ANY ($1)` as well as by the join: a young `streams` table without
+/// statistics otherwise gets a generic plan that scans the whole table for every group.
+const APPEND_BATCH: &str = "\
+WITH g AS (SELECT pg_advisory_xact_lock_shared(stream_lock_key(''))), \
+l AS (SELECT count(pg_advisory_xact_lock(o.k)) AS n \
+        FROM (SELECT stream_lock_key(s) AS k FROM g, unnest($1::text[]) AS s \
+               ORDER BY 1 OFFSET 0) AS o), \
+a AS (SELECT u.stream, u.expected, u.n, u.k \
+        FROM l, unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY \
+          AS u(stream, expected, n, k)), \
+upd AS (UPDATE streams AS st SET version = st.version + a.n FROM a \
+         WHERE st.stream_id = ANY ($1::text[]) AND st.stream_id = a.stream \
+           AND (a.expected IN (-1, -2) OR st.version = a.expected) \
+        RETURNING a.k, st.version), \
+ins AS (INSERT INTO streams (stream_id, version) \
+        SELECT a.stream, a.n FROM a WHERE a.expected IN (-1, 0) \
+        ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id, version), \
+w AS (SELECT k, version FROM upd \
+      UNION ALL SELECT a.k, ins.version FROM ins JOIN a ON a.stream = ins.stream_id), \
+ev AS (INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
+                           schema_version, payload, metadata) \
+       SELECT pg_current_xact_id()::text::bigint, a.stream, w.version - a.n + e.pos, \
+              e.id, e.t, e.sv, e.p, e.m \
+         FROM unnest($4::int[], $5::int[], $6::uuid[], $7::text[], $8::int[], $9::text[], \
+                     $10::text[]) AS e(k, pos, id, t, sv, p, m) \
+         JOIN w ON w.k = e.k JOIN a ON a.k = e.k \
+        ORDER BY e.k, e.pos \
+       RETURNING sequence, tx) \
+SELECT (SELECT coalesce(array_agg(k ORDER BY k), '{}') FROM w), \
+       (SELECT coalesce(array_agg(version ORDER BY k), '{}') FROM w), \
+       (SELECT coalesce(array_agg(sequence ORDER BY sequence), '{}') FROM ev), \
+       (SELECT coalesce(min(tx), 0) FROM ev)";
+
+/// Whether the fast path can judge `group`: more than one call, each to one stream, no
+/// stream named twice. (`MAX_GROUP_STREAMS` in the writer keeps the number of streams, and so
+/// of advisory locks, at most 128, where `lock_streams` would switch to the log-wide lock.)
+pub(crate) fn applies(group: &[Request]) -> bool {
+    if group.len() < 2 {
+        return false;
+    }
+    let mut streams = HashSet::with_capacity(group.len());
+    group
+        .iter()
+        .all(|request| match request.appends.as_slice() {
+            [append] => streams.insert(append.stream.as_str()),
+            _ => false,
+        })
+}
+
+/// What the fast path stored: for the calls that were written, in group order, their
+/// result (all statuses 0); `written[i]` says whether call `i` was.
+pub(crate) struct Stored {
+    pub(crate) written: Vec<bool>,
+    pub(crate) result: GroupResult,
+}
+
+/// Runs the statement for `group` (see [`applies`]). An error means nothing was written, or
+/// the outcome is unknown (a broken connection): either way `append_group` with the stored-id
+/// lookup decides.
+pub(crate) async fn append(pool: &PgPool, group: &[Request]) -> Result<Stored, sqlx::Error> {
+    let n = group.len();
+    let events: usize = group.iter().map(|r| r.metadata.len()).sum();
+    let mut stream = Vec::with_capacity(n);
+    let mut expected = Vec::with_capacity(n);
+    let mut count = Vec::with_capacity(n);
+    let mut event_k = Vec::with_capacity(events);
+    let mut event_pos = Vec::with_capacity(events);
+    let mut event_id: Vec<Uuid> = Vec::with_capacity(events);
+    let mut event_type = Vec::with_capacity(events);
+    let mut schema_version = Vec::with_capacity(events);
+    let mut payload = Vec::with_capacity(events);
+    let mut metadata = Vec::with_capacity(events);
+    for (k, request) in group.iter().enumerate() {
+        let mut meta = request.metadata.iter();
+        for append in &request.appends {
+            stream.push(append.stream.as_str());
+            expected.push(expected_code(append.expected));
+            count.push(i64::from(to_i32(append.events.len())));
+            for (pos, event) in append.events.iter().enumerate() {
+                event_k.push(to_i32(k + 1));
+                event_pos.push(to_i32(pos + 1));
+                event_id.push(event.event_id);
+                event_type.push(event.event_type.as_str());
+                schema_version.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+                payload.push(event.payload.as_str());
+                metadata.push(meta.next().and_then(|m| m.as_deref()));
+            }
+        }
+    }
+    let (ks, versions, seq, tx): (Vec<i64>, Vec<i64>, Vec<i64>, i64) = sqlx::query_as(APPEND_BATCH)
+        .bind(&stream)
+        .bind(&expected)
+        .bind(&count)
+        .bind(&event_k)
+        .bind(&event_pos)
+        .bind(&event_id)
+        .bind(&event_type)
+        .bind(&schema_version)
+        .bind(&payload)
+        .bind(&metadata)
+        .fetch_one(pool)
+        .await?;
+    // The answer must account for every event of every call it names: otherwise (it cannot
+    // happen, but nothing here may guess) `append_group` finds the stored ids and answers.
+    let mut written = vec![false; n];
+    let mut stored_events = 0usize;
+    for k in &ks {
+        let slot = usize::try_from(*k - 1)
+            .ok()
+            .and_then(|i| Some((written.get_mut(i)?, group.get(i)?)));
+        match slot {
+            Some((slot, request)) if !*slot => {
+                *slot = true;
+                stored_events += request.metadata.len();
+            }
+            _ => {
+                return Err(sqlx::Error::Protocol(
+                    "append batch: a call named twice".into(),
+                ));
+            }
+        }
+    }
+    if versions.len() != ks.len() || seq.len() != stored_events {
+        return Err(sqlx::Error::Protocol(
+            "append batch: the answer does not match the stored events".into(),
+        ));
+    }
+    Ok(Stored {
+        written,
+        result: GroupResult {
+            status: vec![0; ks.len()],
+            version: versions,
+            seq,
+            tx,
+        },
+    })
+}
