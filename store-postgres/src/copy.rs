@@ -31,7 +31,8 @@ use crate::{
 
 /// Sets the parameters of the statements below.
 const SETTINGS: &str = "SELECT set_config('annals.read_1', $1, false), \
-     set_config('annals.read_2', $2, false), set_config('annals.read_limit', $3, false)";
+     set_config('annals.read_2', $2, false), set_config('annals.read_limit', $3, false), \
+     set_config('annals.read_below', $4, false)";
 
 macro_rules! copy {
     ($columns:expr, $($rest:expr),+) => {
@@ -55,6 +56,21 @@ const LOG: &str = copy!(
     "WHERE (tx, sequence) > ((SELECT current_setting('annals.read_1')::bigint), \
      (SELECT current_setting('annals.read_2')::bigint)) \
      AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+     ORDER BY tx, sequence LIMIT (SELECT current_setting('annals.read_limit')::bigint)"
+);
+
+/// A range of the log: every event after the keyset whose transaction id is below
+/// `annals.read_below`. The caller chose that bound at or below a horizon it read earlier, so
+/// every transaction in the range has ended and the range is the same whenever it is read:
+/// consecutive ranges can be read at once, on two connections. Its limit is set to the
+/// largest `bigint`, so it ends only at the bound; a limit PostgreSQL cannot know when it
+/// plans still makes it choose the ordered index scan (without one it chose a parallel bitmap
+/// scan and a sort of each range).
+const LOG_RANGE: &str = copy!(
+    crate::read::columns!(),
+    "WHERE (tx, sequence) > ((SELECT current_setting('annals.read_1')::bigint), \
+     (SELECT current_setting('annals.read_2')::bigint)) \
+     AND tx < (SELECT current_setting('annals.read_below')::bigint) \
      ORDER BY tx, sequence LIMIT (SELECT current_setting('annals.read_limit')::bigint)"
 );
 
@@ -93,6 +109,13 @@ const fn column_count(columns: &str) -> usize {
 pub(crate) enum Batch {
     /// The global log after `(commit, sequence)`, below the horizon, as `read::log_query`.
     Log { commit: u64, sequence: u64 },
+    /// The global log after `(commit, sequence)` and below transaction id `below`, which
+    /// must be at or below a horizon read before: all of it, whatever the limit.
+    LogRange {
+        commit: u64,
+        sequence: u64,
+        below: u64,
+    },
     /// A stream from version `from` (inclusive), as `read::stream_query`.
     Stream {
         stream: StreamId,
@@ -107,6 +130,7 @@ impl Batch {
     fn statement(&self) -> (&'static str, usize) {
         match self {
             Self::Log { .. } => (LOG, column_count(crate::read::columns!())),
+            Self::LogRange { .. } => (LOG_RANGE, column_count(crate::read::columns!())),
             Self::Stream { forward: false, .. } => (
                 STREAM_BACKWARD,
                 column_count(crate::read::stream_columns!()),
@@ -118,10 +142,29 @@ impl Batch {
         }
     }
 
-    fn parameters(&self) -> (String, String) {
+    /// The four settings: the keyset, the limit, and a range's upper bound.
+    fn parameters(&self, limit: usize) -> [String; 4] {
+        let limit = limit.to_string();
         match self {
-            Self::Log { commit, sequence } => (commit.to_string(), sequence.to_string()),
-            Self::Stream { stream, from, .. } => (stream.as_str().to_owned(), from.to_string()),
+            Self::Log { commit, sequence } => {
+                [commit.to_string(), sequence.to_string(), limit, "0".into()]
+            }
+            Self::LogRange {
+                commit,
+                sequence,
+                below,
+            } => [
+                commit.to_string(),
+                sequence.to_string(),
+                i64::MAX.to_string(),
+                below.to_string(),
+            ],
+            Self::Stream { stream, from, .. } => [
+                stream.as_str().to_owned(),
+                from.to_string(),
+                limit,
+                "0".into(),
+            ],
         }
     }
 }
@@ -173,11 +216,12 @@ pub(crate) async fn send_batch<K>(
     let copied: annals::Result<bool> = async {
         let mut conn = Copying(Some(pool.acquire().await.map_err(backend)?));
         let (statement, columns) = batch.statement();
-        let (first, second) = batch.parameters();
+        let [first, second, third, fourth] = batch.parameters(limit);
         sqlx::query(SETTINGS)
             .bind(first)
             .bind(second)
-            .bind(limit.to_string())
+            .bind(third)
+            .bind(fourth)
             .execute(conn.conn()?)
             .await
             .map_err(backend)?;
@@ -436,10 +480,17 @@ mod tests {
     /// in a filter runs once per row.
     #[test]
     fn statements_read_each_setting_once() {
-        for statement in [LOG, STREAM_FORWARD, STREAM_FOLD, STREAM_BACKWARD] {
+        let settings = [
+            (LOG, 3),
+            (LOG_RANGE, 4),
+            (STREAM_FORWARD, 3),
+            (STREAM_FOLD, 3),
+            (STREAM_BACKWARD, 3),
+        ];
+        for (statement, n) in settings {
             let bare = statement.matches("current_setting(").count();
             let once = statement.matches("(SELECT current_setting(").count();
-            assert_eq!((bare, once), (3, 3), "{statement}");
+            assert_eq!((bare, once), (n, n), "{statement}");
         }
     }
 

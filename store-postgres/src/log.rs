@@ -9,6 +9,8 @@ use futures::stream::BoxStream;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::OnceCell;
 
+mod ranges;
+
 use crate::{
     copy,
     pages::{self, PageSender},
@@ -91,6 +93,8 @@ async fn produce(
     let page_size = page_size.max(1);
     let mut backoff = MIN_BACKOFF;
     let mut full_batches = 0u32;
+    // Events per transaction id in the last long batch: sizes the ranges of transaction ids.
+    let mut density = None;
     // Names seen by the batches this task decodes itself.
     let mut names = Names::default();
     while !tx.is_closed() {
@@ -100,40 +104,58 @@ async fn produce(
         // matching rows with a bitmap scan and a sort of everything after the checkpoint,
         // instead of the ordered index scan.
         let long = full_batches >= 2 && *stats.get_or_init(|| have_stats(&pool)).await;
-        let (batch, sent) = if long {
-            let batch = batch_rows(page_size);
-            let query = copy::Batch::Log {
-                commit: after.commit,
-                sequence: after.sequence,
-            };
-            let key = |e: &RecordedEvent| e.position;
-            let sent = copy::send_batch(&pool, query, batch, &mut names, page_size, key, &tx);
-            (batch, sent.await)
-        } else {
-            let Some(mut conn) = pages::connection(&pool, &tx).await else {
-                return;
-            };
-            let rows = log_query(after, page_size).fetch(&mut *conn);
-            let sent = send_rows(rows, page_size, log_key, &tx).await;
-            // Back to the pool before any wait.
-            drop(conn);
-            (page_size, sent)
-        };
-        let full = match sent {
-            Sent::Stopped => return,
-            Sent::Done { rows, last } => {
-                if let Some(last) = last {
-                    after = last;
-                    backoff = MIN_BACKOFF;
+        if let (true, Some(density)) = (long, density.take()) {
+            // Past one long batch: the rest up to the horizon as ranges read two at a time.
+            match ranges::read(&pool, after, density, batch_rows(page_size), page_size, &tx).await {
+                Sent::Stopped => return,
+                Sent::Done { last, .. } => {
+                    if let Some(last) = last {
+                        after = last;
+                    }
                 }
-                rows >= batch
             }
-        };
-        if full {
-            full_batches = full_batches.saturating_add(1);
-            continue;
+            full_batches = 0;
+            // At the horizon read before the ranges: on to the end-of-log checks below.
+        } else {
+            let before = after;
+            let (batch, sent) = if long {
+                let batch = batch_rows(page_size);
+                let query = copy::Batch::Log {
+                    commit: after.commit,
+                    sequence: after.sequence,
+                };
+                let key = |e: &RecordedEvent| e.position;
+                let sent = copy::send_batch(&pool, query, batch, &mut names, page_size, key, &tx);
+                (batch, sent.await)
+            } else {
+                let Some(mut conn) = pages::connection(&pool, &tx).await else {
+                    return;
+                };
+                let rows = log_query(after, page_size).fetch(&mut *conn);
+                let sent = send_rows(rows, page_size, log_key, &tx).await;
+                // Back to the pool before any wait.
+                drop(conn);
+                (page_size, sent)
+            };
+            let full = match sent {
+                Sent::Stopped => return,
+                Sent::Done { rows, last } => {
+                    if let Some(last) = last {
+                        after = last;
+                        backoff = MIN_BACKOFF;
+                    }
+                    rows >= batch
+                }
+            };
+            if full {
+                if long {
+                    density = Some(ranges::density(batch, before, after));
+                }
+                full_batches = full_batches.saturating_add(1);
+                continue;
+            }
+            full_batches = 0;
         }
-        full_batches = 0;
         // Caught up with the horizon: are committed events still hidden behind it?
         let found = match &at_end {
             AtEnd::Stop { goal, .. } => pending(&pool, after, *goal).await,

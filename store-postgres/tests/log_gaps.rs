@@ -399,3 +399,63 @@ async fn a_wide_append_keeps_each_streams_order() {
     }
     store.drop_schema().await.unwrap();
 }
+
+/// A long read takes its bulk in ranges of transaction ids, two at a time; they end at the
+/// horizon read before them, so an open transaction still hides everything committed after
+/// it from the read, however far the ranges reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_reads_in_ranges_stop_at_an_open_transaction() {
+    let Some(base) = common::try_store(common::config()).await else {
+        return;
+    };
+    let schema = base.schema().to_owned();
+    let mut before = Vec::new();
+    for i in 0..120 {
+        let e = new_event("Before", json!({ "i": i }));
+        before.push(e.event_id);
+        base.append(&sid(&format!("b{}", i % 4)), ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    // Visible once (other tests' transactions may hold the horizon for a while), visible for
+    // good.
+    assert_eq!(read_after(&base, LogPosition::START, 500).await.len(), 120);
+    let hold = TestHooks {
+        in_transaction_delay: Some(Arc::new(|| Duration::from_millis(1500))),
+        ..TestHooks::default()
+    };
+    let slow = connect_to(&schema, hold, |c| c).await;
+    let slow_event = new_event("Slow", json!({}));
+    let slow_id = slow_event.event_id;
+    let slow_append = tokio::spawn(async move {
+        slow.append(&sid("slow"), ExpectedVersion::Any, vec![slow_event])
+            .await
+            .unwrap()
+    });
+    sleeping_writer(&base).await;
+    let mut after = vec![slow_id];
+    for i in 0..120 {
+        let e = new_event("After", json!({ "i": i }));
+        after.push(e.event_id);
+        base.append(&sid(&format!("a{}", i % 4)), ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+    }
+    let reader = connect_to(&schema, TestHooks::default(), |c| {
+        c.with_visibility_wait(Duration::ZERO)
+    })
+    .await;
+    for page in [1, 3] {
+        let seen: Vec<Uuid> = read_after(&reader, LogPosition::START, page)
+            .await
+            .iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(seen, before, "page size {page}");
+    }
+    slow_append.await.unwrap();
+    let all = read_after(&base, LogPosition::START, 1).await;
+    let ids: Vec<Uuid> = all.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, [before, after].concat());
+    base.drop_schema().await.unwrap();
+}

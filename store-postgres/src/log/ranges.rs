@@ -1,0 +1,194 @@
+//! The bulk of a long log read as consecutive ranges of transaction ids, read two at a time.
+//!
+//! One PostgreSQL backend sending a replay's rows is itself about a core busy, and it works
+//! alone: a batch of the log can only start where the previous one ended, which is known once
+//! that one has been read. Ranges of transaction ids need no such wait: a horizon read first
+//! (`pg_snapshot_xmin`) bounds them, every transaction below it has ended, so the range of ids
+//! `[a, b)` below the horizon holds the same events whenever it is read, and the ranges
+//! `[a, b)`, `[b, c)`, ... follow each other exactly, with nothing skipped or read twice. The
+//! next range is read on a connection and a task of its own, its pages held (a batch's worth
+//! at most, then it waits) while the current range is handed on; so two backends and two
+//! decoding tasks work at once.
+//!
+//! A range's width comes from the density of the batch before it (events per transaction id),
+//! aiming at one batch of events; a range that turns out larger is streamed all the same, only
+//! with less read ahead.
+
+use annals::{LogPosition, RecordedEvent};
+use sqlx::PgPool;
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::{
+    copy,
+    error::{backend, internal},
+    pages::{Page, PageSender, Sent},
+    read::Names,
+};
+
+/// Events per transaction id in a batch of `rows` events read after `before` up to `last`.
+pub(crate) fn density(rows: usize, before: LogPosition, last: LogPosition) -> f64 {
+    let ids = last.commit.saturating_sub(before.commit).max(1);
+    rows as f64 / ids as f64
+}
+
+/// How many transaction ids a range spans to hold about `rows` events at `density`: at
+/// least one, and as many as there are for a density of nothing seen (the horizon caps it).
+fn width(rows: usize, density: f64) -> u64 {
+    // A float cast saturates: infinity to u64::MAX, NaN to 0.
+    ((rows as f64 / density).ceil() as u64).max(1)
+}
+
+/// The keyset just before every event of transaction `id`.
+fn before_tx(id: u64) -> LogPosition {
+    LogPosition::new(id.saturating_sub(1), i64::MAX.unsigned_abs())
+}
+
+/// One range being read on its own task, its pages queued for the reader.
+struct Range {
+    pages: mpsc::Receiver<Page>,
+    task: JoinHandle<Sent<LogPosition>>,
+    /// The transaction ids it covers: from the keyset's up to `below`.
+    first: u64,
+    below: u64,
+}
+
+impl Range {
+    fn spawn(
+        pool: &PgPool,
+        after: LogPosition,
+        below: u64,
+        page_size: usize,
+        pages: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(pages.max(1));
+        let pool = pool.clone();
+        let task = tokio::spawn(async move {
+            let batch = copy::Batch::LogRange {
+                commit: after.commit,
+                sequence: after.sequence,
+                below,
+            };
+            let key = |e: &RecordedEvent| e.position;
+            let mut names = Names::default();
+            copy::send_batch(&pool, batch, 0, &mut names, page_size, key, &tx).await
+        });
+        Self {
+            pages: rx,
+            task,
+            first: after.commit,
+            below,
+        }
+    }
+}
+
+impl Drop for Range {
+    fn drop(&mut self) {
+        // A reader that has gone stops the range read ahead for it too (its connection,
+        // mid-`COPY`, is closed, not pooled: see `copy::Copying`).
+        self.task.abort();
+    }
+}
+
+/// Reads every event after `after` below the horizon as it is now, in ranges of about
+/// `rows` events, and sends them on to `tx` in order.
+pub(crate) async fn read(
+    pool: &PgPool,
+    after: LogPosition,
+    mut density: f64,
+    rows: usize,
+    page_size: usize,
+    tx: &PageSender,
+) -> Sent<LogPosition> {
+    let horizon: Result<i64, sqlx::Error> =
+        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(pool)
+            .await;
+    let horizon = match horizon.map(u64::try_from) {
+        Ok(Ok(horizon)) => horizon,
+        Ok(Err(_)) => {
+            let _ = tx.send(Err(internal(false, "a negative horizon"))).await;
+            return Sent::Stopped;
+        }
+        Err(error) => {
+            let _ = tx.send(Err(backend(error))).await;
+            return Sent::Stopped;
+        }
+    };
+    if horizon <= after.commit {
+        return Sent::Done {
+            rows: 0,
+            last: None,
+        };
+    }
+    // Enough pages to hold one range's worth read ahead.
+    let ahead = rows.div_ceil(page_size.max(1)) + 1;
+    let end = |first: u64, density: f64| first.saturating_add(width(rows, density)).min(horizon);
+    let mut current = Range::spawn(pool, after, end(after.commit, density), page_size, ahead);
+    let (mut count, mut last) = (0usize, None);
+    loop {
+        let next = (current.below < horizon).then(|| {
+            let from = current.below;
+            Range::spawn(pool, before_tx(from), end(from, density), page_size, ahead)
+        });
+        while let Some(page) = current.pages.recv().await {
+            if tx.send(page).await.is_err() {
+                return Sent::Stopped;
+            }
+        }
+        match (&mut current.task).await {
+            Ok(Sent::Done { rows: n, last: l }) => {
+                count += n;
+                last = l.or(last);
+                let ids = current.below.saturating_sub(current.first).max(1);
+                density = if n > 0 {
+                    n as f64 / ids as f64
+                } else {
+                    // An empty range: the next ones twice as wide.
+                    density / 2.0
+                };
+            }
+            // The range sent its error on, or the reader has gone.
+            Ok(Sent::Stopped) => return Sent::Stopped,
+            Err(_) => {
+                let _ = tx
+                    .send(Err(internal(false, "a log range read ended abruptly")))
+                    .await;
+                return Sent::Stopped;
+            }
+        }
+        match next {
+            Some(next) => current = next,
+            None => return Sent::Done { rows: count, last },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widths_aim_at_the_rows_and_stay_positive() {
+        assert_eq!(width(16_000, 1_000.0), 16);
+        assert_eq!(width(16_000, 3.0), 5_334);
+        assert_eq!(width(10, 1e9), 1);
+        assert_eq!(width(10, 0.0), u64::MAX);
+        assert_eq!(width(10, f64::NAN), 1);
+        assert_eq!(width(10, -1.0), 1);
+        assert_eq!(
+            density(1_000, LogPosition::new(5, 1), LogPosition::new(5, 900)),
+            1_000.0
+        );
+        assert_eq!(
+            density(1_000, LogPosition::new(5, 1), LogPosition::new(15, 9)),
+            100.0
+        );
+    }
+
+    #[test]
+    fn a_range_starts_before_every_event_of_its_first_transaction() {
+        let keyset = before_tx(42);
+        assert!(keyset < LogPosition::new(42, 0));
+        assert!(keyset > LogPosition::new(41, u64::try_from(i64::MAX).unwrap() - 1));
+    }
+}
