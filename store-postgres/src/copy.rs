@@ -3,13 +3,14 @@
 //! A replay's rows cost the client about 1.2 µs each as query rows (sqlx's row machinery and
 //! column accessors, then the typed decode) and about 0.65-0.8 µs as binary `COPY` data
 //! decoded here (`replay_cpu`, BENCHMARKS.md). So a long read takes its batches this way: a log
-//! read after two full pages, a stream read after its first page. Short reads stay one query,
-//! one round trip.
+//! read after two full pages (as ranges of transaction ids, `log/ranges.rs`), a stream read
+//! after its first page. Short reads stay one query, one round trip.
 //!
 //! `COPY` takes no bound parameters, and this store never builds SQL text from values. The
 //! statements here are constant: their parameters are set first, bound, with `set_config` on
-//! the same connection (session settings `annals.read_1`, `annals.read_2` and
-//! `annals.read_limit`, overwritten by the next such read), and read back in sub-selects
+//! the same connection (session settings `annals.read_1`, `annals.read_2`,
+//! `annals.read_limit` and `annals.read_below`, overwritten by the next such read), and read
+//! back in sub-selects
 //! (`(SELECT current_setting(...))`), which PostgreSQL runs once per statement as initplans
 //! and then uses as index conditions.
 //!
@@ -50,14 +51,6 @@ macro_rules! copy {
 // initplan) whatever the plan. `current_setting` itself is only stable: in a filter, rather
 // than an index condition, it ran once per row, and a load of 10,000 events cost PostgreSQL
 // twice its time (a sequential scan calling it per row, then a sort).
-
-const LOG: &str = copy!(
-    crate::read::columns!(),
-    "WHERE (tx, sequence) > ((SELECT current_setting('annals.read_1')::bigint), \
-     (SELECT current_setting('annals.read_2')::bigint)) \
-     AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-     ORDER BY tx, sequence LIMIT (SELECT current_setting('annals.read_limit')::bigint)"
-);
 
 /// A range of the log: every event after the keyset whose transaction id is below
 /// `annals.read_below`. The caller chose that bound at or below a horizon it read earlier, so
@@ -107,8 +100,6 @@ const fn column_count(columns: &str) -> usize {
 /// One batch of a long read.
 #[derive(Debug, Clone)]
 pub(crate) enum Batch {
-    /// The global log after `(commit, sequence)`, below the horizon, as `read::log_query`.
-    Log { commit: u64, sequence: u64 },
     /// The global log after `(commit, sequence)` and below transaction id `below`, which
     /// must be at or below a horizon read before: all of it, whatever the limit.
     LogRange {
@@ -129,7 +120,6 @@ impl Batch {
     /// The statement and the number of columns of its rows.
     fn statement(&self) -> (&'static str, usize) {
         match self {
-            Self::Log { .. } => (LOG, column_count(crate::read::columns!())),
             Self::LogRange { .. } => (LOG_RANGE, column_count(crate::read::columns!())),
             Self::Stream { forward: false, .. } => (
                 STREAM_BACKWARD,
@@ -146,9 +136,6 @@ impl Batch {
     fn parameters(&self, limit: usize) -> [String; 4] {
         let limit = limit.to_string();
         match self {
-            Self::Log { commit, sequence } => {
-                [commit.to_string(), sequence.to_string(), limit, "0".into()]
-            }
             Self::LogRange {
                 commit,
                 sequence,
@@ -449,9 +436,10 @@ mod tests {
     #[test]
     fn column_counts_follow_the_column_lists() {
         let counts = [
-            Batch::Log {
+            Batch::LogRange {
                 commit: 0,
                 sequence: 0,
+                below: 1,
             },
             Batch::Stream {
                 stream: StreamId::new("s").unwrap(),
@@ -481,7 +469,6 @@ mod tests {
     #[test]
     fn statements_read_each_setting_once() {
         let settings = [
-            (LOG, 3),
             (LOG_RANGE, 4),
             (STREAM_FORWARD, 3),
             (STREAM_FOLD, 3),

@@ -12,7 +12,6 @@ use tokio::sync::OnceCell;
 mod ranges;
 
 use crate::{
-    copy,
     pages::{self, PageSender},
     pages::{Sent, batch_rows, send_rows},
     read::{Names, log_key, log_query, pending},
@@ -92,69 +91,54 @@ async fn produce(
 ) {
     let page_size = page_size.max(1);
     let mut backoff = MIN_BACKOFF;
-    let mut full_batches = 0u32;
-    // Events per transaction id in the last long batch: sizes the ranges of transaction ids.
+    // Events per transaction id in the last full page: sizes the ranges of transaction ids.
     let mut density = None;
-    // Names seen by the batches this task decodes itself.
-    let mut names = Names::default();
+    let mut full_pages = 0u32;
     while !tx.is_closed() {
-        // A long read streams several pages per query, which saves a round trip and a plan
-        // per page, as binary `COPY`, which the client decodes in half the time. Only with
-        // table statistics: without them PostgreSQL may answer a LIMIT near its guess of the
-        // matching rows with a bitmap scan and a sort of everything after the checkpoint,
+        // A long read, past two full pages, takes the rest up to the horizon as ranges of
+        // transaction ids, each several pages streamed as one binary `COPY` (which saves a
+        // round trip and a plan per page, and which the client decodes in half the time), two
+        // ranges read at once. Only with table statistics: without them PostgreSQL may answer
+        // a keyset read with a bitmap scan and a sort of everything after the checkpoint,
         // instead of the ordered index scan.
-        let long = full_batches >= 2 && *stats.get_or_init(|| have_stats(&pool)).await;
+        let long = full_pages >= 2 && *stats.get_or_init(|| have_stats(&pool)).await;
         if let (true, Some(density)) = (long, density.take()) {
-            // Past one long batch: the rest up to the horizon as ranges read two at a time.
-            match ranges::read(&pool, after, density, batch_rows(page_size), page_size, &tx).await {
+            let rows = batch_rows(page_size);
+            match ranges::read(&pool, after, density, rows, page_size, &tx).await {
                 Sent::Stopped => return,
                 Sent::Done { last, .. } => {
                     if let Some(last) = last {
                         after = last;
+                        backoff = MIN_BACKOFF;
                     }
                 }
             }
-            full_batches = 0;
-            // At the horizon read before the ranges: on to the end-of-log checks below.
+            // At the horizon the ranges read: on to the end-of-log checks below.
+            full_pages = 0;
         } else {
             let before = after;
-            let (batch, sent) = if long {
-                let batch = batch_rows(page_size);
-                let query = copy::Batch::Log {
-                    commit: after.commit,
-                    sequence: after.sequence,
-                };
-                let key = |e: &RecordedEvent| e.position;
-                let sent = copy::send_batch(&pool, query, batch, &mut names, page_size, key, &tx);
-                (batch, sent.await)
-            } else {
-                let Some(mut conn) = pages::connection(&pool, &tx).await else {
-                    return;
-                };
-                let rows = log_query(after, page_size).fetch(&mut *conn);
-                let sent = send_rows(rows, page_size, log_key, &tx).await;
-                // Back to the pool before any wait.
-                drop(conn);
-                (page_size, sent)
+            let Some(mut conn) = pages::connection(&pool, &tx).await else {
+                return;
             };
-            let full = match sent {
+            let rows = log_query(after, page_size).fetch(&mut *conn);
+            let sent = send_rows(rows, page_size, log_key, &tx).await;
+            // Back to the pool before any wait.
+            drop(conn);
+            match sent {
                 Sent::Stopped => return,
                 Sent::Done { rows, last } => {
                     if let Some(last) = last {
                         after = last;
                         backoff = MIN_BACKOFF;
                     }
-                    rows >= batch
+                    if rows >= page_size {
+                        density = Some(ranges::density(rows, before, after));
+                        full_pages = full_pages.saturating_add(1);
+                        continue;
+                    }
                 }
-            };
-            if full {
-                if long {
-                    density = Some(ranges::density(batch, before, after));
-                }
-                full_batches = full_batches.saturating_add(1);
-                continue;
             }
-            full_batches = 0;
+            full_pages = 0;
         }
         // Caught up with the horizon: are committed events still hidden behind it?
         let found = match &at_end {
