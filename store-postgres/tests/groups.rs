@@ -14,7 +14,8 @@ use std::{
 
 use annals::{
     AppendResult, Error, EventStore, ExpectedVersion, InMemoryEventStore, NewEvent, StreamAppend,
-    StreamId, StreamRead, testing::new_event,
+    StreamId, StreamRead,
+    testing::{model::Expect, new_event},
 };
 use annals_postgres::{PgEventStore, TestHooks};
 use futures::{TryStreamExt, future::join_all};
@@ -40,25 +41,6 @@ enum Call {
     Retry,
     /// The seeding append's first id with other contents: an idempotency conflict.
     Tamper,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Expect {
-    Any,
-    NoStream,
-    StreamExists,
-    Exact(u64),
-}
-
-impl Expect {
-    fn get(self) -> ExpectedVersion {
-        match self {
-            Self::Any => ExpectedVersion::Any,
-            Self::NoStream => ExpectedVersion::NoStream,
-            Self::StreamExists => ExpectedVersion::StreamExists,
-            Self::Exact(v) => ExpectedVersion::Exact(v),
-        }
-    }
 }
 
 fn stream() -> impl Strategy<Value = Stream> {
@@ -208,14 +190,21 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-#[test]
-fn grouped_one_stream_calls_get_the_answers_they_would_get_alone() {
-    let runtime = runtime();
+/// A store in a fresh schema with one writer, so concurrent calls queue up and share groups,
+/// and the hooks that count the groups of the one-statement path.
+fn one_writer(runtime: &tokio::runtime::Runtime) -> Option<(PgEventStore, TestHooks)> {
     let hooks = TestHooks::default();
     let config = common::config()
         .with_writers(1)
         .with_test_hooks(hooks.clone());
-    let Some(store) = runtime.block_on(common::try_store(config)) else {
+    let store = runtime.block_on(common::try_store(config))?;
+    Some((store, hooks))
+}
+
+#[test]
+fn grouped_one_stream_calls_get_the_answers_they_would_get_alone() {
+    let runtime = runtime();
+    let Some((store, hooks)) = one_writer(&runtime) else {
         return;
     };
     let mut runner = TestRunner::new(Config::with_cases(64));
@@ -243,11 +232,7 @@ fn grouped_one_stream_calls_get_the_answers_they_would_get_alone() {
 #[test]
 fn concurrent_commands_share_one_statement_groups() {
     let runtime = runtime();
-    let hooks = TestHooks::default();
-    let config = common::config()
-        .with_writers(1)
-        .with_test_hooks(hooks.clone());
-    let Some(store) = runtime.block_on(common::try_store(config)) else {
+    let Some((store, hooks)) = one_writer(&runtime) else {
         return;
     };
     runtime.block_on(async {

@@ -35,6 +35,28 @@ async fn read_after(store: &PgEventStore, after: LogPosition, page: usize) -> Ve
         .unwrap()
 }
 
+/// Starts appending one event to stream `slow` in a transaction that sleeps 1.5 s before its
+/// commit, and returns once it has inserted: the event's id and the append's task.
+async fn start_slow_append(
+    base: &PgEventStore,
+) -> (Uuid, tokio::task::JoinHandle<annals::AppendResult>) {
+    let hold = TestHooks {
+        in_transaction_delay: Some(Arc::new(|| Duration::from_millis(1500))),
+        ..TestHooks::default()
+    };
+    let slow = connect_to(base.schema(), hold, |c| c).await;
+    let slow_event = new_event("Slow", json!({}));
+    let slow_id = slow_event.event_id;
+    let slow_append = tokio::spawn(async move {
+        slow.append(&sid("slow"), ExpectedVersion::Any, vec![slow_event])
+            .await
+            .unwrap()
+    });
+    // Wait until the slow transaction has inserted and sleeps before its commit.
+    sleeping_writer(base).await;
+    (slow_id, slow_append)
+}
+
 async fn connect_to(
     schema: &str,
     hooks: TestHooks,
@@ -61,11 +83,6 @@ async fn a_transaction_held_open_hides_later_commits_until_it_ends() {
     )
     .await
     .unwrap();
-    let hold = TestHooks {
-        in_transaction_delay: Some(Arc::new(|| Duration::from_millis(1500))),
-        ..TestHooks::default()
-    };
-    let slow = connect_to(&schema, hold, |c| c).await;
     // A reader that never waits: it shows exactly what is safe at each moment.
     let reader = connect_to(&schema, TestHooks::default(), |c| {
         c.with_visibility_wait(Duration::ZERO)
@@ -76,15 +93,7 @@ async fn a_transaction_held_open_hides_later_commits_until_it_ends() {
     assert_eq!(checkpoint.len(), 1);
     let checkpoint = checkpoint[0].position;
 
-    let slow_event = new_event("Slow", json!({}));
-    let slow_id = slow_event.event_id;
-    let slow_append = tokio::spawn(async move {
-        slow.append(&sid("slow"), ExpectedVersion::Any, vec![slow_event])
-            .await
-            .unwrap()
-    });
-    // Wait until the slow transaction has inserted and sleeps before its commit.
-    sleeping_writer(&base).await;
+    let (slow_id, slow_append) = start_slow_append(&base).await;
     let mut fast_ids = Vec::new();
     for i in 0..5 {
         let e = new_event("Fast", json!({ "i": i }));
@@ -420,19 +429,7 @@ async fn long_reads_in_ranges_stop_at_an_open_transaction() {
     // Visible once (other tests' transactions may hold the horizon for a while), visible for
     // good.
     assert_eq!(read_after(&base, LogPosition::START, 500).await.len(), 120);
-    let hold = TestHooks {
-        in_transaction_delay: Some(Arc::new(|| Duration::from_millis(1500))),
-        ..TestHooks::default()
-    };
-    let slow = connect_to(&schema, hold, |c| c).await;
-    let slow_event = new_event("Slow", json!({}));
-    let slow_id = slow_event.event_id;
-    let slow_append = tokio::spawn(async move {
-        slow.append(&sid("slow"), ExpectedVersion::Any, vec![slow_event])
-            .await
-            .unwrap()
-    });
-    sleeping_writer(&base).await;
+    let (slow_id, slow_append) = start_slow_append(&base).await;
     let mut after = vec![slow_id];
     for i in 0..120 {
         let e = new_event("After", json!({ "i": i }));

@@ -73,7 +73,8 @@ pub enum Expect {
 }
 
 impl Expect {
-    fn get(self) -> ExpectedVersion {
+    /// The expected version it stands for.
+    pub fn get(self) -> ExpectedVersion {
         match self {
             Self::Any => ExpectedVersion::Any,
             Self::NoStream => ExpectedVersion::NoStream,
