@@ -23,16 +23,16 @@
 use std::collections::HashSet;
 
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::{
-    group::{GroupResult, expected_code, to_i32},
+    group::{GroupResult, arrays},
     writer::Request,
 };
 
-/// One statement for the whole group. `$1..$3` are per call (stream, expected version code
-/// as in `append_group`, number of events), `$4..$10` per event (its call, 1-based, its place
-/// in that call, 1-based, and its columns). `a` reads from `l` and `l` from `g`, so the locks
+/// One statement for the whole group, bound to the arrays `append_group` takes
+/// ([`crate::group::Arrays`]): `$1..$3` per call (stream, expected version code, number of
+/// events; each call is one stream append here), `$4..$10` per event (its call, 1-based, its
+/// place in that call, 1-based, and its columns). `a` reads from `l` and `l` from `g`, so the locks
 /// are taken in that order before any row is written; the keys are sorted in a sub-query
 /// that is not flattened (`OFFSET 0`), so the outer query locks them in order. The `UPDATE`
 /// names its rows with `= ANY ($1)` as well as by the join: a young `streams` table without
@@ -43,7 +43,7 @@ l AS (SELECT count(pg_advisory_xact_lock(o.k)) AS n \
         FROM (SELECT stream_lock_key(s) AS k FROM g, unnest($1::text[]) AS s \
                ORDER BY 1 OFFSET 0) AS o), \
 a AS (SELECT u.stream, u.expected, u.n, u.k \
-        FROM l, unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY \
+        FROM l, unnest($1::text[], $2::bigint[], $3::int[]) WITH ORDINALITY \
           AS u(stream, expected, n, k)), \
 upd AS (UPDATE streams AS st SET version = st.version + a.n FROM a \
          WHERE st.stream_id = ANY ($1::text[]) AND st.stream_id = a.stream \
@@ -96,45 +96,18 @@ pub(crate) struct Stored {
 /// lookup decides.
 pub(crate) async fn append(pool: &PgPool, group: &[Request]) -> Result<Stored, sqlx::Error> {
     let n = group.len();
-    let events: usize = group.iter().map(|r| r.metadata.len()).sum();
-    let mut stream = Vec::with_capacity(n);
-    let mut expected = Vec::with_capacity(n);
-    let mut count = Vec::with_capacity(n);
-    let mut event_k = Vec::with_capacity(events);
-    let mut event_pos = Vec::with_capacity(events);
-    let mut event_id: Vec<Uuid> = Vec::with_capacity(events);
-    let mut event_type = Vec::with_capacity(events);
-    let mut schema_version = Vec::with_capacity(events);
-    let mut payload = Vec::with_capacity(events);
-    let mut metadata = Vec::with_capacity(events);
-    for (k, request) in group.iter().enumerate() {
-        let mut meta = request.metadata.iter();
-        for append in &request.appends {
-            stream.push(append.stream.as_str());
-            expected.push(expected_code(append.expected));
-            count.push(i64::from(to_i32(append.events.len())));
-            for (pos, event) in append.events.iter().enumerate() {
-                event_k.push(to_i32(k + 1));
-                event_pos.push(to_i32(pos + 1));
-                event_id.push(event.event_id);
-                event_type.push(event.event_type.as_str());
-                schema_version.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-                payload.push(event.payload.as_str());
-                metadata.push(meta.next().and_then(|m| m.as_deref()));
-            }
-        }
-    }
+    let a = arrays(group);
     let (ks, versions, seq, tx): (Vec<i64>, Vec<i64>, Vec<i64>, i64) = sqlx::query_as(APPEND_BATCH)
-        .bind(&stream)
-        .bind(&expected)
-        .bind(&count)
-        .bind(&event_k)
-        .bind(&event_pos)
-        .bind(&event_id)
-        .bind(&event_type)
-        .bind(&schema_version)
-        .bind(&payload)
-        .bind(&metadata)
+        .bind(&a.stream)
+        .bind(&a.expected)
+        .bind(&a.count)
+        .bind(&a.event_k)
+        .bind(&a.event_pos)
+        .bind(&a.event_id)
+        .bind(&a.event_type)
+        .bind(&a.schema_version)
+        .bind(&a.payload)
+        .bind(&a.metadata)
         .fetch_one(pool)
         .await?;
     // The answer must account for every event of every call it names: otherwise (it cannot

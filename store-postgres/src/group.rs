@@ -9,23 +9,26 @@ use crate::{
     writer::{Outcome, Request, WriterContext},
 };
 
-/// The group as the arrays `append_group` takes.
+/// The group as the arrays `append_group` takes (and, but for `req`, the group statement of
+/// `batch.rs`): per stream append, then per event.
 #[derive(Default)]
 pub(crate) struct Arrays<'a> {
     req: Vec<i32>,
-    stream: Vec<&'a str>,
-    expected: Vec<i64>,
-    count: Vec<i32>,
-    event_k: Vec<i32>,
-    event_pos: Vec<i32>,
-    event_id: Vec<Uuid>,
-    event_type: Vec<&'a str>,
-    schema_version: Vec<i32>,
-    payload: Vec<&'a str>,
-    metadata: Vec<Option<&'a str>>,
+    pub(crate) stream: Vec<&'a str>,
+    pub(crate) expected: Vec<i64>,
+    pub(crate) count: Vec<i32>,
+    /// Per event: its stream append, 1-based.
+    pub(crate) event_k: Vec<i32>,
+    /// Per event: its place in that append, 1-based.
+    pub(crate) event_pos: Vec<i32>,
+    pub(crate) event_id: Vec<Uuid>,
+    pub(crate) event_type: Vec<&'a str>,
+    pub(crate) schema_version: Vec<i32>,
+    pub(crate) payload: Vec<&'a str>,
+    pub(crate) metadata: Vec<Option<&'a str>>,
 }
 
-pub(crate) fn expected_code(expected: annals::ExpectedVersion) -> i64 {
+fn expected_code(expected: annals::ExpectedVersion) -> i64 {
     match expected {
         annals::ExpectedVersion::Any => -1,
         annals::ExpectedVersion::StreamExists => -2,
@@ -34,7 +37,7 @@ pub(crate) fn expected_code(expected: annals::ExpectedVersion) -> i64 {
     }
 }
 
-pub(crate) fn to_i32(n: usize) -> i32 {
+fn to_i32(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 

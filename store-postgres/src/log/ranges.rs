@@ -27,8 +27,12 @@ use crate::{
 
 /// Events per transaction id in a batch of `rows` events read after `before` up to `last`.
 pub(crate) fn density(rows: usize, before: LogPosition, last: LogPosition) -> f64 {
-    let ids = last.commit.saturating_sub(before.commit).max(1);
-    rows as f64 / ids as f64
+    per_id(rows, last.commit.saturating_sub(before.commit))
+}
+
+/// `rows` events over `ids` transaction ids (at least one).
+fn per_id(rows: usize, ids: u64) -> f64 {
+    rows as f64 / ids.max(1) as f64
 }
 
 /// How many transaction ids a range spans to hold about `rows` events at `density`: at
@@ -70,6 +74,7 @@ impl Range {
             };
             let key = |e: &RecordedEvent| e.position;
             let mut names = Names::default();
+            // A range has no limit (`Batch::LogRange` sets its own): 0 is not read.
             copy::send_batch(&pool, batch, 0, &mut names, page_size, key, &tx).await
         });
         Self {
@@ -139,9 +144,8 @@ pub(crate) async fn read(
             Ok(Sent::Done { rows: n, last: l }) => {
                 count += n;
                 last = l.or(last);
-                let ids = current.below.saturating_sub(current.first).max(1);
                 density = if n > 0 {
-                    n as f64 / ids as f64
+                    per_id(n, current.below.saturating_sub(current.first))
                 } else {
                     // An empty range: the next ones twice as wide.
                     density / 2.0
