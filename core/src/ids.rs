@@ -155,6 +155,19 @@ impl StreamId {
     pub fn for_aggregate(aggregate_type: &str, id: &str) -> Result<Self> {
         Self::new(format!("{aggregate_type}-{id}"))
     }
+
+    /// The stream's category: the part before the first `-` (`"account"` for
+    /// `"account-alice"`, the aggregate type of [`StreamId::for_aggregate`]'s streams), or the
+    /// whole id when it has no `-`.
+    ///
+    /// ```
+    /// use annals::StreamId;
+    /// assert_eq!(StreamId::new("account-alice-2").unwrap().category(), "account");
+    /// assert_eq!(StreamId::new("settings").unwrap().category(), "settings");
+    /// ```
+    pub fn category(&self) -> &str {
+        self.0.split_once('-').map_or(&self.0, |(c, _)| c)
+    }
 }
 
 #[cfg(test)]

@@ -234,7 +234,7 @@ pub use ids::{EventType, MAX_NAME_BYTES, NameError, StreamId};
 pub use limits::Limits;
 pub use memory::InMemoryEventStore;
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
-pub use store::{DEFAULT_PAGE_SIZE, Direction, EventStore, LogRead, StreamRead};
+pub use store::{DEFAULT_PAGE_SIZE, Direction, EventStore, LogHold, LogRead, StreamRead};
 pub use upcast::{Upcaster, UpcasterChain, UpcasterChainBuilder};
 pub use version::{ExpectedVersion, LogPosition};
 

@@ -27,11 +27,24 @@ pub struct InMemoryEventStore {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
     limits: Limits,
     watchers: Mutex<Vec<mpsc::Sender<()>>>,
+    /// Made when the store is created; clones share it.
+    id: Uuid,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            limits: Limits::default(),
+            watchers: Mutex::default(),
+            id: Uuid::new_v4(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -308,6 +321,18 @@ impl EventStore for InMemoryEventStore {
 
     async fn head_position(&self) -> Result<Option<LogPosition>> {
         Ok(self.state().log.last().map(|e| e.position))
+    }
+
+    async fn store_id(&self) -> Result<Uuid> {
+        Ok(self.shared.id)
+    }
+
+    async fn count_events(&self, after: LogPosition, through: LogPosition) -> Result<u64> {
+        let state = self.state();
+        // Serial positions: the log is sorted, so two binary searches bound the range.
+        let from = state.log.partition_point(|e| e.position <= after);
+        let to = state.log.partition_point(|e| e.position <= through);
+        Ok(to.saturating_sub(from) as u64)
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {

@@ -4,10 +4,49 @@ use std::future::Future;
 
 use futures::stream::BoxStream;
 
+use futures::TryStreamExt;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
 use crate::{
     AppendResult, ExpectedVersion, LogPosition, NewEvent, RecordedEvent, Result, Snapshot,
     StreamAppend, StreamId,
 };
+
+/// Why a store's log may be visible only up to an earlier point than what was committed: a
+/// transaction that is still open holds back every event committed after it began (PostgreSQL
+/// readers never pass a transaction that could still commit before them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogHold {
+    /// The server process of the open transaction (PostgreSQL's `pid`), if known.
+    pub pid: Option<i64>,
+    /// When that transaction began.
+    pub since: OffsetDateTime,
+    /// What the session is running or last ran, if the server tells (may be cut short).
+    pub query: Option<String>,
+}
+
+impl LogHold {
+    /// A hold by the transaction of `pid`, open since `since`.
+    pub fn new(pid: Option<i64>, since: OffsetDateTime, query: Option<String>) -> Self {
+        Self { pid, since, query }
+    }
+}
+
+impl std::fmt::Display for LogHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = self
+            .since
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| self.since.to_string());
+        write!(f, "a transaction open since {since}")?;
+        if let Some(pid) = self.pid {
+            write!(f, " (pid {pid})")?;
+        }
+        Ok(())
+    }
+}
 
 /// Which way a stream is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -210,6 +249,52 @@ pub trait EventStore: Send + Sync {
     /// # Errors
     /// [`Error::Backend`](crate::Error::Backend).
     fn head_position(&self) -> impl Future<Output = Result<Option<LogPosition>>> + Send;
+
+    /// The identity of this store: a random id made when the store was created (one database
+    /// schema, one SQLite file, one in-memory store) and the same for every handle to it ever
+    /// after. A read model records it, so it can tell when the store under it was replaced.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend).
+    fn store_id(&self) -> impl Future<Output = Result<Uuid>> + Send;
+
+    /// How many events the log holds after `after`, up to and including `through`: the
+    /// exact lag of a reader whose checkpoint is `after`.
+    ///
+    /// The default reads the log and counts; stores override it with a count.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend).
+    fn count_events(
+        &self,
+        after: LogPosition,
+        through: LogPosition,
+    ) -> impl Future<Output = Result<u64>> + Send {
+        async move {
+            if through <= after {
+                return Ok(0);
+            }
+            let mut events = self.read_all(LogRead::after(after).with_page_size(5_000));
+            let mut n = 0u64;
+            while let Some(event) = events.try_next().await? {
+                if event.position > through {
+                    break;
+                }
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+
+    /// What holds the visible end of the log back right now, if anything (an open
+    /// transaction in PostgreSQL that began before later commits; `None` in stores that commit
+    /// serially). Readers that see no new events while this is `Some` are waiting for it.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend).
+    fn log_hold(&self) -> impl Future<Output = Result<Option<LogHold>>> + Send {
+        async { Ok(None) }
+    }
 
     /// Saves a snapshot. The store keeps the one with the highest stream version per stream
     /// (a later save at the same version replaces it).

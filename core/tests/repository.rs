@@ -53,6 +53,9 @@ impl EventStore for Interfering {
     async fn head_position(&self) -> Result<Option<LogPosition>> {
         self.inner.head_position().await
     }
+    async fn store_id(&self) -> Result<uuid::Uuid> {
+        self.inner.store_id().await
+    }
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         self.inner.save_snapshot(snapshot).await
     }

@@ -1,5 +1,5 @@
 //! The fast path of a group whose calls each append to one stream, no two calls to the same
-//! stream (the usual group of concurrent commands): one plain SQL statement judges and stores
+//! stream (the usual group of concurrent commands): one SQL statement judges and stores
 //! the whole group, instead of `append_group`'s PL/pgSQL loops.
 //!
 //! The statement takes the streams' advisory locks first (the log's lock shared, then each
@@ -29,44 +29,19 @@ use crate::{
     writer::Request,
 };
 
-/// One statement for the whole group, bound to the arrays `append_group` takes
+/// One statement for the whole group: the `append_batch` function
+/// (migrations/0005_least_privilege.sql, owned by the migrating role so an application role
+/// may append without any right to write the tables), bound to the arrays `append_group` takes
 /// ([`crate::group::Arrays`]): `$1..$3` per call (stream, expected version code, number of
 /// events; each call is one stream append here), `$4..$10` per event (its call, 1-based, its
-/// place in that call, 1-based, and its columns). `a` reads from `l` and `l` from `g`, so the locks
-/// are taken in that order before any row is written; the keys are sorted in a sub-query
-/// that is not flattened (`OFFSET 0`), so the outer query locks them in order. The `UPDATE`
-/// names its rows with `= ANY ($1)` as well as by the join: a young `streams` table without
-/// statistics otherwise gets a generic plan that scans the whole table for every group.
-const APPEND_BATCH: &str = "\
-WITH g AS (SELECT pg_advisory_xact_lock_shared(stream_lock_key(''))), \
-l AS (SELECT count(pg_advisory_xact_lock(o.k)) AS n \
-        FROM (SELECT stream_lock_key(s) AS k FROM g, unnest($1::text[]) AS s \
-               ORDER BY 1 OFFSET 0) AS o), \
-a AS (SELECT u.stream, u.expected, u.n, u.k \
-        FROM l, unnest($1::text[], $2::bigint[], $3::int[]) WITH ORDINALITY \
-          AS u(stream, expected, n, k)), \
-upd AS (UPDATE streams AS st SET version = st.version + a.n FROM a \
-         WHERE st.stream_id = ANY ($1::text[]) AND st.stream_id = a.stream \
-           AND (a.expected IN (-1, -2) OR st.version = a.expected) \
-        RETURNING a.k, st.version), \
-ins AS (INSERT INTO streams (stream_id, version) \
-        SELECT a.stream, a.n FROM a WHERE a.expected IN (-1, 0) \
-        ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id, version), \
-w AS (SELECT k, version FROM upd \
-      UNION ALL SELECT a.k, ins.version FROM ins JOIN a ON a.stream = ins.stream_id), \
-ev AS (INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
-                           schema_version, payload, metadata) \
-       SELECT pg_current_xact_id()::text::bigint, a.stream, w.version - a.n + e.pos, \
-              e.id, e.t, e.sv, e.p, e.m \
-         FROM unnest($4::int[], $5::int[], $6::uuid[], $7::text[], $8::int[], $9::text[], \
-                     $10::text[]) AS e(k, pos, id, t, sv, p, m) \
-         JOIN w ON w.k = e.k JOIN a ON a.k = e.k \
-        ORDER BY e.k, e.pos \
-       RETURNING sequence, tx) \
-SELECT (SELECT coalesce(array_agg(k ORDER BY k), '{}') FROM w), \
-       (SELECT coalesce(array_agg(version ORDER BY k), '{}') FROM w), \
-       (SELECT coalesce(array_agg(sequence ORDER BY sequence), '{}') FROM ev), \
-       (SELECT coalesce(min(tx), 0) FROM ev)";
+/// place in that call, 1-based, and its columns). Inside, one statement: `a` reads from `l`
+/// and `l` from `g`, so the locks are taken in that order before any row is written; the keys
+/// are sorted in a sub-query that is not flattened (`OFFSET 0`), so the outer query locks them
+/// in order. The `UPDATE` names its rows with `= ANY` as well as by the join: a young
+/// `streams` table without statistics otherwise gets a generic plan that scans the whole table
+/// for every group.
+const APPEND_BATCH: &str =
+    "SELECT o_k, o_version, o_seq, o_tx FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Whether the fast path can judge `group`: more than one call, each to one stream, no
 /// stream named twice. (`MAX_GROUP_STREAMS` in the writer keeps the number of streams, and so

@@ -76,6 +76,8 @@ pub struct PgConfig {
     pub(crate) poll_interval: Duration,
     pub(crate) visibility_wait: Duration,
     pub(crate) notify: bool,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) acquire_timeout: Duration,
     pub(crate) hooks: TestHooks,
 }
 
@@ -97,6 +99,8 @@ impl fmt::Debug for PgConfig {
             .field("poll_interval", &self.poll_interval)
             .field("visibility_wait", &self.visibility_wait)
             .field("notify", &self.notify)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +132,8 @@ impl PgConfig {
             poll_interval: Duration::from_millis(500),
             visibility_wait: Duration::from_secs(5),
             notify: true,
+            connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(10),
             hooks: TestHooks::default(),
         }
     }
@@ -195,6 +201,24 @@ impl PgConfig {
         self
     }
 
+    /// How long opening one connection may take before the server counts as unreachable
+    /// (default 5 s). [`PgEventStore::connect`](crate::PgEventStore::connect) tries one
+    /// connection at once and fails with [`Error::Unreachable`] ("cannot connect to PostgreSQL
+    /// at HOST:PORT: connection refused") instead of waiting.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a call waits for a pooled connection (default 10 s): while every connection
+    /// is busy, or while the server cannot be reached (the pool keeps trying to connect
+    /// meanwhile). After it the call fails with a transient error; an append names the
+    /// unreachable server ([`Error::Unreachable`]) when that is why.
+    pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
     /// Test-only hooks that make transactions slow, fail or lose their result.
     #[doc(hidden)]
     pub fn with_test_hooks(mut self, hooks: TestHooks) -> Self {
@@ -216,6 +240,18 @@ impl PgConfig {
         Ok(options
             .options([("search_path", self.schema.as_str())])
             .application_name(&name))
+    }
+
+    /// Where the store connects to, for messages: `host:port`, or the socket path.
+    pub(crate) fn address(options: &PgConnectOptions) -> String {
+        let host = options.get_host();
+        if host.starts_with('/') {
+            format!("{host}/.s.PGSQL.{}", options.get_port())
+        } else if host.contains(':') {
+            format!("[{host}]:{}", options.get_port())
+        } else {
+            format!("{host}:{}", options.get_port())
+        }
     }
 
     /// The notification channel of this schema.

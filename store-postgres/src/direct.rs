@@ -18,7 +18,7 @@ use std::sync::{
 use annals::{AppendResult, StreamAppend};
 use sqlx::{PgPool, postgres::PgConnection};
 
-use crate::{group::position, single};
+use crate::{error::is_connection_lost, group::position, single};
 
 /// The connection the direct path uses, when no caller holds it.
 ///
@@ -62,12 +62,17 @@ impl Direct {
             kept: false,
         };
         let stored = single::append(&mut conn, append, metadata).await;
-        claim.kept = matches!(stored, Ok(_) | Err(sqlx::Error::Database(_)))
-            && self.idle.lock().is_ok_and(|mut idle| {
-                // The connection answered, so it is ready for the next statement.
-                idle.get_or_insert(conn);
-                true
-            });
+        // A database error answered by a live connection keeps it; one that says the
+        // connection is closed (57P01 after `pg_terminate_backend`) does not.
+        claim.kept = match &stored {
+            Ok(_) => true,
+            Err(error @ sqlx::Error::Database(_)) => !is_connection_lost(error),
+            Err(_) => false,
+        } && self.idle.lock().is_ok_and(|mut idle| {
+            // The connection answered, so it is ready for the next statement.
+            idle.get_or_insert(conn);
+            true
+        });
         drop(claim);
         let (version, seq, tx) = stored.ok()??;
         let (first, last) = (seq.first()?, seq.last()?);

@@ -1,6 +1,8 @@
 //! The crate's own errors (configuration, connecting, migrating) and the mapping of sqlx
 //! errors onto the store contract's [`annals::Error::Backend`].
 
+use std::sync::Arc;
+
 /// `Result` with this crate's [`Error`] as its default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -28,13 +30,122 @@ pub enum Error {
     /// Applying the embedded migrations failed.
     #[error("cannot migrate the event store schema")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    /// No connection to the server could be opened: it is down, the address is wrong, or the
+    /// network drops the packets. Transient: retry once the server is back.
+    #[error("cannot connect to PostgreSQL at {address}: {reason}")]
+    Unreachable {
+        /// `host:port` (or the socket path) the store connects to.
+        address: String,
+        /// What went wrong.
+        reason: ConnectFailure,
+        /// The driver's error, when `reason` does not already say it all.
+        #[source]
+        source: Option<Arc<sqlx::Error>>,
+    },
+    /// A table or function of the store does not exist (SQLSTATE 42P01, 42883, 3F000): the
+    /// schema was never migrated, or another schema was configured. Not transient: run
+    /// [`PgEventStore::migrate`](crate::PgEventStore::migrate) (as the owner role) first.
+    #[error(
+        "the event store's {object} does not exist (SQLSTATE {code}): run PgEventStore::migrate() \
+         to create the store's schema"
+    )]
+    NotMigrated {
+        /// What is missing, as the server named it (`relation "events"`).
+        object: String,
+        /// The SQLSTATE the server answered.
+        code: String,
+    },
+}
+
+/// Why no connection could be opened (see [`Error::Unreachable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// Nothing listens at the address (the server is down or starting).
+    Refused,
+    /// No answer within the connect timeout (a host that drops packets, a full backlog).
+    TimedOut,
+    /// Anything else: a name that does not resolve, TLS, authentication; see the source.
+    Other,
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Refused => "connection refused",
+            Self::TimedOut => "no answer within the connect timeout",
+            Self::Other => "connection failed",
+        })
+    }
 }
 
 impl Error {
+    /// The error for a failed connection attempt to `address`.
+    pub(crate) fn unreachable(address: &str, error: Option<sqlx::Error>) -> Self {
+        let reason = match &error {
+            None => ConnectFailure::TimedOut,
+            Some(sqlx::Error::Io(io)) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                ConnectFailure::Refused
+            }
+            Some(sqlx::Error::Io(io)) if io.kind() == std::io::ErrorKind::TimedOut => {
+                ConnectFailure::TimedOut
+            }
+            Some(_) => ConnectFailure::Other,
+        };
+        Self::Unreachable {
+            address: address.to_owned(),
+            reason,
+            source: error
+                .filter(|_| reason == ConnectFailure::Other)
+                .map(Arc::new),
+        }
+    }
+
+    /// A copy of an [`Error::Unreachable`] or [`Error::NotMigrated`], to report one failure to
+    /// each caller of a group; `None` for the other variants.
+    pub(crate) fn copy(&self) -> Option<Self> {
+        match self {
+            Self::Unreachable {
+                address,
+                reason,
+                source,
+            } => Some(Self::Unreachable {
+                address: address.clone(),
+                reason: *reason,
+                source: source.clone(),
+            }),
+            Self::NotMigrated { object, code } => Some(Self::NotMigrated {
+                object: object.clone(),
+                code: code.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// [`Error::NotMigrated`] when `error` says a table or function of the store is missing.
+    pub(crate) fn not_migrated(error: &sqlx::Error) -> Option<Self> {
+        let sqlx::Error::Database(db) = error else {
+            return None;
+        };
+        let code = db.code()?;
+        if !matches!(code.as_ref(), "42P01" | "42883" | "3F000") {
+            return None;
+        }
+        let message = db.message();
+        let object = message.strip_suffix(" does not exist").unwrap_or(message);
+        // `function append_group(integer[], ...)`: the name says enough.
+        let object = object.split('(').next().unwrap_or(object).trim_end();
+        Some(Self::NotMigrated {
+            object: object.to_owned(),
+            code: code.into_owned(),
+        })
+    }
+
     /// True when retrying the same call later may succeed (the database was unreachable or
     /// busy); false for configuration mistakes.
     pub fn is_transient(&self) -> bool {
         match self {
+            Self::Unreachable { .. } => true,
             Self::Connect(e) => is_transient(e),
             Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient(e),
             _ => false,
@@ -68,9 +179,28 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Maps a sqlx error to the contract's backend error, classified.
+/// Maps a sqlx error to the contract's backend error, classified; a missing table or function
+/// becomes [`Error::NotMigrated`].
 pub(crate) fn backend(error: sqlx::Error) -> annals::Error {
-    annals::Error::backend(is_transient(&error), error)
+    match Error::not_migrated(&error) {
+        Some(missing) => annals::Error::backend(false, missing),
+        None => annals::Error::backend(is_transient(&error), error),
+    }
+}
+
+/// Whether `error` shows that the connection it came from is dead (closed by the server, a
+/// broken socket): the statement may be sent again on another connection. An append sent
+/// again is looked up by its event ids first, so one whose commit was lost is answered, not
+/// stored twice.
+pub(crate) fn is_connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            // admin_shutdown, crash_shutdown, cannot_connect_now, connection_exception..
+            matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08")
+        }),
+        _ => false,
+    }
 }
 
 /// The SQLSTATE of a database error, if it is one.
@@ -103,5 +233,14 @@ mod tests {
         assert!(is_transient(&sqlx::Error::PoolTimedOut));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
         assert!(backend(sqlx::Error::PoolTimedOut).is_transient());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = Error::unreachable("db:5432", Some(sqlx::Error::Io(refused)));
+        assert_eq!(
+            error.to_string(),
+            "cannot connect to PostgreSQL at db:5432: connection refused"
+        );
+        assert!(error.is_transient());
+        assert!(std::error::Error::source(&error).is_none(), "said once");
+        assert!(Error::unreachable("db:5432", None).is_transient());
     }
 }

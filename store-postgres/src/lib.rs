@@ -10,8 +10,10 @@ mod direct;
 mod error;
 mod group;
 mod idempotency;
+mod info;
 mod log;
 mod pages;
+mod probe;
 mod read;
 mod single;
 mod store;
@@ -21,5 +23,5 @@ mod writer;
 #[doc(hidden)]
 pub use config::{HookFn, TestHooks};
 pub use config::{MAX_SCHEMA_NAME_BYTES, PgConfig, validate_schema_name};
-pub use error::{Error, Result};
+pub use error::{ConnectFailure, Error, Result};
 pub use store::PgEventStore;

@@ -3,19 +3,22 @@
 use std::{sync::Arc, time::Duration};
 
 use annals::{
-    AppendResult, EventStore, Limits, LogPosition, LogRead, RecordedEvent, Snapshot, StreamAppend,
-    StreamId, StreamRead,
+    AppendResult, EventStore, Limits, LogHold, LogPosition, LogRead, RecordedEvent, Snapshot,
+    StreamAppend, StreamId, StreamRead,
 };
 use futures::stream::BoxStream;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
 use crate::{
     Error, PgConfig, Result,
     config::{TestHooks, validate_schema_name},
     direct::Direct,
-    error::{backend, internal},
-    idempotency, log, read, stream,
+    error::{backend, internal, sql_state},
+    idempotency, info, log,
+    probe::Probe,
+    read, stream,
     writer::{self, Outcome, Request, WriterContext},
 };
 
@@ -34,6 +37,8 @@ pub struct PgEventStore {
 
 struct Inner {
     pool: PgPool,
+    /// Names the server when it cannot be reached.
+    probe: Probe,
     schema: String,
     limits: Limits,
     channel: Option<String>,
@@ -61,20 +66,30 @@ impl PgEventStore {
     /// Connects a pool whose every connection uses the configured schema, and starts the
     /// group-commit writers on the current tokio runtime.
     ///
+    /// One connection is opened at once, within the connect timeout
+    /// ([`PgConfig::with_connect_timeout`]), so an unreachable server is reported now, by
+    /// name, rather than by the first call.
+    ///
     /// # Errors
-    /// [`Error::InvalidSchemaName`], [`Error::InvalidUrl`], or [`Error::Connect`] when the
-    /// database cannot be reached.
+    /// [`Error::InvalidSchemaName`], [`Error::InvalidUrl`], [`Error::Unreachable`] when the
+    /// server cannot be reached ("cannot connect to PostgreSQL at HOST:PORT: connection
+    /// refused"), or [`Error::Connect`] when it refuses the connection (authentication, an
+    /// unknown database).
     pub async fn connect(config: PgConfig) -> Result<Self> {
         validate_schema_name(&config.schema)?;
+        let options = config.connect_options()?;
+        let probe = Probe::new(options.clone(), config.connect_timeout);
+        probe.check().await?;
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .min_connections(0)
-            // No ping round trip before every query: a broken connection fails its call with
-            // a transient error instead, which the caller may retry (appends are idempotent).
+            // The pool keeps retrying a refused connection until this timeout; the writers
+            // then ask `probe` whether the server is reachable, and say so.
+            .acquire_timeout(config.acquire_timeout)
+            // No ping round trip before every query: a broken connection fails its call, and
+            // the writers send an append again on a tested connection (see writer.rs).
             .test_before_acquire(false)
-            .connect_with(config.connect_options()?)
-            .await
-            .map_err(Error::Connect)?;
+            .connect_lazy_with(options);
         let channel = config.notify.then(|| config.channel());
         let notify = channel
             .clone()
@@ -86,6 +101,7 @@ impl PgEventStore {
                 notify: notify.clone(),
                 max_requests: config.max_group_requests,
                 max_events: config.max_group_events,
+                probe: probe.clone(),
                 hooks: config.hooks.clone(),
             },
             config.writers,
@@ -93,6 +109,7 @@ impl PgEventStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                probe,
                 schema: config.schema,
                 limits: config.limits,
                 channel,
@@ -112,16 +129,48 @@ impl PgEventStore {
     /// on every start and from several processes at once.
     ///
     /// # Errors
-    /// [`Error::Connect`] when the schema cannot be created, [`Error::Migrate`] when a
-    /// migration fails or an applied one was changed.
+    /// [`Error::Unreachable`] when the server cannot be reached, [`Error::Connect`] when the
+    /// schema cannot be created, [`Error::Migrate`] when a migration fails or an applied one
+    /// was changed.
     pub async fn migrate(&self) -> Result<()> {
         // The validated schema name is the only identifier ever written into SQL text.
         let create = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.inner.schema);
-        sqlx::query(sqlx::AssertSqlSafe(create))
+        match sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&self.inner.pool)
+            .await
+        {
+            // Another process created the schema between this statement's check and its
+            // insert (a unique violation in the catalog): it exists, which is all we need.
+            Err(e) if matches!(sql_state(&e).as_deref(), Some("23505" | "42P06")) => {}
+            Err(e) => return Err(self.explain(e).await),
+            Ok(_) => {}
+        }
+        MIGRATOR.run(&self.inner.pool).await.map_err(Error::Migrate)
+    }
+
+    /// Lets the existing role `role` append to and read this store, and nothing more: USAGE on
+    /// the schema, SELECT on its tables, INSERT and UPDATE on snapshots, EXECUTE on the append
+    /// functions (which run as the owner). Run it as the role that migrates (the owner); see
+    /// `docs/operations.md` for the whole setup. The name is quoted by the server, never
+    /// written into SQL text here.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the role does not exist or this connection's role may not grant.
+    pub async fn grant_app_role(&self, role: &str) -> Result<()> {
+        sqlx::query("SELECT grant_app_role($1)")
+            .bind(role)
             .execute(&self.inner.pool)
             .await
             .map_err(Error::Connect)?;
-        MIGRATOR.run(&self.inner.pool).await.map_err(Error::Migrate)
+        Ok(())
+    }
+
+    /// The error for a failed setup statement: the unreachable server, if that is why.
+    async fn explain(&self, error: sqlx::Error) -> Error {
+        match self.inner.probe.explain(&error).await {
+            Some(unreachable) => unreachable,
+            None => Error::Connect(error),
+        }
     }
 
     /// Drops the schema with every event, stream and snapshot in it. For tests and
@@ -255,6 +304,18 @@ impl EventStore for PgEventStore {
             waited += backoff;
             backoff = (backoff * 2).min(Duration::from_millis(50));
         }
+    }
+
+    async fn store_id(&self) -> annals::Result<Uuid> {
+        info::store_id(&self.inner.pool).await
+    }
+
+    async fn count_events(&self, after: LogPosition, through: LogPosition) -> annals::Result<u64> {
+        info::count_events(&self.inner.pool, after, through).await
+    }
+
+    async fn log_hold(&self) -> annals::Result<Option<LogHold>> {
+        info::log_hold(&self.inner.pool).await
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> annals::Result<()> {

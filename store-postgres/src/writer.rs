@@ -11,6 +11,7 @@
 use std::{
     collections::{HashSet, VecDeque},
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use annals::{AppendResult, Error, StreamAppend};
@@ -21,8 +22,9 @@ use uuid::Uuid;
 use crate::{
     batch,
     config::TestHooks,
-    error::sql_state,
+    error::{is_connection_lost, sql_state},
     group::{GroupResult, arrays, call, reply_each},
+    probe::Probe,
     single,
 };
 
@@ -50,6 +52,8 @@ pub(crate) struct WriterContext {
     pub(crate) notify: Option<mpsc::Sender<()>>,
     pub(crate) max_requests: usize,
     pub(crate) max_events: usize,
+    /// Names the server when an append fails because it cannot be reached.
+    pub(crate) probe: Probe,
     pub(crate) hooks: TestHooks,
 }
 
@@ -254,7 +258,16 @@ async fn execute(mut group: Vec<Request>, context: &WriterContext) {
                     sql_state(&error).as_deref(),
                     Some("23505" | "40001" | "40P01")
                 );
-                if retry && attempt < ATTEMPTS {
+                // A dead connection (the server restarted, or terminated it while it sat in
+                // the pool): the statement did not run, or its commit's answer was lost. Sent
+                // again on a tested connection, looking for stored ids first, it is stored
+                // once either way: a call whose ids are all stored gets its original result.
+                let lost = is_connection_lost(&error);
+                if (retry || lost) && attempt < ATTEMPTS {
+                    if lost {
+                        tracing::debug!(%error, "a pooled connection was dead; sending the group again");
+                        sweep(&context.pool).await;
+                    }
                     check_dups = true;
                     continue;
                 }
@@ -271,14 +284,42 @@ async fn execute(mut group: Vec<Request>, context: &WriterContext) {
             reply_each(group, result, context);
         }
         Err(error) => {
+            // A missing table or an unreachable server is said as such, to every caller.
+            let named = match crate::Error::not_migrated(&error) {
+                Some(missing) => Some(missing),
+                None => context.probe.explain(&error).await,
+            };
             let transient = crate::error::is_transient(&error);
             let error = Arc::new(error);
             for request in group {
-                let shared = SharedError(error.clone());
-                let _ = request.reply.send(Err(Error::backend(transient, shared)));
+                let error = match named.as_ref().and_then(crate::Error::copy) {
+                    Some(named) => Error::backend(named.is_transient(), named),
+                    None => Error::backend(transient, SharedError(error.clone())),
+                };
+                let _ = request.reply.send(Err(error));
             }
         }
     }
+}
+
+/// Tests each idle pooled connection once, closing the dead ones: a server restart or
+/// `pg_terminate_backend` kills every connection at once, and the pool would otherwise hand
+/// them out one by one, each failing its call. Runs only after a dead connection was seen.
+async fn sweep(pool: &PgPool) {
+    let mut live = Vec::new();
+    for _ in 0..pool.num_idle() {
+        let Some(mut conn) = pool.try_acquire() else {
+            break;
+        };
+        let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::Connection::ping(&mut *conn));
+        if matches!(ping.await, Ok(Ok(()))) {
+            live.push(conn);
+        } else {
+            conn.close_on_drop();
+        }
+    }
+    // Back to the pool, tested.
+    drop(live);
 }
 
 /// Wakes the notifier after a commit that stored events.

@@ -4,15 +4,13 @@ use std::{
     path::{Path, PathBuf},
     str::FromStr,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use annals::Limits;
 use sqlx::{
     migrate::Migrator,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::watch;
 
@@ -49,10 +47,11 @@ impl SqliteEventStore {
                 source,
             })?;
         }
+        // No `journal_mode` here: the switch to WAL is made once, below, where a lost race
+        // is retried (see `switch_to_wal`); WAL is a property of the file, kept by it.
         let mut options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(match config.durability {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
@@ -66,6 +65,10 @@ impl SqliteEventStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| Error::from_sqlx(&path, e))?;
+        if let Err(e) = switch_to_wal(&writer, config.busy_timeout).await {
+            writer.close().await;
+            return Err(Error::from_sqlx(&path, e));
+        }
         if let Err(e) = migrate(&writer).await {
             writer.close().await;
             return Err(Error::from_migrate(&path, e));
@@ -172,6 +175,51 @@ impl SqliteEventStore {
     }
 }
 
+/// Puts the file in WAL mode (a no-op once it is), waiting out other connections within
+/// `busy_timeout`.
+///
+/// SQLite's busy handler does not cover this statement when connections race to convert a new
+/// file: the switch reads the file's header, then upgrades that read to a write, and a
+/// connection that already holds a read lock is refused an upgrade at once (`SQLITE_BUSY`,
+/// no waiting: waiting could deadlock two such connections). Several handles or processes
+/// opening one new file at once so failed with "database is locked" now and then. The retry
+/// here starts the statement again from no lock, which is always safe, until the busy timeout
+/// is spent.
+async fn switch_to_wal(writer: &SqlitePool, busy_timeout: Duration) -> Result<(), sqlx::Error> {
+    let deadline = Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(1);
+    let mut conn = writer.acquire().await?;
+    loop {
+        let mode: Result<String, sqlx::Error> = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut *conn)
+            .await;
+        match mode {
+            Ok(mode) => {
+                if !mode.eq_ignore_ascii_case("wal") {
+                    tracing::debug!(%mode, "the file system keeps the database out of WAL mode");
+                }
+                return Ok(());
+            }
+            Err(e) if is_busy(&e) && Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(25));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `SQLITE_BUSY` or `SQLITE_LOCKED`, with any extended code.
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
 /// Applies the migrations the file lacks, all in one `BEGIN IMMEDIATE` transaction: two
 /// processes opening a new file at once take turns, and the second finds the schema ready.
 async fn migrate(writer: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError> {
@@ -179,6 +227,11 @@ async fn migrate(writer: &SqlitePool) -> Result<(), sqlx::migrate::MigrateError>
     let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
     // Each migration's own transaction nests as a savepoint inside this one.
     MIGRATOR.run(&mut *tx).await?;
+    // The store's id, made once: a file from before `store_info` gets one on its first open.
+    sqlx::query("INSERT OR IGNORE INTO store_info (singleton, store_id) VALUES (1, ?)")
+        .bind(uuid::Uuid::new_v4())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -50,6 +50,26 @@ fn seq_after(after: LogPosition) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// How many events lie after `after`, through `through`: positions are serial (`(n, n)`), so
+/// the last one at or before a position is found as [`seq_after`] finds the first after it.
+pub(crate) async fn count_events(
+    shared: &Shared,
+    after: LogPosition,
+    through: LogPosition,
+) -> annals::Result<u64> {
+    let (low, high) = (seq_after(after), seq_after(through));
+    if high <= low {
+        return Ok(0);
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE seq > ? AND seq <= ?")
+        .bind(low)
+        .bind(high)
+        .fetch_one(&shared.readers)
+        .await
+        .map_err(|e| shared.backend(e))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -9,6 +9,7 @@ use annals::{
 use futures::stream::BoxStream;
 use sqlx::sqlite::SqlitePool;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::Error;
 
@@ -130,6 +131,17 @@ impl EventStore for SqliteEventStore {
             .await
             .map_err(|e| self.shared.backend(e))?;
         Ok((head > 0).then(|| LogPosition::serial(head)))
+    }
+
+    async fn store_id(&self) -> annals::Result<Uuid> {
+        sqlx::query_scalar("SELECT store_id FROM store_info")
+            .fetch_one(&self.shared.readers)
+            .await
+            .map_err(|e| self.shared.backend(e))
+    }
+
+    async fn count_events(&self, after: LogPosition, through: LogPosition) -> annals::Result<u64> {
+        crate::read::count_events(&self.shared, after, through).await
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> annals::Result<()> {

@@ -75,6 +75,9 @@ async fn a_file_with_only_the_first_migration_opens_and_keeps_its_events() {
     assert_eq!(stored, ids, "the old events are kept");
     assert_eq!(log[1].payload.as_str(), r#"{"amount": 1}"#);
     assert_eq!(store.stream_version(&stream).await.expect("version"), 3);
+    // The file had no identity: opening it made one.
+    let id = store.store_id().await.expect("an old file gets a store id");
+    assert_ne!(id, Uuid::nil());
 
     let next = store
         .append(
@@ -118,7 +121,12 @@ async fn a_file_with_only_the_first_migration_opens_and_keeps_its_events() {
             .await
             .expect("applied migrations")
     };
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(
+        store.store_id().await.expect("store id"),
+        id,
+        "reopening keeps the id"
+    );
     assert_eq!(
         store.head_position().await.expect("head"),
         Some(LogPosition::serial(4))

@@ -159,3 +159,30 @@ async fn many_handles_opening_one_new_file_at_once_all_succeed() {
     }
     assert_eq!(log_ids(&stores[0]).await.len(), 6);
 }
+
+/// Fifty rounds of eight handles opening one new file at once: every open succeeds, and all
+/// eight handles share one store (issue 16: switching a new file to WAL mode lost races with
+/// "database is locked" now and then, however long the busy timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_rounds_of_concurrent_opens_of_a_new_file_all_succeed() {
+    for round in 0..50 {
+        let dir = temp_dir();
+        let path = dir.path().join("events.db");
+        let opens = (0..8).map(|_| SqliteEventStore::open(SqliteConfig::new(&path)));
+        let mut stores = Vec::new();
+        for open in futures::future::join_all(opens).await {
+            stores.push(
+                open.unwrap_or_else(|e| panic!("round {round}: a concurrent open failed: {e:?}")),
+            );
+        }
+        let id = stores[0].store_id().await.expect("store id");
+        for store in &stores {
+            assert_eq!(
+                store.store_id().await.expect("store id"),
+                id,
+                "round {round}"
+            );
+            store.close().await;
+        }
+    }
+}

@@ -885,3 +885,43 @@ pub async fn head_position_follows_the_log<S: EventStore>(store: S) {
         store.head_position().await.expect("head")
     );
 }
+
+/// A store keeps one identity for all its handles, and counts the events between two
+/// positions exactly as a reader of the log sees them.
+pub async fn identity_and_event_counts<S: EventStore + Clone>(store: S) {
+    let id = store.store_id().await.expect("store id");
+    assert_eq!(store.clone().store_id().await.expect("store id"), id);
+    assert_ne!(id, uuid::Uuid::nil(), "a store id is random, never nil");
+    assert_eq!(
+        store
+            .count_events(LogPosition::START, LogPosition::new(u64::MAX, u64::MAX))
+            .await
+            .expect("count"),
+        0
+    );
+    for (i, n) in [3usize, 1, 4, 2].into_iter().enumerate() {
+        store
+            .append(&sid(&format!("count-{i}")), ExpectedVersion::Any, events(n))
+            .await
+            .expect("append");
+    }
+    let log = read_all(&store, LogRead::from_start()).await;
+    let mut positions = vec![LogPosition::START];
+    positions.extend(log.iter().map(|e| e.position));
+    for (a, after) in positions.iter().enumerate() {
+        for (t, through) in positions.iter().enumerate() {
+            let expected = t.saturating_sub(a) as u64;
+            let counted = store.count_events(*after, *through).await.expect("count");
+            assert_eq!(counted, expected, "events after {after} through {through}");
+        }
+    }
+    let end = LogPosition::new(u64::MAX, u64::MAX);
+    assert_eq!(
+        store
+            .count_events(LogPosition::START, end)
+            .await
+            .expect("count"),
+        log.len() as u64
+    );
+    assert_eq!(store.store_id().await.expect("store id"), id);
+}

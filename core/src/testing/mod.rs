@@ -42,6 +42,7 @@ macro_rules! conformance_tests {
             upcasting_on_read,
             subscribe_catch_up_then_live,
             head_position_follows_the_log,
+            identity_and_event_counts,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {

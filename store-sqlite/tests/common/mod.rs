@@ -81,6 +81,18 @@ impl EventStore for TempStore {
         self.store.head_position().await
     }
 
+    async fn store_id(&self) -> annals::Result<uuid::Uuid> {
+        self.store.store_id().await
+    }
+
+    async fn count_events(&self, after: LogPosition, through: LogPosition) -> annals::Result<u64> {
+        self.store.count_events(after, through).await
+    }
+
+    async fn log_hold(&self) -> annals::Result<Option<annals::LogHold>> {
+        self.store.log_hold().await
+    }
+
     async fn save_snapshot(&self, snapshot: Snapshot) -> annals::Result<()> {
         self.store.save_snapshot(snapshot).await
     }
