@@ -140,6 +140,67 @@ pub enum Error {
     /// The runner (or the projection's task) has shut down.
     #[error("the projection runner has shut down")]
     Shutdown,
+    /// The read model was built from another event store than the one it follows now (the
+    /// store was recreated, or the runner points at another database).
+    #[error(
+        "projection {projection}: the read model was built from event store {recorded}, but this store is {actual}; rebuild it (runner.rebuild) or set StoreChange::Rebuild"
+    )]
+    StoreMismatch {
+        /// The projection.
+        projection: String,
+        /// The store the read model records.
+        recorded: uuid::Uuid,
+        /// The store the runner follows.
+        actual: uuid::Uuid,
+    },
+    /// The read model's checkpoint lies beyond the end of the store's log: it was built from
+    /// a store that held more events than this one.
+    #[error(
+        "projection {projection}: its checkpoint {checkpoint} is beyond the store's last event ({head:?}); the store was replaced or truncated"
+    )]
+    CheckpointBeyondHead {
+        /// The projection.
+        projection: String,
+        /// The read model's checkpoint.
+        checkpoint: LogPosition,
+        /// The store's head.
+        head: Option<LogPosition>,
+    },
+    /// A handler's lookup failed.
+    #[error(transparent)]
+    Lookup(#[from] crate::LookupError),
+    /// A wait passed its deadline.
+    #[error("projection {projection}: not at {position} after {waited:?}: {status}")]
+    Timeout {
+        /// The projection.
+        projection: String,
+        /// The position waited for.
+        position: LogPosition,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// What the projection was doing then.
+        status: String,
+    },
+    /// A read-model or store call did not answer within
+    /// [`RunnerConfig::io_timeout`](crate::RunnerConfig::io_timeout) (a silent network, a
+    /// stalled server). Transient: the runner retries from the stored checkpoint.
+    #[error("projection {projection}: {what} did not answer within {after:?}")]
+    IoTimeout {
+        /// The projection.
+        projection: String,
+        /// What was waited for.
+        what: &'static str,
+        /// The bound.
+        after: std::time::Duration,
+    },
+    /// No dead letter of this projection has that event id.
+    #[error("projection {projection} has no dead letter for event {event_id}")]
+    NoDeadLetter {
+        /// The projection.
+        projection: String,
+        /// The event id asked for.
+        event_id: uuid::Uuid,
+    },
 }
 
 impl Error {
@@ -169,9 +230,17 @@ impl Error {
                     sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
                 ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08")))
             }
-            Self::Io(_) | Self::CheckpointMoved { .. } => true,
+            Self::Io(_) | Self::CheckpointMoved { .. } | Self::IoTimeout { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether the read model belongs to another store than the one it follows.
+    pub fn is_store_mismatch(&self) -> bool {
+        matches!(
+            self,
+            Self::StoreMismatch { .. } | Self::CheckpointBeyondHead { .. }
+        )
     }
 
     /// True when this runner lost ownership of the projection ([`Error::Fenced`] or

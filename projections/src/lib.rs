@@ -1,41 +1,41 @@
 #![doc = include_str!("../README.md")]
 
-mod config;
 mod error;
-mod handler;
 mod lease;
-#[cfg(feature = "postgres")]
-mod lease_pg;
+mod memory;
 mod model;
-mod policy;
-mod progress;
 mod projection;
 #[cfg(feature = "redis")]
 mod redis;
 mod runner;
-mod status;
-mod supervisor;
 #[cfg(feature = "tantivy")]
 mod tantivy;
-mod worker;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-pub use config::{ProjectionConfig, RebuildReport, RunnerConfig};
 pub use error::{Error, Result};
-pub use lease::{InMemoryLeases, LeaseStore};
 #[cfg(feature = "postgres")]
-pub use lease_pg::PgLeases;
+pub use lease::pg::PgLeases;
+pub use lease::{InMemoryLeases, LeaseStore};
+pub use memory::{MemoryBatch, MemoryReadModel, MemoryView, MemoryWriter};
 pub use model::{
-    DeadLetter, Durability, Fence, Generation, GenerationWriter, Generations, ReadModel, WriteBatch,
+    DeadLetter, Durability, Fence, Generation, GenerationWriter, Generations, ReadModel,
+    WriteBatch,
+    lookups::{LookupError, LookupKeys, Lookups},
 };
-pub use policy::{Backoff, FailurePolicy};
-pub use progress::ProgressDisplay;
 pub use projection::{EventFilter, Projection, check_name};
 #[cfg(feature = "redis")]
 pub use redis::{
-    DEAD_LETTER_KEY, RedisBatch, RedisConnection, RedisReadModel, RedisView, RedisWriter,
+    DEAD_LETTER_KEY, LOOKUP_KEY, RedisBatch, RedisConnection, RedisReadModel, RedisView,
+    RedisWriter,
 };
 pub use runner::ProjectionRunner;
-pub use status::{ProjectionState, ProjectionStatus, RebuildProgress, StopReason};
+pub use runner::config::{ProjectionConfig, RebuildReport, RunnerConfig, StoreChange};
+pub use runner::policy::{Backoff, FailurePolicy};
+pub use runner::progress::ProgressDisplay;
+pub use runner::status::{
+    Degraded, ProjectionState, ProjectionStatus, RebuildProgress, StopReason,
+};
 #[cfg(feature = "tantivy")]
 pub use tantivy::{
     TantivyBatch, TantivyConfig, TantivyHit, TantivyReadModel, TantivyView, TantivyWriter,

@@ -1,19 +1,22 @@
-//! What a projection is: a name, the event types it wants, and how an event changes its
-//! read model.
+//! What a projection is: a name, the events it wants, what it looks up, and how an event
+//! changes its read model.
 
 use std::{collections::BTreeSet, fmt, sync::Arc};
 
-use annals::{BoxError, DomainEvent, RecordedEvent};
+use annals::{Aggregate, BoxError, DomainEvent, RecordedEvent};
 
-use crate::{Error, ReadModel, Result};
+use crate::{Error, LookupKeys, ReadModel, Result};
 
 /// A projection: turns the global log into one read model.
 ///
-/// The runner feeds it every event of the types its [`filter`](Projection::filter) accepts,
-/// in log order, one call per event, into a batch that the read model then commits together
-/// with the checkpoint. A handler does no I/O of its own: everything it writes goes into
-/// the batch (`RedisBatch` commands, `TantivyBatch` upserts), so a batch either lands whole
-/// with its checkpoint or not at all.
+/// The runner feeds it every event its [`filter`](Projection::filter) accepts, in log order,
+/// one call per event, into a batch that the read model then commits together with the
+/// checkpoint. A handler does no I/O of its own: everything it writes goes into the batch
+/// (`RedisBatch` commands, `TantivyBatch` upserts, `MemoryBatch` puts), so a batch either lands
+/// whole with its checkpoint or not at all. What it needs to read back (an account's owner
+/// for its later transactions) it keeps as [`Lookups`](crate::Lookups): declared per event
+/// in [`lookups`](Projection::lookups), loaded for the whole batch in one round trip before
+/// `handle` runs, and read and set through `batch.lookups()` / `batch.lookups_mut()`.
 ///
 /// Decoding is the handler's choice: [`DomainEvent::decode`] gives typed, upcast events.
 /// A returned error (or a panic) is a failing event, handled by the projection's
@@ -27,10 +30,17 @@ pub trait Projection: Send + Sync + 'static {
     /// It names the Redis keys, the tantivy directory, the lease and the status.
     fn name(&self) -> &str;
 
-    /// The event types this projection wants. Other events are not handed to it, but its
-    /// checkpoint still moves past them.
+    /// The events this projection wants (by stream category and type). Other events are not
+    /// handed to it, but its checkpoint still moves past them.
     fn filter(&self) -> EventFilter {
-        EventFilter::All
+        EventFilter::all()
+    }
+
+    /// Declares the lookup keys handling `event` will read (none by default). The runner
+    /// loads the keys of a whole batch before calling [`handle`](Projection::handle) on
+    /// any of its events. Called only for events the filter accepts.
+    fn lookups(&self, event: &RecordedEvent, keys: &mut LookupKeys) {
+        let _ = (event, keys);
     }
 
     /// Adds what `event` changes to `batch`.
@@ -45,56 +55,118 @@ pub trait Projection: Send + Sync + 'static {
     ) -> Result<(), BoxError>;
 }
 
-/// Which event types a projection wants.
+/// Which events a projection (or any log follower) wants: by stream category (the part of
+/// the stream id before the first `-`, the aggregate type of
+/// [`StreamId::for_aggregate`](annals::StreamId::for_aggregate)), by type name, and by any
+/// predicate; an event must pass every part that is set.
+///
+/// Type names alone are not enough to tell aggregates apart (two aggregates may both have a
+/// `Created` event); [`EventFilter::aggregate`] selects by both.
 #[derive(Clone, Default)]
-#[non_exhaustive]
-pub enum EventFilter {
-    /// Every event.
-    #[default]
-    All,
-    /// Only these type names.
-    Types(BTreeSet<String>),
-    /// Whatever the predicate accepts.
-    Custom(Arc<dyn Fn(&str) -> bool + Send + Sync>),
+pub struct EventFilter {
+    categories: Option<BTreeSet<String>>,
+    types: Option<BTreeSet<String>>,
+    custom: Option<Predicate>,
 }
 
+/// A filter's own test of an event.
+type Predicate = Arc<dyn Fn(&RecordedEvent) -> bool + Send + Sync>;
+
 impl EventFilter {
-    /// Only the given type names.
+    /// Every event.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only the given type names, from any stream.
     pub fn types<I, T>(types: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        Self::Types(types.into_iter().map(Into::into).collect())
+        Self::all().and_types(types)
     }
 
-    /// Every stored type of one [`DomainEvent`] family.
+    /// Only events of streams in these categories (`"account"` for `account-42`).
+    pub fn categories<I, T>(categories: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        Self::all().and_categories(categories)
+    }
+
+    /// Every stored type of one [`DomainEvent`] family, from any stream.
     pub fn domain<E: DomainEvent>() -> Self {
         Self::types(E::upcaster_chain().event_types().map(str::to_owned))
     }
 
-    /// Whatever `predicate` accepts.
-    pub fn custom(predicate: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
-        Self::Custom(Arc::new(predicate))
+    /// The events of one aggregate type: its streams' category and its event types.
+    pub fn aggregate<A: Aggregate>() -> Self {
+        Self::domain::<A::Event>().and_categories([A::TYPE])
     }
 
-    /// Whether the filter lets an event of `event_type` through.
-    pub fn wants(&self, event_type: &str) -> bool {
-        match self {
-            Self::All => true,
-            Self::Types(types) => types.contains(event_type),
-            Self::Custom(predicate) => predicate(event_type),
-        }
+    /// Whatever `predicate` accepts.
+    pub fn custom(predicate: impl Fn(&RecordedEvent) -> bool + Send + Sync + 'static) -> Self {
+        Self::all().and(predicate)
+    }
+
+    /// Narrows the filter to these type names (added to any set before).
+    #[must_use]
+    pub fn and_types<I, T>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.types
+            .get_or_insert_with(BTreeSet::new)
+            .extend(types.into_iter().map(Into::into));
+        self
+    }
+
+    /// Narrows the filter to these stream categories (added to any set before).
+    #[must_use]
+    pub fn and_categories<I, T>(mut self, categories: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.categories
+            .get_or_insert_with(BTreeSet::new)
+            .extend(categories.into_iter().map(Into::into));
+        self
+    }
+
+    /// Narrows the filter by a predicate (replacing any set before).
+    #[must_use]
+    pub fn and(
+        mut self,
+        predicate: impl Fn(&RecordedEvent) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.custom = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Whether the filter lets `event` through.
+    pub fn wants(&self, event: &RecordedEvent) -> bool {
+        self.categories
+            .as_ref()
+            .is_none_or(|c| c.contains(event.stream_id.category()))
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|t| t.contains(event.event_type.as_str()))
+            && self.custom.as_ref().is_none_or(|p| p(event))
     }
 }
 
 impl fmt::Debug for EventFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::All => f.write_str("All"),
-            Self::Types(types) => f.debug_tuple("Types").field(types).finish(),
-            Self::Custom(_) => f.write_str("Custom(..)"),
-        }
+        f.debug_struct("EventFilter")
+            .field("categories", &self.categories)
+            .field("types", &self.types)
+            .field("custom", &self.custom.as_ref().map(|_| ".."))
+            .finish()
     }
 }
 
@@ -139,11 +211,34 @@ mod tests {
         }
     }
 
+    fn event(stream: &str, event_type: &str) -> RecordedEvent {
+        RecordedEvent {
+            position: annals::LogPosition::serial(1),
+            stream_id: annals::StreamId::new(stream).unwrap(),
+            stream_version: 1,
+            event_id: uuid::Uuid::nil(),
+            event_type: annals::EventType::new(event_type).unwrap(),
+            schema_version: 1,
+            payload: annals::Payload::from_stored("{}".to_owned()),
+            metadata: annals::Metadata::default(),
+            recorded_at: time::OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
     #[test]
-    fn filters_select_types() {
+    fn filters_select_categories_and_types() {
         let f = EventFilter::types(["A", "B"]);
-        assert!(f.wants("A") && !f.wants("C"));
-        assert!(EventFilter::All.wants("anything"));
-        assert!(EventFilter::custom(|t| t.starts_with("Acc")).wants("Account"));
+        assert!(f.wants(&event("x-1", "A")) && !f.wants(&event("x-1", "C")));
+        assert!(EventFilter::all().wants(&event("x", "anything")));
+        assert!(
+            EventFilter::custom(|e| e.event_type.as_str().starts_with("Acc"))
+                .wants(&event("x", "Account"))
+        );
+        // Same type name, two aggregates: only the order's stream gets through.
+        let orders = EventFilter::types(["Created"]).and_categories(["order"]);
+        assert!(orders.wants(&event("order-7", "Created")));
+        assert!(!orders.wants(&event("payment-7", "Created")));
+        assert!(!orders.wants(&event("order-7", "Paid")));
+        assert!(EventFilter::categories(["order"]).wants(&event("order", "Paid")));
     }
 }

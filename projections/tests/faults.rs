@@ -38,6 +38,8 @@ struct FlakyStore {
     reads: Arc<AtomicU64>,
     every: u64,
     failures: Arc<AtomicU64>,
+    /// While set, head and count queries never answer (a silent network to the store).
+    silent: Arc<AtomicBool>,
 }
 
 impl FlakyStore {
@@ -55,6 +57,24 @@ impl FlakyStore {
                 }
             })
             .boxed()
+    }
+}
+
+impl FlakyStore {
+    fn new(inner: InMemoryEventStore, every: u64) -> Self {
+        Self {
+            inner,
+            reads: Arc::default(),
+            every,
+            failures: Arc::default(),
+            silent: Arc::default(),
+        }
+    }
+
+    async fn hang_while_silent(&self) {
+        while self.silent.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -79,7 +99,15 @@ impl EventStore for FlakyStore {
         self.inner.stream_version(stream).await
     }
     async fn head_position(&self) -> annals::Result<Option<LogPosition>> {
+        self.hang_while_silent().await;
         self.inner.head_position().await
+    }
+    async fn store_id(&self) -> annals::Result<uuid::Uuid> {
+        self.inner.store_id().await
+    }
+    async fn count_events(&self, after: LogPosition, through: LogPosition) -> annals::Result<u64> {
+        self.hang_while_silent().await;
+        self.inner.count_events(after, through).await
     }
     async fn save_snapshot(&self, snapshot: Snapshot) -> annals::Result<()> {
         self.inner.save_snapshot(snapshot).await
@@ -95,12 +123,7 @@ async fn store_read_failures_are_retried_without_loss_or_doubles() {
     let ns = unique("t");
     let inner = InMemoryEventStore::new();
     seed(&inner, 0, 1000).await;
-    let store = FlakyStore {
-        inner: inner.clone(),
-        reads: Arc::default(),
-        every: 173,
-        failures: Arc::default(),
-    };
+    let store = FlakyStore::new(inner.clone(), 173);
     let (runner, model) = run_balances(
         &store,
         &redis,
@@ -133,6 +156,30 @@ struct Proxy {
     url: String,
     cut: watch::Sender<u64>,
     down: Arc<AtomicBool>,
+    /// While set, bytes are read but not passed on (packets dropped, no reset).
+    silent: Arc<AtomicBool>,
+}
+
+/// Copies one direction, holding bytes back while `silent` is set.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while silent.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn proxy(upstream: &str) -> Proxy {
@@ -140,11 +187,13 @@ async fn proxy(upstream: &str) -> Proxy {
     let url = format!("redis://{}", listener.local_addr().unwrap());
     let (cut, cuts) = watch::channel(0u64);
     let down = Arc::new(AtomicBool::new(false));
+    let silent = Arc::new(AtomicBool::new(false));
     let upstream = upstream.to_owned();
     let refusing = down.clone();
+    let quiet = silent.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut client, _)) = listener.accept().await else {
+            let Ok((client, _)) = listener.accept().await else {
                 return;
             };
             if refusing.load(Ordering::SeqCst) {
@@ -153,18 +202,27 @@ async fn proxy(upstream: &str) -> Proxy {
             let mut cuts = cuts.clone();
             cuts.borrow_and_update();
             let upstream = upstream.clone();
+            let quiet = quiet.clone();
             tokio::spawn(async move {
-                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
                     return;
                 };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
                 tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    () = pass(client_read, server_write, quiet.clone()) => {}
+                    () = pass(server_read, client_write, quiet) => {}
                     _ = cuts.changed() => {}
                 }
             });
         }
     });
-    Proxy { url, cut, down }
+    Proxy {
+        url,
+        cut,
+        down,
+        silent,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,5 +280,88 @@ async fn redis_outages_mid_run_lose_and_double_nothing() {
     assert_eq!(total, expected_total(&store).await);
     eprintln!("saw a Retrying state: {saw_retrying}");
     drop(runner);
+    cleanup_redis(&redis, &ns).await;
+}
+
+/// A Redis that stops answering without closing anything (a blackholed network): the write
+/// waiting on it fails within the runner's I/O bound, the status says so within seconds,
+/// and once Redis answers again every event lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_is_reported_within_the_io_bound_and_loses_nothing() {
+    let Some(redis) = redis().await else { return };
+    let ns = unique("t");
+    let proxy = proxy("127.0.0.1:6379").await;
+    let through_proxy = RedisConnection::single(&proxy.url).await.unwrap();
+    let store = seeded_store(300).await;
+    let model = RedisReadModel::with_namespace(through_proxy, &ns, "balances").unwrap();
+    let bound = Duration::from_millis(400);
+    let runner = runner_with(
+        &store,
+        fast().with_io_timeout(bound),
+        Balances::new("balances"),
+        model.clone(),
+        ProjectionConfig::new().with_batch_size(25),
+    );
+    let head = store.head_position().await.unwrap().unwrap();
+    runner.wait_for("balances", head).await.unwrap();
+
+    proxy.silent.store(true, Ordering::SeqCst);
+    let silenced = std::time::Instant::now();
+    let head = seed(&store, 300, 20).await;
+    let status = wait_status(&runner, "balances", |s| {
+        matches!(&s.state, ProjectionState::Retrying { error, .. } if error.contains("did not answer within"))
+    })
+    .await;
+    let noticed = silenced.elapsed();
+    assert!(noticed < Duration::from_secs(5), "noticed after {noticed:?}: {status}");
+    assert!(status.checkpoint < Some(head), "{status}");
+    assert!(!status.is_caught_up());
+
+    proxy.silent.store(false, Ordering::SeqCst);
+    proxy.cut.send_replace(1);
+    tokio::time::timeout(Duration::from_secs(30), runner.wait_for("balances", head))
+        .await
+        .expect("caught up after the network came back")
+        .unwrap();
+    let direct = RedisReadModel::with_namespace(redis.clone(), &ns, "balances").unwrap();
+    assert_balances(&direct, &store).await;
+    let view = direct.view().await.unwrap().unwrap();
+    let total: i64 = view.get("total").await.unwrap().unwrap().parse().unwrap();
+    assert_eq!(total, expected_total(&store).await);
+    drop(runner);
+    cleanup_redis(&redis, &ns).await;
+}
+
+/// A store that stops answering shows as degraded in the status within seconds (the
+/// measurement is bounded), and the status heals once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_store_shows_as_degraded_within_seconds() {
+    let Some(redis) = redis().await else { return };
+    let ns = unique("t");
+    let inner = InMemoryEventStore::new();
+    seed(&inner, 0, 100).await;
+    let store = FlakyStore::new(inner.clone(), u64::MAX);
+    let (runner, model) = run_balances(
+        &store,
+        &redis,
+        &ns,
+        fast()
+            .with_io_timeout(Duration::from_millis(300))
+            .with_status_interval(Duration::from_millis(100)),
+        ProjectionConfig::new(),
+    );
+    let head = inner.head_position().await.unwrap().unwrap();
+    runner.wait_for("balances", head).await.unwrap();
+    store.silent.store(true, Ordering::SeqCst);
+    let silenced = std::time::Instant::now();
+    let status = wait_status(&runner, "balances", |s| s.degraded.is_some()).await;
+    assert!(silenced.elapsed() < Duration::from_secs(3), "{status}");
+    assert!(status.to_string().contains("degraded"), "{status}");
+    assert!(!status.is_caught_up());
+    store.silent.store(false, Ordering::SeqCst);
+    let status = wait_status(&runner, "balances", |s| s.degraded.is_none() && s.lag == 0).await;
+    assert!(status.is_caught_up(), "{status}");
+    assert_balances(&model, &inner).await;
+    runner.shutdown().await;
     cleanup_redis(&redis, &ns).await;
 }

@@ -176,7 +176,7 @@ async fn a_fenced_tantivy_writer_cannot_write() {
     assert!(busy.is_transient(), "{busy:?}");
     drop(old);
     // The new owner claims the projection, then the generation (as the runner does).
-    model.claim(2).await.unwrap();
+    model.claim(2, uuid::Uuid::nil()).await.unwrap();
     let mut new = model.open_writer(generation, 2).await.unwrap();
     assert_eq!(new.checkpoint(), Some(LogPosition::serial(1)));
     let mut batch = new.batch();

@@ -205,6 +205,31 @@ async fn postgres_append_held_open_is_neither_skipped_nor_doubled() {
         let held_since = Instant::now();
 
         let later = write_concurrently(&store, 3, 15).await;
+        // The status says what the followers wait for: the held transaction, by pid.
+        let mut status = runner.watch("balances").unwrap();
+        let seen = tokio::time::timeout(
+            Duration::from_millis(2500),
+            status.wait_for(|s| s.held_by.is_some()),
+        )
+        .await
+        .map(|s| s.unwrap().clone());
+        if held_since.elapsed() < Duration::from_millis(2800) {
+            let direct = store.log_hold().await;
+            let status = seen.unwrap_or_else(|_| {
+                panic!(
+                    "the status never named the held transaction: {:?} at {}; the store says {direct:?}",
+                    runner.status("balances"),
+                    time::OffsetDateTime::now_utc(),
+                )
+            });
+            let hold = status.held_by.clone().unwrap();
+            assert!(hold.pid.is_some(), "{status}");
+            assert!(
+                status.to_string().contains("waiting behind a transaction open since"),
+                "{status}"
+            );
+            assert!(!status.is_caught_up(), "{status}");
+        }
         // Give the runner time to (wrongly) pass the held append, then take both
         // checkpoints. The held transaction sleeps 3 s from a moment just before
         // `held_since`: checkpoints taken within 2 s of it are surely taken while it is open

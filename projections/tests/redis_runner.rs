@@ -284,7 +284,7 @@ async fn a_fenced_writer_cannot_write() {
     );
 
     // A new owner claims the projection and the generation with fence 2 …
-    let gens = model.claim(2).await.unwrap();
+    let gens = model.claim(2, uuid::Uuid::nil()).await.unwrap();
     assert_eq!(gens.building, Some(generation));
     let mut new = model.open_writer(generation, 2).await.unwrap();
     assert_eq!(new.checkpoint(), Some(first));

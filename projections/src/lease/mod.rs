@@ -10,6 +10,9 @@ use futures::future::BoxFuture;
 
 use crate::{Fence, Result};
 
+#[cfg(feature = "postgres")]
+pub(crate) mod pg;
+
 /// Where runners take turns owning projections.
 ///
 /// A lease lasts `ttl` unless renewed; taking a lease (a new owner, or the same owner again)

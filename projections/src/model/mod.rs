@@ -1,4 +1,7 @@
-//! The contract between the runner and a read-model target (Redis, tantivy, or your own).
+//! The contract between the runner and a read-model target (Redis, tantivy, in process, or
+//! your own).
+
+pub(crate) mod lookups;
 
 use std::{fmt, future::Future};
 
@@ -7,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{Error, Result};
+use crate::{Error, Lookups, Result};
 
 /// One build of a projection's read model. Rebuilding writes a new generation beside the one
 /// that serves, then switches readers to it atomically. Numbers are never reused.
@@ -36,6 +39,11 @@ pub struct Generations {
     /// A generation replaced by a switch and not yet dropped (a crash came between the two);
     /// the next owner drops it.
     pub retired: Option<Generation>,
+    /// The event store the read model was built from ([`EventStore::store_id`]), as recorded
+    /// before the claim; `None` for a new read model (or one from before stores had ids).
+    ///
+    /// [`EventStore::store_id`]: annals::EventStore::store_id
+    pub store: Option<Uuid>,
 }
 
 /// Whether a write must be visible and durable before it returns.
@@ -63,6 +71,9 @@ pub struct DeadLetter {
     pub event_type: String,
     /// Its stream.
     pub stream_id: String,
+    /// Its version in the stream (0 in letters parked before versions were recorded).
+    #[serde(default)]
+    pub stream_version: u64,
     /// What the handler said (the last error, after any retries).
     pub error: String,
     /// How many times the handler was tried.
@@ -81,6 +92,7 @@ impl DeadLetter {
             event_id: event.event_id,
             event_type: event.event_type.to_string(),
             stream_id: event.stream_id.to_string(),
+            stream_version: event.stream_version,
             error,
             attempts,
             parked_at: OffsetDateTime::now_utc(),
@@ -96,8 +108,16 @@ pub trait WriteBatch: Send + 'static {
     fn rollback_to(&mut self, savepoint: usize);
     /// Parks a failing event in the generation's dead-letter list.
     fn park(&mut self, letter: DeadLetter);
+    /// Removes the dead letter of `event_id` from the list, in this batch's write (after a
+    /// requeued event was handled, or to skip it).
+    fn unpark(&mut self, event_id: Uuid);
     /// True when nothing was added.
     fn is_empty(&self) -> bool;
+    /// The batch's lookups: what was loaded for it and what its handler set (see
+    /// [`Lookups`]); written with the batch.
+    fn lookups(&self) -> &Lookups;
+    /// The batch's lookups, to set values.
+    fn lookups_mut(&mut self) -> &mut Lookups;
 }
 
 /// A read-model target bound to one projection: where its generations live and how a batch
@@ -117,11 +137,27 @@ pub trait ReadModel: Send + Sync + 'static {
     fn projection(&self) -> &str;
 
     /// Takes ownership of the projection's metadata for `fence` (later calls with a lower
-    /// fence are refused) and returns its generations.
+    /// fence are refused) and returns its generations. Records `store` as the event store
+    /// the read model is built from when none is recorded yet; [`Generations::store`] is
+    /// what was recorded before.
     ///
     /// # Errors
     /// [`Error::Fenced`] when a newer owner has claimed it; backend errors.
-    fn claim(&self, fence: Fence) -> impl Future<Output = Result<Generations>> + Send;
+    fn claim(&self, fence: Fence, store: Uuid) -> impl Future<Output = Result<Generations>> + Send;
+
+    /// Deletes every generation and records `store` as the store the read model is built
+    /// from: readers see no model until the next build switches one in. Used when the store
+    /// under the read model was replaced.
+    ///
+    /// # Errors
+    /// [`Error::Fenced`]; backend errors.
+    fn reset(&self, fence: Fence, store: Uuid) -> impl Future<Output = Result<()>> + Send;
+
+    /// The dead letters of the generation readers use, oldest first.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn dead_letters(&self) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
 
     /// Returns the generation being built, starting a new one (numbered above every earlier
     /// one) when none is.
@@ -169,6 +205,23 @@ pub trait GenerationWriter: Send + 'static {
 
     /// An empty batch.
     fn batch(&self) -> Self::Batch;
+
+    /// The stored values of `keys` (see [`Lookups`]), in order, as of the last write of this
+    /// writer (including deferred writes not yet committed); `None` for a key with no value.
+    /// One round trip at most.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn load_lookups(
+        &mut self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<String>>>> + Send;
+
+    /// How many dead letters the generation holds, as of the last write of this writer.
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn dead_letter_count(&mut self) -> impl Future<Output = Result<u64>> + Send;
 
     /// Writes `batch` with the checkpoint `through` (the last position the batch covers).
     /// Returns the committed checkpoint after the call: `through` when the write was

@@ -5,10 +5,15 @@ use std::sync::Arc;
 use redis::ToRedisArgs;
 
 use super::args::Args;
-use crate::{DeadLetter, WriteBatch};
+use crate::{DeadLetter, Lookups, WriteBatch};
 
-/// The key (relative to the generation) that holds parked events, as JSON, oldest first.
+/// The key (relative to the generation) that holds parked events: a hash from event id to
+/// the letter as JSON.
 pub const DEAD_LETTER_KEY: &str = "__dead_letters";
+
+/// The key (relative to the generation) that holds the projection's lookups: a hash from
+/// lookup key to JSON value.
+pub const LOOKUP_KEY: &str = "__lookups";
 
 /// Writes into one generation of a Redis read model, committed in one Lua script together
 /// with the checkpoint and fence.
@@ -29,6 +34,7 @@ pub struct RedisBatch {
     plan: Vec<u8>,
     args: Args,
     starts: Vec<usize>,
+    lookups: Lookups,
 }
 
 /// The commands a batch can hold, numbered as in the commit script's table.
@@ -90,6 +96,18 @@ impl RedisBatch {
             plan: Vec::new(),
             args: Args::default(),
             starts: Vec::new(),
+            lookups: Lookups::new(),
+        }
+    }
+
+    /// Adds the lookups the handlers set as commands on the generation's lookup hash.
+    pub(crate) fn write_lookups(&mut self) {
+        let lookups = std::mem::take(&mut self.lookups);
+        for (key, value) in lookups.changes() {
+            match value {
+                Some(value) => self.push(Op::Hset, Kind::Hash, LOOKUP_KEY, &[&key, &value]),
+                None => self.push(Op::Hdel, Kind::Hash, LOOKUP_KEY, &[&key]),
+            }
         }
     }
 
@@ -277,11 +295,29 @@ impl WriteBatch for RedisBatch {
     fn park(&mut self, letter: DeadLetter) {
         // A DeadLetter has string keys and plain values only: encoding cannot fail.
         let json = serde_json::to_string(&letter).unwrap_or_default();
-        self.push(Op::Rpush, Kind::List, DEAD_LETTER_KEY, &[&json]);
+        let id = letter.event_id.to_string();
+        self.push(Op::Hset, Kind::Hash, DEAD_LETTER_KEY, &[&id, &json]);
+    }
+
+    fn unpark(&mut self, event_id: uuid::Uuid) {
+        self.push(
+            Op::Hdel,
+            Kind::Hash,
+            DEAD_LETTER_KEY,
+            &[&event_id.to_string()],
+        );
     }
 
     fn is_empty(&self) -> bool {
-        RedisBatch::is_empty(self)
+        RedisBatch::is_empty(self) && self.lookups.is_unchanged()
+    }
+
+    fn lookups(&self) -> &Lookups {
+        &self.lookups
+    }
+
+    fn lookups_mut(&mut self) -> &mut Lookups {
+        &mut self.lookups
     }
 }
 

@@ -9,7 +9,7 @@ mod scripts;
 mod view;
 mod writer;
 
-pub use batch::{DEAD_LETTER_KEY, RedisBatch};
+pub use batch::{DEAD_LETTER_KEY, LOOKUP_KEY, RedisBatch};
 pub use connection::RedisConnection;
 pub use model::RedisReadModel;
 pub use view::RedisView;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use redis::Script;
+use uuid::Uuid;
 
 use super::{RedisBatch, RedisConnection, RedisView, RedisWriter, scripts};
 use crate::{
@@ -139,6 +140,7 @@ impl RedisReadModel {
             current: get(0)?,
             building: get(1)?,
             retired: get(2)?,
+            store: None,
         })
     }
 
@@ -206,20 +208,51 @@ impl ReadModel for RedisReadModel {
         &self.projection
     }
 
-    async fn claim(&self, fence: Fence) -> Result<Generations> {
+    async fn claim(&self, fence: Fence, store: Uuid) -> Result<Generations> {
         let reply = self
             .run(
                 &scripts::CLAIM_PROJECTION,
                 &self.meta_key(),
-                &[fence.to_string()],
+                &[fence.to_string(), store.to_string()],
             )
             .await?;
         let reply = reply_ok(&self.projection, fence, reply)?;
+        let recorded = match reply.get(4).map(String::as_str) {
+            None | Some("") => None,
+            Some(text) => Some(Uuid::parse_str(text).map_err(|_| Error::Corrupt {
+                what: format!("store id {text:?}"),
+            })?),
+        };
         Ok(Generations {
             current: parse_generation(reply.get(1))?,
             building: parse_generation(reply.get(2))?,
             retired: parse_generation(reply.get(3))?,
+            store: recorded,
         })
+    }
+
+    async fn reset(&self, fence: Fence, store: Uuid) -> Result<()> {
+        let reply = self
+            .run(
+                &scripts::RESET,
+                &self.meta_key(),
+                &[fence.to_string(), store.to_string()],
+            )
+            .await?;
+        let reply = reply_ok(&self.projection, fence, reply)?;
+        for i in 1..=3 {
+            if let Some(generation) = parse_generation(reply.get(i))? {
+                self.drop_generation(generation).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<crate::DeadLetter>> {
+        match self.view().await? {
+            Some(view) => view.dead_letters().await,
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn begin_build(&self, fence: Fence) -> Result<Generation> {

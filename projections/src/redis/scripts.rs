@@ -17,12 +17,26 @@ macro_rules! fence_check {
     };
 }
 
-/// KEYS: projection meta. ARGV: fence. Claims the projection, returns its generations.
+/// KEYS: projection meta. ARGV: fence, store id. Claims the projection, records the store
+/// when none is, returns its generations and the store recorded before.
 pub(crate) static CLAIM_PROJECTION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         fence_check!(),
         "redis.call('HSET', KEYS[1], 'fence', ARGV[1])
-         local v = redis.call('HMGET', KEYS[1], 'current', 'building', 'retired')
+         local v = redis.call('HMGET', KEYS[1], 'current', 'building', 'retired', 'store')
+         if not v[4] then redis.call('HSET', KEYS[1], 'store', ARGV[2]) end
+         return {'ok', v[1] or '', v[2] or '', v[3] or '', v[4] or ''}"
+    ))
+});
+
+/// KEYS: projection meta. ARGV: fence, store id. Forgets every generation (returning them, to
+/// be deleted) and records the store.
+pub(crate) static RESET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        fence_check!(),
+        "local v = redis.call('HMGET', KEYS[1], 'current', 'building', 'retired')
+         redis.call('HDEL', KEYS[1], 'current', 'building', 'retired')
+         redis.call('HSET', KEYS[1], 'store', ARGV[2], 'fence', ARGV[1])
          return {'ok', v[1] or '', v[2] or '', v[3] or ''}"
     ))
 });

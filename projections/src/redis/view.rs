@@ -116,19 +116,23 @@ impl RedisView {
         Ok(members)
     }
 
-    /// The events parked in this generation's dead-letter list, oldest first.
+    /// The events parked in this generation's dead-letter list, in log order.
     ///
     /// # Errors
     /// [`Error::Redis`], [`Error::Corrupt`].
     pub async fn dead_letters(&self) -> Result<Vec<crate::DeadLetter>> {
-        self.list(super::DEAD_LETTER_KEY)
-            .await?
+        let values: Vec<String> = self
+            .query(redis::cmd("HVALS").arg(self.key(super::DEAD_LETTER_KEY)))
+            .await?;
+        let mut letters = values
             .iter()
             .map(|json| {
-                serde_json::from_str(json).map_err(|_| Error::Corrupt {
+                serde_json::from_str::<crate::DeadLetter>(json).map_err(|_| Error::Corrupt {
                     what: "dead letter".to_owned(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        letters.sort_by_key(|l| l.position);
+        Ok(letters)
     }
 }

@@ -141,12 +141,38 @@ impl GenerationWriter for RedisWriter {
         RedisBatch::new(self.prefix.clone())
     }
 
+    async fn load_lookups(&mut self, keys: &[String]) -> Result<Vec<Option<String>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The batch in flight may set some of them.
+        self.settle().await?;
+        let mut connection = self.connection.clone();
+        let key = format!("{}{}", self.prefix, super::batch::LOOKUP_KEY);
+        Ok(redis::cmd("HMGET")
+            .arg(key)
+            .arg(keys)
+            .query_async(&mut connection)
+            .await?)
+    }
+
+    async fn dead_letter_count(&mut self) -> Result<u64> {
+        self.settle().await?;
+        let mut connection = self.connection.clone();
+        let key = format!("{}{}", self.prefix, super::DEAD_LETTER_KEY);
+        Ok(redis::cmd("HLEN")
+            .arg(key)
+            .query_async(&mut connection)
+            .await?)
+    }
+
     async fn write(
         &mut self,
         mut batch: RedisBatch,
         through: LogPosition,
         durability: Durability,
     ) -> Result<Option<LogPosition>> {
+        batch.write_lookups();
         if self.check_types {
             if self.known.len() > KNOWN_KEYS {
                 self.known.clear();

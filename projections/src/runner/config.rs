@@ -16,6 +16,26 @@ pub struct ProjectionConfig {
     pub page_size: usize,
     /// How a rebuild shows its progress.
     pub progress: ProgressDisplay,
+    /// What to do when the read model was built from another event store than the one it
+    /// follows (the store was recreated), or its checkpoint lies beyond the store's end.
+    pub on_store_change: StoreChange,
+}
+
+/// What a projection does when its read model belongs to another event store: the store was
+/// recreated (a new SQLite file, a dropped schema) or the runner points at another one.
+/// Following the new store from the old checkpoint would skip its events silently, so the
+/// runner never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StoreChange {
+    /// Fail the projection with [`Error::StoreMismatch`](crate::Error::StoreMismatch) or
+    /// [`Error::CheckpointBeyondHead`](crate::Error::CheckpointBeyondHead), in the status
+    /// and to waiters; readers keep the old model. A rebuild repairs it.
+    #[default]
+    Stop,
+    /// Delete the read model and build it again from the new store's log; readers see no
+    /// model until the build switches in.
+    Rebuild,
 }
 
 impl Default for ProjectionConfig {
@@ -25,6 +45,7 @@ impl Default for ProjectionConfig {
             batch_size: 5_000,
             page_size: 5_000,
             progress: ProgressDisplay::Auto,
+            on_store_change: StoreChange::Stop,
         }
     }
 }
@@ -58,6 +79,12 @@ impl ProjectionConfig {
         self.progress = progress;
         self
     }
+
+    /// Sets what happens when the read model belongs to another store.
+    pub fn on_store_change(mut self, action: StoreChange) -> Self {
+        self.on_store_change = action;
+        self
+    }
 }
 
 /// Settings of a [`ProjectionRunner`](crate::ProjectionRunner).
@@ -75,6 +102,13 @@ pub struct RunnerConfig {
     /// How long a replaced generation is kept after a switch before it is dropped, so
     /// readers that resolved it just before the switch can finish their reads.
     pub retire_grace: Duration,
+    /// The longest a read-model write, lookup load, or store query of the status may take
+    /// before it counts as failed (a transient error, retried): a silent network is
+    /// reported within this bound rather than the kernel's TCP timeout.
+    pub io_timeout: Duration,
+    /// How often the status is measured against the store (head, exact lag, what holds the
+    /// log back).
+    pub status_interval: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -85,6 +119,8 @@ impl Default for RunnerConfig {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
             shutdown_grace: Duration::from_secs(10),
             retire_grace: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(10),
+            status_interval: Duration::from_secs(1),
         }
     }
 }
@@ -122,6 +158,18 @@ impl RunnerConfig {
     /// Sets the shutdown grace period.
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Sets the bound on every read-model write and status query (at least 10 ms).
+    pub fn with_io_timeout(mut self, timeout: Duration) -> Self {
+        self.io_timeout = timeout.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Sets how often the status is measured against the store (at least 10 ms).
+    pub fn with_status_interval(mut self, interval: Duration) -> Self {
+        self.status_interval = interval.max(Duration::from_millis(10));
         self
     }
 }

@@ -4,7 +4,9 @@ use std::panic::AssertUnwindSafe;
 
 use annals::RecordedEvent;
 
-use crate::{FailurePolicy, Projection, ProjectionState, ReadModel, WriteBatch, worker::Shared};
+use crate::{
+    FailurePolicy, Projection, ProjectionState, ReadModel, WriteBatch, runner::worker::Shared,
+};
 
 /// What the policy decided for an event whose handler failed.
 pub(crate) enum Failure {
@@ -23,16 +25,10 @@ pub(crate) async fn call<P: Projection, S>(
     let mut policy = &shared.config.policy;
     let mut attempt = 0u32;
     loop {
-        let savepoint = batch.savepoint();
         let projection = &shared.projection;
-        let outcome =
-            std::panic::catch_unwind(AssertUnwindSafe(|| projection.handle(event, batch)));
-        let error = match outcome {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => error_chain(e.as_ref()),
-            Err(panic) => format!("handler panicked: {}", panic_message(panic.as_ref())),
+        let Err(error) = call_once(projection.as_ref(), event, batch) else {
+            return Ok(());
         };
-        batch.rollback_to(savepoint);
         attempt += 1;
         match policy {
             FailurePolicy::Stop => return Err(Failure::Stop(error)),
@@ -65,6 +61,26 @@ pub(crate) async fn call<P: Projection, S>(
             }
         }
     }
+}
+
+/// Calls the handler once; on an error or a panic, rolls back what it added (data and
+/// lookups) and returns the error's text.
+pub(crate) fn call_once<P: Projection>(
+    projection: &P,
+    event: &RecordedEvent,
+    batch: &mut <P::Model as ReadModel>::Batch,
+) -> Result<(), String> {
+    let savepoint = batch.savepoint();
+    let lookups = batch.lookups().savepoint();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| projection.handle(event, batch)));
+    let error = match outcome {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => error_chain(e.as_ref()),
+        Err(panic) => format!("handler panicked: {}", panic_message(panic.as_ref())),
+    };
+    batch.rollback_to(savepoint);
+    batch.lookups_mut().rollback_to(lookups);
+    Err(error)
 }
 
 /// An error and its sources, joined by ": ".

@@ -1,4 +1,16 @@
 //! The runner: one task per projection, a handle to watch and steer them.
+//!
+//! The engine every log follower runs on: a supervisor per projection holds its lease and
+//! restarts its workers (`supervisor.rs`), workers read the log and write batches with their
+//! checkpoint (`worker.rs`), the handler runs under the failure policy (`handler.rs`).
+
+pub(crate) mod config;
+pub(crate) mod handler;
+pub(crate) mod policy;
+pub(crate) mod progress;
+pub(crate) mod status;
+pub(crate) mod supervisor;
+pub(crate) mod worker;
 
 use std::{
     collections::BTreeMap,
@@ -15,8 +27,8 @@ use crate::{
     Error, InMemoryLeases, LeaseStore, Projection, ProjectionConfig, ProjectionState,
     ProjectionStatus, ReadModel, RebuildReport, Result, RunnerConfig,
     projection::check_name,
-    supervisor::{Command, Supervisor},
-    worker::Shared,
+    runner::supervisor::{Command, Supervisor},
+    runner::worker::{LetterAction, Shared},
 };
 
 /// Runs projections: each in its own task, owning it through a lease, catching up, following
@@ -104,6 +116,7 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
                 model: Arc::new(model),
                 store: self.store.clone(),
                 config: Arc::new(config),
+                runner: self.config.clone(),
                 status: status_tx,
             },
             leases: self.leases.clone(),
@@ -186,6 +199,121 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
             }
             status.changed().await.map_err(|_| Error::Shutdown)?;
         }
+    }
+
+    /// [`wait_for`](ProjectionRunner::wait_for) with a deadline.
+    ///
+    /// # Errors
+    /// As [`ProjectionRunner::wait_for`], and [`Error::Timeout`] (naming what the
+    /// projection was doing) when `timeout` passes first.
+    pub async fn wait_for_within(
+        &self,
+        name: &str,
+        position: LogPosition,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        match tokio::time::timeout(timeout, self.wait_for(name, position)).await {
+            Ok(done) => done,
+            Err(_) => Err(Error::Timeout {
+                projection: name.to_owned(),
+                position,
+                waited: timeout,
+                status: self
+                    .status(name)
+                    .map_or_else(|| "unknown".to_owned(), |s| s.to_string()),
+            }),
+        }
+    }
+
+    /// Processes the log up to its head as it is now, in every projection, then returns
+    /// their statuses: for command-line tools, batch jobs and tests, which then drop the
+    /// runner or call [`shutdown`](ProjectionRunner::shutdown). Projections that already
+    /// run keep running.
+    ///
+    /// # Errors
+    /// The store's head cannot be read; as [`ProjectionRunner::wait_for_within`] for the
+    /// first projection that does not get there within `timeout`.
+    pub async fn catch_up(&self, timeout: std::time::Duration) -> Result<Vec<ProjectionStatus>> {
+        let head = self.store.head_position().await?;
+        let names: Vec<String> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for name in &names {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match head {
+                Some(head) => self.wait_for_within(name, head, left).await?,
+                None => self.wait_until_built(name, left).await?,
+            }
+        }
+        Ok(names.iter().filter_map(|n| self.status(n)).collect())
+    }
+
+    /// Waits until a projection serves a generation (its first build switched in).
+    async fn wait_until_built(&self, name: &str, timeout: std::time::Duration) -> Result<()> {
+        let mut status = self.handle(name)?.status;
+        let wait = async {
+            loop {
+                {
+                    let s = status.borrow_and_update();
+                    if s.generation.is_some() && s.rebuild.is_none() {
+                        return Ok(());
+                    }
+                    match &s.state {
+                        ProjectionState::Stopped(reason) => {
+                            return Err(Error::Stopped(reason.clone()));
+                        }
+                        ProjectionState::Failed { .. } | ProjectionState::ShutDown => {
+                            return Err(Error::Shutdown);
+                        }
+                        _ => {}
+                    }
+                }
+                status.changed().await.map_err(|_| Error::Shutdown)?;
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(done) => done,
+            Err(_) => Err(Error::Timeout {
+                projection: name.to_owned(),
+                position: LogPosition::START,
+                waited: timeout,
+                status: self
+                    .status(name)
+                    .map_or_else(|| "unknown".to_owned(), |s| s.to_string()),
+            }),
+        }
+    }
+
+    /// Handles a parked event again (after a fix to the handler), and removes its dead
+    /// letter in the same atomic write; the checkpoint does not move. The event is handled
+    /// after the events that followed it in the log.
+    ///
+    /// # Errors
+    /// [`Error::NoDeadLetter`]; [`Error::Stopped`] when the handler still fails (the letter
+    /// stays); [`Error::Shutdown`] when the projection is not serving (stopped, failed,
+    /// switching generations: try again).
+    pub async fn requeue(&self, name: &str, event_id: uuid::Uuid) -> Result<()> {
+        self.letter(name, event_id, LetterAction::Requeue).await
+    }
+
+    /// Removes a dead letter without handling its event.
+    ///
+    /// # Errors
+    /// As [`ProjectionRunner::requeue`].
+    pub async fn skip(&self, name: &str, event_id: uuid::Uuid) -> Result<()> {
+        self.letter(name, event_id, LetterAction::Skip).await
+    }
+
+    async fn letter(&self, name: &str, event_id: uuid::Uuid, action: LetterAction) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(name, Command::Letter(event_id, action, tx))
+            .await?;
+        rx.await.map_err(|_| Error::Shutdown)?
     }
 
     /// Waits until every projection has processed `position`.

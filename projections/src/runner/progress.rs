@@ -1,21 +1,18 @@
-//! Rebuild progress: an indicatif bar on a terminal, tracing events otherwise.
+//! Rebuild progress: in the status (watch it with `ProjectionRunner::watch`) and, unless
+//! silenced, as `tracing` events every few seconds. The library draws nothing itself: an
+//! application that wants a bar draws it from the watched status.
 
-use std::{
-    io::IsTerminal,
-    time::{Duration, Instant},
-};
-
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::time::{Duration, Instant};
 
 use crate::{Generation, RebuildProgress};
 
-/// Whether a rebuild shows a progress bar.
+/// How a rebuild reports its progress beside the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProgressDisplay {
-    /// A bar when stderr is a terminal, `tracing` info events (every few seconds) otherwise.
+    /// `tracing` info events every few seconds (the same as `Tracing`).
     #[default]
     Auto,
-    /// Only `tracing` events.
+    /// `tracing` info events every few seconds.
     Tracing,
     /// Nothing but the status.
     Silent,
@@ -32,7 +29,6 @@ pub(crate) struct Progress {
     window_start: (Instant, u64),
     rate: f64,
     last_log: Instant,
-    bar: Option<ProgressBar>,
     log: bool,
 }
 
@@ -45,17 +41,6 @@ impl Progress {
         total: u64,
         display: ProgressDisplay,
     ) -> Self {
-        let bar =
-            (display == ProgressDisplay::Auto && std::io::stderr().is_terminal()).then(|| {
-                let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-                if let Ok(style) = ProgressStyle::with_template(
-                    "{msg} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}",
-                ) {
-                    bar.set_style(style.progress_chars("=> "));
-                }
-                bar.set_message(format!("rebuilding {projection}"));
-                bar
-            });
         let now = Instant::now();
         tracing::info!(
             projection,
@@ -72,8 +57,7 @@ impl Progress {
             window_start: (now, 0),
             rate: 0.0,
             last_log: now,
-            log: display != ProgressDisplay::Silent && bar.is_none(),
-            bar,
+            log: display != ProgressDisplay::Silent,
         }
     }
 
@@ -92,10 +76,6 @@ impl Progress {
             if secs > 0.0 {
                 self.rate = done as f64 / secs;
             }
-        }
-        if let Some(bar) = &self.bar {
-            bar.set_length(self.total);
-            bar.set_position(done);
         }
         let progress = self.snapshot();
         if self.log && now.duration_since(self.last_log) >= LOG_EVERY {
@@ -125,9 +105,6 @@ impl Progress {
     }
 
     pub(crate) fn finish(self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
         let secs = self.started.elapsed().as_secs_f64();
         tracing::info!(
             projection = %self.projection,

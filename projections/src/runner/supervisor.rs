@@ -11,11 +11,13 @@ use tokio::{
     task::JoinSet,
 };
 
+use uuid::Uuid;
+
 use crate::{
     Error, Fence, Generation, LeaseStore, Projection, ProjectionState, ReadModel, RebuildProgress,
-    RebuildReport, Result, RunnerConfig,
+    RebuildReport, Result, RunnerConfig, StoreChange,
     lease::LeaseGuard,
-    worker::{BuildEvent, Role, Shared, Worker},
+    runner::worker::{BuildEvent, LetterAction, LetterRequest, Role, Shared, Worker},
 };
 
 /// Requests from the runner's handle to a projection's task.
@@ -23,7 +25,23 @@ use crate::{
 pub(crate) enum Command {
     Rebuild(oneshot::Sender<Result<RebuildReport>>),
     Restart,
+    Letter(Uuid, LetterAction, oneshot::Sender<Result<()>>),
     Shutdown,
+}
+
+/// What the supervisor does after its workers end.
+enum Flow {
+    /// Shut down.
+    Shutdown,
+    /// Start them again now (the read model was reset).
+    Again,
+}
+
+/// The serving worker: its generation, its stop switch, where to send letter requests.
+struct Serving {
+    generation: Generation,
+    stop: watch::Sender<bool>,
+    letters: mpsc::Sender<LetterRequest>,
 }
 
 pub(crate) struct Supervisor<P: Projection, S> {
@@ -79,14 +97,16 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                 lost_tx,
             )));
             tracing::info!(projection = name, fence, "ownership acquired");
-            let started = Instant::now();
+            let before = self.shared.status.borrow().checkpoint;
             let outcome = self.owned(&guard, lost_rx).await;
+            let progressed = self.shared.status.borrow().checkpoint > before;
             drop(renewal);
             if let Err(e) = self.leases.release(&name, &self.owner, fence).await {
                 tracing::warn!(projection = name, error = %e, "releasing the lease failed");
             }
             match outcome {
-                Ok(()) => break,
+                Ok(Flow::Shutdown) => break,
+                Ok(Flow::Again) => attempt = 0,
                 Err(Error::Stopped(reason)) => {
                     self.fail_waiters(|| Error::Stopped(reason.clone()));
                     self.set_state(ProjectionState::Stopped(reason));
@@ -100,10 +120,12 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                     attempt = 0;
                 }
                 Err(e) if e.is_transient() => {
-                    if started.elapsed() > self.runner.backoff.max {
+                    // A run that moved the checkpoint ended a failure streak: the next
+                    // outage starts from the shortest wait again.
+                    if progressed {
                         attempt = 0;
                     }
-                    let error = crate::handler::error_chain(&e);
+                    let error = crate::runner::handler::error_chain(&e);
                     tracing::warn!(
                         projection = name,
                         attempt,
@@ -118,8 +140,13 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                     }
                 }
                 Err(e) => {
-                    let error = crate::handler::error_chain(&e);
+                    let error = crate::runner::handler::error_chain(&e);
                     tracing::error!(projection = name, error, "projection failed");
+                    self.shared.status.send_modify(|s| {
+                        s.checkpoint = None;
+                        s.generation = None;
+                        s.lag = 0;
+                    });
                     self.fail_waiters(|| Error::Shutdown);
                     self.set_state(ProjectionState::Failed { error });
                     if !self.wait_for_restart().await {
@@ -150,7 +177,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                     self.runner.lease_poll
                 }
                 Err(e) => {
-                    let error = crate::handler::error_chain(&e);
+                    let error = crate::runner::handler::error_chain(&e);
                     failures = failures.saturating_add(1);
                     self.set_state(ProjectionState::Retrying {
                         attempt: failures,
@@ -178,6 +205,9 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                         self.rebuild_requested = true;
                     }
                     Some(Command::Restart) => {}
+                    Some(Command::Letter(.., reply)) => {
+                        let _ = reply.send(Err(Error::Shutdown));
+                    }
                     Some(Command::Shutdown) | None => return false,
                 },
             }
@@ -186,14 +216,21 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
 
     /// After a stop: waits for a restart (`true`) or shutdown (`false`).
     async fn wait_for_restart(&mut self) -> bool {
-        match self.commands.recv().await {
-            Some(Command::Restart) => true,
-            Some(Command::Rebuild(reply)) => {
-                self.waiters.push(reply);
-                self.rebuild_requested = true;
-                true
+        loop {
+            match self.commands.recv().await {
+                Some(Command::Restart) => return true,
+                Some(Command::Rebuild(reply)) => {
+                    self.waiters.push(reply);
+                    self.rebuild_requested = true;
+                    return true;
+                }
+                Some(Command::Letter(.., reply)) => {
+                    // Skipping the event a projection stopped at is a way out of the stop;
+                    // the letter does not exist yet, so say so.
+                    let _ = reply.send(Err(Error::Shutdown));
+                }
+                Some(Command::Shutdown) | None => return false,
             }
-            Some(Command::Shutdown) | None => false,
         }
     }
 
@@ -220,26 +257,90 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
         guard: &LeaseGuard,
         generation: Generation,
         role: Role,
-    ) -> watch::Sender<bool> {
+    ) -> Serving {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let worker = Worker::new(self.shared.clone(), guard.clone(), generation, stop_rx);
+        let (letters_tx, letters_rx) = mpsc::channel(4);
+        let worker = Worker::new(
+            self.shared.clone(),
+            guard.clone(),
+            generation,
+            stop_rx,
+            letters_rx,
+        );
         tasks.spawn(async move { (generation, worker.run(role).await) });
-        stop_tx
+        Serving {
+            generation,
+            stop: stop_tx,
+            letters: letters_tx,
+        }
     }
 
-    /// Runs the workers while the lease is held. `Ok` on shutdown.
-    async fn owned(&mut self, guard: &LeaseGuard, mut lost: watch::Receiver<bool>) -> Result<()> {
+    /// Claims the read model and checks that it was built from this store; resets it when
+    /// it was not and the projection is configured to rebuild.
+    async fn claim(&self, fence: Fence) -> Result<crate::Generations> {
+        let shared = &self.shared;
+        let store = shared
+            .bounded("reading the store's id", async {
+                Ok(shared.store.store_id().await?)
+            })
+            .await?;
+        let generations = shared
+            .bounded("claiming the read model", shared.model.claim(fence, store))
+            .await?;
+        match generations.store {
+            Some(recorded) if recorded != store => {
+                let mismatch = Error::StoreMismatch {
+                    projection: self.name().to_owned(),
+                    recorded,
+                    actual: store,
+                };
+                self.reset_or_fail(fence, store, mismatch).await
+            }
+            _ => Ok(generations),
+        }
+    }
+
+    /// Under [`StoreChange::Rebuild`], deletes every generation so a first build starts;
+    /// otherwise fails with `error`.
+    async fn reset_or_fail(
+        &self,
+        fence: Fence,
+        store: Uuid,
+        error: Error,
+    ) -> Result<crate::Generations> {
+        if self.shared.config.on_store_change != StoreChange::Rebuild {
+            return Err(error);
+        }
+        tracing::warn!(projection = self.name(), error = %error, "the read model belongs to another store; rebuilding it");
+        let shared = &self.shared;
+        shared
+            .bounded("resetting the read model", shared.model.reset(fence, store))
+            .await?;
+        shared.status.send_modify(|s| {
+            s.checkpoint = None;
+            s.generation = None;
+            s.dead_letters = 0;
+        });
+        shared
+            .bounded("claiming the read model", shared.model.claim(fence, store))
+            .await
+    }
+
+    /// Runs the workers while the lease is held, until shutdown or until they must start
+    /// again (after a reset).
+    async fn owned(&mut self, guard: &LeaseGuard, mut lost: watch::Receiver<bool>) -> Result<Flow> {
         let model = self.shared.model.clone();
         let fence = guard.fence;
-        let generations = model.claim(fence).await?;
+        let generations = self.claim(fence).await?;
+        let _measure = AbortOnDrop(tokio::spawn(measure(self.shared.clone())));
         if let Some(retired) = generations.retired {
             model.drop_generation(retired).await?;
         }
         let mut tasks = JoinSet::new();
         let mut retiring = JoinSet::new();
         let (build_tx, mut build_rx) = mpsc::channel(4);
-        let mut serving: Option<(Generation, watch::Sender<bool>)> = None;
-        let mut building: Option<(Generation, watch::Sender<bool>, Instant)> = None;
+        let mut serving: Option<Serving> = None;
+        let mut building: Option<(Serving, Instant)> = None;
         let mut handover: Option<oneshot::Sender<Option<LogPosition>>> = None;
         let build = match generations.building {
             Some(generation) => Some(generation),
@@ -255,12 +356,11 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
             None => self.shared.status.send_modify(|s| s.rebuild = None),
         }
         if let Some(current) = generations.current {
-            let stop = self.spawn(&mut tasks, guard, current, Role::Serve);
-            serving = Some((current, stop));
+            serving = Some(self.spawn(&mut tasks, guard, current, Role::Serve));
         }
         if let Some(generation) = build {
-            let stop = self.spawn(&mut tasks, guard, generation, Role::Build(build_tx.clone()));
-            building = Some((generation, stop, Instant::now()));
+            let worker = self.spawn(&mut tasks, guard, generation, Role::Build(build_tx.clone()));
+            building = Some((worker, Instant::now()));
         }
         self.rebuild_requested = false;
         loop {
@@ -270,9 +370,18 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                         projection: self.name().to_owned(),
                         message: e.to_string(),
                     })?;
-                    let checkpoint = result?;
+                    let checkpoint = match result {
+                        Err(e) if e.is_store_mismatch() => {
+                            // Found by a worker (a checkpoint beyond the store's head):
+                            // reset or fail as configured, then start again.
+                            let store = self.shared.store.store_id().await?;
+                            self.reset_or_fail(fence, store, e).await?;
+                            return Ok(Flow::Again);
+                        }
+                        other => other?,
+                    };
                     match handover.take() {
-                        Some(reply) if serving.as_ref().is_some_and(|(g, _)| *g == generation) => {
+                        Some(reply) if serving.as_ref().is_some_and(|s| s.generation == generation) => {
                             serving = None;
                             let _ = reply.send(checkpoint);
                         }
@@ -281,19 +390,28 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                 }
                 Some(event) = build_rx.recv() => match event {
                     BuildEvent::CaughtUp(reply) => match &serving {
-                        Some((_, stop)) => {
-                            let _ = stop.send(true);
+                        Some(worker) => {
+                            let _ = worker.stop.send(true);
                             handover = Some(reply);
                         }
                         None => {
                             let _ = reply.send(None);
                         }
                     },
-                    BuildEvent::Switched { old, events, checkpoint, ack } => {
-                        if let Some((generation, stop, started)) = building.take() {
+                    BuildEvent::Switched { old, events, checkpoint, dead_letters, ack } => {
+                        if let Some((worker, started)) = building.take() {
+                            let generation = worker.generation;
+                            let head = self.shared.status.borrow().head;
+                            let lag = if checkpoint >= head { 0 } else {
+                                match head {
+                                    Some(h) => self.shared.store.count_events(checkpoint.unwrap_or_default(), h).await.unwrap_or(u64::MAX),
+                                    None => 0,
+                                }
+                            };
                             self.shared.status.send_modify(|s| {
                                 s.generation = Some(generation);
-                                s.set_checkpoint(checkpoint);
+                                s.serve(checkpoint, head, lag);
+                                s.dead_letters = dead_letters;
                                 s.rebuild = None;
                             });
                             let _ = ack.send(());
@@ -301,7 +419,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                             for waiter in self.waiters.drain(..) {
                                 let _ = waiter.send(Ok(report));
                             }
-                            serving = Some((generation, stop));
+                            serving = Some(worker);
                         }
                         if let Some(old) = old {
                             // Dropped after a grace period, in the background; a crash before
@@ -324,17 +442,27 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                         if building.is_none() {
                             let generation = model.begin_build(fence).await?;
                             self.announce_build(generation);
-                            let stop = self.spawn(&mut tasks, guard, generation, Role::Build(build_tx.clone()));
-                            building = Some((generation, stop, Instant::now()));
+                            let worker = self.spawn(&mut tasks, guard, generation, Role::Build(build_tx.clone()));
+                            building = Some((worker, Instant::now()));
                         }
                     }
                     Some(Command::Restart) => {}
-                    Some(Command::Shutdown) | None => {
-                        for (_, stop) in serving.iter() {
-                            let _ = stop.send(true);
+                    Some(Command::Letter(event_id, action, reply)) => match &serving {
+                        Some(worker) if handover.is_none() => {
+                            if let Err(mpsc::error::TrySendError::Full((.., reply)) | mpsc::error::TrySendError::Closed((.., reply))) = worker.letters.try_send((event_id, action, reply)) {
+                                let _ = reply.send(Err(Error::Shutdown));
+                            }
                         }
-                        if let Some((_, stop, _)) = &building {
-                            let _ = stop.send(true);
+                        _ => {
+                            let _ = reply.send(Err(Error::Shutdown));
+                        }
+                    },
+                    Some(Command::Shutdown) | None => {
+                        if let Some(worker) = &serving {
+                            let _ = worker.stop.send(true);
+                        }
+                        if let Some((worker, _)) = &building {
+                            let _ = worker.stop.send(true);
                         }
                         drop(handover.take());
                         let deadline = tokio::time::sleep(self.runner.shutdown_grace);
@@ -345,7 +473,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                                 () = &mut deadline => break,
                             }
                         }
-                        return Ok(());
+                        return Ok(Flow::Shutdown);
                     }
                 },
                 () = async { drop(lost.wait_for(|lost| *lost).await) } => {
@@ -354,4 +482,55 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
             }
         }
     }
+}
+
+/// Measures the status against the store every
+/// [`RunnerConfig::status_interval`](crate::RunnerConfig::status_interval): the head, the
+/// exact lag, what holds the log back; an unreachable or silent store shows as degraded
+/// within one I/O bound.
+async fn measure<P: Projection, S: EventStore + Clone + 'static>(shared: Shared<P, S>) {
+    loop {
+        tokio::time::sleep(shared.runner.status_interval).await;
+        let store = &shared.store;
+        // What holds the log back first: reading the head may itself wait for a while
+        // behind the very transaction that holds it.
+        let hold = shared
+            .bounded("asking the store what holds the log", async {
+                Ok(store.log_hold().await?)
+            })
+            .await;
+        let hold = match hold {
+            Ok(hold) => {
+                shared.status.send_modify(|s| s.held_by = hold.clone());
+                hold
+            }
+            Err(e) => {
+                degrade(&shared, &e);
+                continue;
+            }
+        };
+        let checkpoint = shared.status.borrow().checkpoint;
+        let measured = shared
+            .bounded("measuring the lag", async {
+                let head = store.head_position().await?;
+                let lag = match head {
+                    Some(h) => store.count_events(checkpoint.unwrap_or_default(), h).await?,
+                    None => 0,
+                };
+                Ok((head, lag))
+            })
+            .await;
+        match measured {
+            Ok((head, lag)) => shared
+                .status
+                .send_modify(|s| s.measured(checkpoint, head, lag, hold)),
+            Err(e) => degrade(&shared, &e),
+        }
+    }
+}
+
+fn degrade<P: Projection, S>(shared: &Shared<P, S>, e: &Error) {
+    let error = crate::runner::handler::error_chain(e);
+    tracing::warn!(projection = shared.projection.name(), error, "measuring the status failed");
+    shared.status.send_modify(|s| s.degrade(error));
 }

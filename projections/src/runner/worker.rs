@@ -1,17 +1,19 @@
 //! One generation's worker: catch up in large batches, then follow the log live.
 
-use std::sync::Arc;
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
-use annals::{EventStore, LogPosition, LogRead, RecordedEvent};
+use annals::{EventStore, LogPosition, LogRead, RecordedEvent, StreamId, StreamRead};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
 
 use crate::{
-    DeadLetter, Durability, Error, Generation, GenerationWriter, Projection, ProjectionConfig,
-    ProjectionState, ProjectionStatus, ReadModel, Result, StopReason, WriteBatch,
-    handler::{self, Failure},
+    DeadLetter, Durability, Error, EventFilter, Generation, GenerationWriter, LookupKeys,
+    Projection, ProjectionConfig, ProjectionState, ProjectionStatus, ReadModel, Result,
+    RunnerConfig, StopReason, WriteBatch,
     lease::LeaseGuard,
-    progress::Progress,
+    runner::handler::{self, Failure},
+    runner::progress::Progress,
 };
 
 /// What every worker of one projection shares.
@@ -20,6 +22,7 @@ pub(crate) struct Shared<P: Projection, S> {
     pub(crate) model: Arc<P::Model>,
     pub(crate) store: S,
     pub(crate) config: Arc<ProjectionConfig>,
+    pub(crate) runner: Arc<RunnerConfig>,
     pub(crate) status: watch::Sender<ProjectionStatus>,
 }
 
@@ -30,7 +33,28 @@ impl<P: Projection, S: Clone> Clone for Shared<P, S> {
             model: self.model.clone(),
             store: self.store.clone(),
             config: self.config.clone(),
+            runner: self.runner.clone(),
             status: self.status.clone(),
+        }
+    }
+}
+
+impl<P: Projection, S> Shared<P, S> {
+    /// Runs `future` under the runner's I/O bound: a silent read model or store becomes a
+    /// transient [`Error::IoTimeout`] instead of a wait without end.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &'static str,
+        future: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let after = self.runner.io_timeout;
+        match tokio::time::timeout(after, future).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::IoTimeout {
+                projection: self.projection.name().to_owned(),
+                what,
+                after,
+            }),
         }
     }
 }
@@ -46,6 +70,7 @@ pub(crate) enum BuildEvent {
         old: Option<Generation>,
         events: u64,
         checkpoint: Option<LogPosition>,
+        dead_letters: u64,
         ack: oneshot::Sender<()>,
     },
 }
@@ -58,14 +83,38 @@ pub(crate) enum Role {
     Build(mpsc::Sender<BuildEvent>),
 }
 
+/// What to do with a dead letter of the serving generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LetterAction {
+    /// Handle the parked event again, and remove the letter in the same write.
+    Requeue,
+    /// Remove the letter without handling the event.
+    Skip,
+}
+
+/// A request to the serving worker, answered once its write is committed.
+pub(crate) type LetterRequest = (Uuid, LetterAction, oneshot::Sender<Result<()>>);
+
+/// The most lookup values a worker keeps between batches.
+const LOOKUP_CACHE: usize = 1_000_000;
+
 pub(crate) struct Worker<P: Projection, S> {
     shared: Shared<P, S>,
     guard: LeaseGuard,
     generation: Generation,
     serving: bool,
     stop: watch::Receiver<bool>,
+    letters: mpsc::Receiver<LetterRequest>,
     progress: Option<Progress>,
     read: u64,
+    /// Lookup values as this worker last wrote or loaded them (this writer owns the
+    /// generation, so nobody else changes them).
+    lookups: HashMap<String, Option<String>>,
+    /// Writes not yet committed: their checkpoint and how many events of the status's lag
+    /// they cover.
+    uncommitted: Vec<(LogPosition, u64)>,
+    dead_letters: u64,
+    filter: EventFilter,
 }
 
 impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
@@ -74,54 +123,85 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
         guard: LeaseGuard,
         generation: Generation,
         stop: watch::Receiver<bool>,
+        letters: mpsc::Receiver<LetterRequest>,
     ) -> Self {
+        let filter = shared.projection.filter();
         Self {
             shared,
             guard,
             generation,
             serving: false,
             stop,
+            letters,
             progress: None,
             read: 0,
+            lookups: HashMap::new(),
+            uncommitted: Vec::new(),
+            dead_letters: 0,
+            filter,
         }
     }
 
     /// Runs until stopped (returning the final checkpoint) or until an error.
     pub(crate) async fn run(mut self, role: Role) -> Result<Option<LogPosition>> {
-        let mut writer = self
-            .shared
-            .model
-            .open_writer(self.generation, self.guard.fence)
+        let shared = self.shared.clone();
+        let mut writer = shared
+            .bounded(
+                "opening the read model's writer",
+                shared.model.open_writer(self.generation, self.guard.fence),
+            )
             .await?;
         let mut checkpoint = writer.checkpoint();
-        let head = self.shared.store.head_position().await?;
+        let head = shared
+            .bounded("reading the log's head", async {
+                Ok(shared.store.head_position().await?)
+            })
+            .await?;
+        if checkpoint > head {
+            // Built from a store that held more than this one: never resume past its end.
+            return Err(Error::CheckpointBeyondHead {
+                projection: shared.projection.name().to_owned(),
+                checkpoint: checkpoint.unwrap_or_default(),
+                head,
+            });
+        }
+        self.dead_letters = shared
+            .bounded("counting dead letters", writer.dead_letter_count())
+            .await?;
         match &role {
             Role::Serve => {
                 self.serving = true;
                 let generation = self.generation;
-                self.shared.status.send_modify(|s| {
+                let lag = self.count(checkpoint, head).await?;
+                let dead_letters = self.dead_letters;
+                shared.status.send_modify(|s| {
                     s.generation = Some(generation);
-                    s.set_checkpoint(checkpoint);
-                    s.set_head(head);
+                    s.serve(checkpoint, head, lag);
+                    s.dead_letters = dead_letters;
                     if s.rebuild.is_none() {
                         s.state = ProjectionState::CatchingUp;
                     }
                 });
             }
             Role::Build(_) => {
-                let total = head.map_or(0, |h| h.sequence);
+                let total = match head {
+                    Some(head) => self.count(None, Some(head)).await?,
+                    None => 0,
+                };
                 let mut progress = Progress::new(
-                    self.shared.projection.name(),
+                    shared.projection.name(),
                     self.generation,
                     total,
-                    self.shared.config.progress,
+                    shared.config.progress,
                 );
-                self.read = checkpoint.map_or(0, |c| c.sequence);
+                self.read = match checkpoint {
+                    Some(_) => total.saturating_sub(self.count(checkpoint, head).await?),
+                    None => 0,
+                };
                 let snapshot = progress.advance(self.read);
                 self.progress = Some(progress);
-                self.shared.status.send_modify(|s| {
+                shared.status.send_modify(|s| {
                     s.rebuild = Some(snapshot);
-                    s.set_head(head);
                     s.state = ProjectionState::Rebuilding;
                 });
             }
@@ -143,14 +223,15 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
                 if checkpoint == before {
                     // The target is at or before the head, so this cannot happen with a store
                     // that keeps its contract; wait rather than spin.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
             self.guard.check()?;
-            let old = self
-                .shared
-                .model
-                .switch(self.generation, self.guard.fence)
+            let old = shared
+                .bounded(
+                    "switching generations",
+                    shared.model.switch(self.generation, self.guard.fence),
+                )
                 .await?;
             if let Some(progress) = self.progress.take() {
                 progress.finish();
@@ -161,18 +242,52 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
                 old,
                 events: self.read,
                 checkpoint,
+                dead_letters: self.dead_letters,
                 ack,
             };
             events.send(done).await.map_err(|_| Error::Shutdown)?;
             acked.await.map_err(|_| Error::Shutdown)?;
             self.serving = true;
         }
-        self.shared.status.send_modify(|s| {
+        shared.status.send_modify(|s| {
             if s.rebuild.is_none() {
                 s.state = ProjectionState::Running;
             }
         });
         self.live(&mut writer, checkpoint).await
+    }
+
+    /// The events after `after` up to `through`, counted by the store. The count is for
+    /// the status only, so a failure does not stop the work: it shows as degraded, and the
+    /// difference of sequence numbers stands in until the next measurement.
+    async fn count(&self, after: Option<LogPosition>, through: Option<LogPosition>) -> Result<u64> {
+        let Some(through) = through else {
+            return Ok(0);
+        };
+        let store = &self.shared.store;
+        let counted = self
+            .shared
+            .bounded("counting events", async {
+                Ok(store
+                    .count_events(after.unwrap_or(LogPosition::START), through)
+                    .await?)
+            })
+            .await;
+        Ok(match counted {
+            Ok(n) => n,
+            Err(e) => {
+                let error = handler::error_chain(&e);
+                tracing::warn!(
+                    projection = self.shared.projection.name(),
+                    error,
+                    "counting events failed"
+                );
+                self.shared.status.send_modify(|s| s.degrade(error));
+                through
+                    .sequence
+                    .saturating_sub(after.map_or(0, |a| a.sequence))
+            }
+        })
     }
 
     /// Reads the log after `from` to its current end in large batches, commits deferred, and
@@ -191,11 +306,12 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
         let mut checkpoint = from;
         while let Some(chunk) = chunks.next().await {
             let events = chunk.into_iter().collect::<annals::Result<Vec<_>>>()?;
+            let n = events.len() as u64;
             checkpoint = self
                 .process(writer, events, checkpoint, Durability::Deferred)
                 .await?;
             if let Some(progress) = &mut self.progress {
-                self.read = checkpoint.map_or(0, |c| c.sequence);
+                self.read += n;
                 let snapshot = progress.advance(self.read);
                 self.shared
                     .status
@@ -206,13 +322,15 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
             }
         }
         self.guard.check()?;
-        if let Some(committed) = writer.flush().await? {
-            self.committed(Some(committed));
-        }
+        let shared = self.shared.clone();
+        let flushed = shared
+            .bounded("flushing the read model", writer.flush())
+            .await?;
+        self.committed(flushed);
         Ok(checkpoint)
     }
 
-    /// Follows the log live until asked to stop.
+    /// Follows the log live until asked to stop; answers dead-letter requests meanwhile.
     async fn live(
         &mut self,
         writer: &mut <P::Model as ReadModel>::Writer,
@@ -230,6 +348,20 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
             tokio::select! {
                 biased;
                 _ = self.stop.changed() => return Ok(checkpoint),
+                Some((event_id, action, reply)) = self.letters.recv() => {
+                    let outcome = self.letter(writer, checkpoint, event_id, action).await;
+                    // A failed write leaves the writer in doubt: report it and restart.
+                    let fatal = outcome.as_ref().is_err_and(|e| !matches!(e, Error::NoDeadLetter { .. } | Error::Stopped(_)));
+                    let _ = reply.send(match &outcome {
+                        Ok(()) => Ok(()),
+                        Err(Error::NoDeadLetter { projection, event_id }) => Err(Error::NoDeadLetter { projection: projection.clone(), event_id: *event_id }),
+                        Err(Error::Stopped(reason)) => Err(Error::Stopped(reason.clone())),
+                        Err(e) => Err(Error::Corrupt { what: format!("dead-letter write failed: {}", handler::error_chain(e)) }),
+                    });
+                    if fatal {
+                        return outcome.map(|()| checkpoint);
+                    }
+                }
                 chunk = chunks.next() => {
                     let Some(chunk) = chunk else { return Err(Error::Shutdown) };
                     let events = chunk.into_iter().collect::<annals::Result<Vec<_>>>()?;
@@ -237,6 +369,144 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
                 }
             }
         }
+    }
+
+    /// Requeues or skips one dead letter of the serving generation: one write that keeps the
+    /// checkpoint where it is.
+    async fn letter(
+        &mut self,
+        writer: &mut <P::Model as ReadModel>::Writer,
+        checkpoint: Option<LogPosition>,
+        event_id: Uuid,
+        action: LetterAction,
+    ) -> Result<()> {
+        let shared = self.shared.clone();
+        let name = shared.projection.name().to_owned();
+        let missing = || Error::NoDeadLetter {
+            projection: name.clone(),
+            event_id,
+        };
+        let letters = shared
+            .bounded("reading dead letters", shared.model.dead_letters())
+            .await?;
+        let letter = letters
+            .into_iter()
+            .find(|l| l.event_id == event_id)
+            .ok_or_else(missing)?;
+        let through = checkpoint.ok_or_else(missing)?;
+        let mut batch = writer.batch();
+        if action == LetterAction::Requeue {
+            let event = self.parked_event(&letter).await?;
+            self.load_lookups(writer, std::slice::from_ref(&event), &mut batch)
+                .await?;
+            if let Err(error) = handler::call_once(shared.projection.as_ref(), &event, &mut batch) {
+                return Err(Error::Stopped(Box::new(StopReason::new(
+                    &name, &event, error,
+                ))));
+            }
+        }
+        batch.unpark(event_id);
+        let changes = owned_changes(&batch);
+        self.guard.check()?;
+        let done = shared
+            .bounded(
+                "writing to the read model",
+                writer.write(batch, through, Durability::Now),
+            )
+            .await?;
+        self.remember(changes);
+        self.committed(done);
+        self.dead_letters = self.dead_letters.saturating_sub(1);
+        let dead_letters = self.dead_letters;
+        shared.status.send_modify(|s| s.dead_letters = dead_letters);
+        tracing::info!(projection = name, %event_id, ?action, "dead letter handled");
+        Ok(())
+    }
+
+    /// Reads a parked event back from its stream.
+    async fn parked_event(&self, letter: &DeadLetter) -> Result<RecordedEvent> {
+        let stream = StreamId::new(&letter.stream_id)?;
+        let from = letter.stream_version.max(1);
+        let read = StreamRead::forward_from(from).with_limit(if letter.stream_version == 0 {
+            u64::MAX
+        } else {
+            1
+        });
+        let store = &self.shared.store;
+        let mut events = store.read_stream(&stream, read);
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if event.event_id == letter.event_id {
+                return Ok(event);
+            }
+        }
+        Err(Error::Corrupt {
+            what: format!(
+                "dead letter of event {} names {} version {}, which does not hold it",
+                letter.event_id, letter.stream_id, letter.stream_version
+            ),
+        })
+    }
+
+    /// Loads the lookups the projection declares for `events` into `batch`: from this
+    /// worker's cache, the rest in one call to the writer.
+    async fn load_lookups(
+        &mut self,
+        writer: &mut <P::Model as ReadModel>::Writer,
+        events: &[RecordedEvent],
+        batch: &mut <P::Model as ReadModel>::Batch,
+    ) -> Result<()> {
+        let mut keys = LookupKeys::default();
+        let mut missing = Vec::new();
+        for event in events.iter().filter(|e| self.filter.wants(e)) {
+            keys.clear();
+            self.shared.projection.lookups(event, &mut keys);
+            for key in keys.drain() {
+                if batch.lookups().has(&key) {
+                    continue;
+                }
+                match self.lookups.get(&key) {
+                    Some(value) => batch.lookups_mut().load(key, value.clone()),
+                    None => {
+                        batch.lookups_mut().load(key.clone(), None);
+                        missing.push(key);
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let values = shared
+            .bounded("loading lookups", writer.load_lookups(&missing))
+            .await?;
+        if values.len() != missing.len() {
+            return Err(Error::Corrupt {
+                what: format!(
+                    "the read model returned {} lookups for {} keys",
+                    values.len(),
+                    missing.len()
+                ),
+            });
+        }
+        if self.lookups.len() + missing.len() > LOOKUP_CACHE {
+            self.lookups.clear();
+        }
+        let lookups = batch.lookups_mut();
+        for (key, value) in missing.into_iter().zip(values) {
+            self.lookups.insert(key.clone(), value.clone());
+            lookups.replace_loaded(key, value);
+        }
+        Ok(())
+    }
+
+    /// Takes what a committed (or deferred) write set into the cache.
+    fn remember(&mut self, changes: Vec<(String, Option<String>)>) {
+        if self.lookups.len() + changes.len() > LOOKUP_CACHE {
+            self.lookups.clear();
+        }
+        self.lookups.extend(changes);
     }
 
     /// Hands a run of events to the projection and writes the batch with its checkpoint.
@@ -247,56 +517,91 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
         from: Option<LogPosition>,
         durability: Durability,
     ) -> Result<Option<LogPosition>> {
-        let filter = self.shared.projection.filter();
+        let shared = self.shared.clone();
         let mut batch = writer.batch();
+        self.load_lookups(writer, &events, &mut batch).await?;
         let mut through = None;
         let mut parked = 0u64;
-        let head = events.last().map(|e| e.position);
+        let mut handled = 0u64;
         for event in &events {
-            if filter.wants(event.event_type.as_str()) {
-                match handler::call(&self.shared, event, &mut batch).await {
+            if self.filter.wants(event) {
+                match handler::call(&shared, event, &mut batch).await {
                     Ok(()) => {}
                     Err(Failure::Park(error, attempts)) => {
-                        let name = self.shared.projection.name();
+                        let name = shared.projection.name();
                         tracing::warn!(projection = name, position = %event.position, event_id = %event.event_id, event_type = %event.event_type, error, "event parked in the dead-letter list");
                         batch.park(DeadLetter::new(name, event, error, attempts));
                         parked += 1;
                     }
                     Err(Failure::Stop(error)) => {
-                        let reason = StopReason::new(self.shared.projection.name(), event, error);
+                        let reason = StopReason::new(shared.projection.name(), event, error);
                         tracing::error!(%reason, "projection stopped");
                         self.guard.check()?;
                         if let Some(through) = through {
-                            let done = writer.write(batch, through, Durability::Now).await?;
+                            let changes = owned_changes(&batch);
+                            self.pending(through, handled);
+                            let done = shared
+                                .bounded(
+                                    "writing to the read model",
+                                    writer.write(batch, through, Durability::Now),
+                                )
+                                .await?;
+                            self.remember(changes);
+                            self.dead_letters += parked;
                             self.committed(done);
                         }
-                        let flushed = writer.flush().await?;
+                        let flushed = shared
+                            .bounded("flushing the read model", writer.flush())
+                            .await?;
                         self.committed(flushed);
                         return Err(Error::Stopped(Box::new(reason)));
                     }
                 }
             }
+            handled += 1;
             through = Some(event.position);
         }
         let Some(through) = through else {
             return Ok(from);
         };
         self.guard.check()?;
-        let done = writer.write(batch, through, durability).await?;
+        let changes = owned_changes(&batch);
+        self.pending(through, handled);
+        let done = shared
+            .bounded(
+                "writing to the read model",
+                writer.write(batch, through, durability),
+            )
+            .await?;
+        self.remember(changes);
+        self.dead_letters += parked;
         self.committed(done);
-        if self.serving {
-            self.shared.status.send_modify(|s| {
-                s.dead_letters += parked;
-                s.set_head(head);
-            });
-        }
         Ok(Some(through))
     }
 
-    fn committed(&self, checkpoint: Option<LogPosition>) {
-        if !self.serving || checkpoint.is_none() {
+    /// Notes a write through `through` covering `events` log events.
+    fn pending(&mut self, through: LogPosition, events: u64) {
+        self.uncommitted.push((through, events));
+    }
+
+    /// Publishes a committed checkpoint: the status's checkpoint, lag and dead letters.
+    fn committed(&mut self, checkpoint: Option<LogPosition>) {
+        let Some(checkpoint) = checkpoint else {
+            return;
+        };
+        let mut written = 0u64;
+        self.uncommitted.retain(|(through, n)| {
+            if *through <= checkpoint {
+                written += n;
+                false
+            } else {
+                true
+            }
+        });
+        if !self.serving {
             return;
         }
+        let dead_letters = self.dead_letters;
         self.shared.status.send_modify(|s| {
             if matches!(s.state, ProjectionState::Retrying { .. }) {
                 s.state = if s.rebuild.is_some() {
@@ -305,9 +610,18 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
                     ProjectionState::Running
                 };
             }
-            if checkpoint > s.checkpoint {
-                s.set_checkpoint(checkpoint);
-            }
+            s.advance(Some(checkpoint), written);
+            s.dead_letters = dead_letters;
         });
     }
+}
+
+/// The lookup writes of a batch, owned (the batch itself goes to the writer).
+fn owned_changes<B: WriteBatch>(batch: &B) -> Vec<(String, Option<String>)> {
+    batch
+        .lookups()
+        .changes()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.map(str::to_owned)))
+        .collect()
 }

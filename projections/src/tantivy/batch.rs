@@ -5,7 +5,7 @@ use tantivy::{
     schema::{Field, Schema},
 };
 
-use crate::{DeadLetter, WriteBatch};
+use crate::{DeadLetter, Lookups, WriteBatch};
 
 /// One change to the index.
 #[derive(Debug, Clone)]
@@ -13,6 +13,7 @@ pub(crate) enum Op {
     Upsert(String, TantivyDocument),
     Delete(String),
     Park(DeadLetter),
+    Unpark(uuid::Uuid),
 }
 
 /// Document upserts and deletes by id, applied to the generation's single `IndexWriter` and
@@ -22,6 +23,7 @@ pub struct TantivyBatch {
     schema: Schema,
     id_field: Field,
     pub(crate) ops: Vec<Op>,
+    pub(crate) lookups: Lookups,
 }
 
 impl TantivyBatch {
@@ -30,6 +32,7 @@ impl TantivyBatch {
             schema,
             id_field,
             ops: Vec::new(),
+            lookups: Lookups::new(),
         }
     }
 
@@ -79,7 +82,19 @@ impl WriteBatch for TantivyBatch {
         self.ops.push(Op::Park(letter));
     }
 
+    fn unpark(&mut self, event_id: uuid::Uuid) {
+        self.ops.push(Op::Unpark(event_id));
+    }
+
     fn is_empty(&self) -> bool {
-        TantivyBatch::is_empty(self)
+        TantivyBatch::is_empty(self) && self.lookups.is_unchanged()
+    }
+
+    fn lookups(&self) -> &Lookups {
+        &self.lookups
+    }
+
+    fn lookups_mut(&mut self) -> &mut Lookups {
+        &mut self.lookups
     }
 }

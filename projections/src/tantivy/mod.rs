@@ -3,6 +3,7 @@
 
 mod batch;
 mod config;
+mod journal;
 mod model;
 mod view;
 mod writer;

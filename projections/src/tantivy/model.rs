@@ -26,6 +26,9 @@ struct State {
     retired: Option<u64>,
     next: u64,
     fence: Fence,
+    /// The event store the read model is built from.
+    #[serde(default)]
+    store: Option<uuid::Uuid>,
 }
 
 /// The tantivy read model of one projection, under `<root>/<projection>/`: `state.json`
@@ -130,6 +133,7 @@ fn generations(state: &State) -> Generations {
         current: state.current.map(Generation),
         building: state.building.map(Generation),
         retired: state.retired.map(Generation),
+        store: state.store,
     }
 }
 
@@ -221,9 +225,50 @@ impl ReadModel for TantivyReadModel {
         &self.inner.projection
     }
 
-    async fn claim(&self, fence: Fence) -> Result<Generations> {
+    async fn claim(&self, fence: Fence, store: uuid::Uuid) -> Result<Generations> {
         let this = self.clone();
-        blocking(move || this.update(Some(fence), |s| generations(s))).await
+        blocking(move || {
+            this.update(Some(fence), |s| {
+                let before = generations(s);
+                s.store.get_or_insert(store);
+                before
+            })
+        })
+        .await
+    }
+
+    async fn reset(&self, fence: Fence, store: uuid::Uuid) -> Result<()> {
+        let this = self.clone();
+        let dropped = blocking(move || {
+            this.update(Some(fence), |s| {
+                let dropped = [s.current, s.building, s.retired];
+                s.current = None;
+                s.building = None;
+                s.retired = None;
+                s.store = Some(store);
+                dropped
+            })
+        })
+        .await?;
+        for generation in dropped.into_iter().flatten() {
+            let dir = self.inner.generation_dir(Generation(generation));
+            blocking(move || match fs::remove_dir_all(dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::Io(e)),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<crate::DeadLetter>> {
+        let this = self.clone();
+        blocking(move || match this.view()? {
+            Some(view) => view.dead_letters(),
+            None => Ok(Vec::new()),
+        })
+        .await
     }
 
     async fn begin_build(&self, fence: Fence) -> Result<Generation> {

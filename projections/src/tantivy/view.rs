@@ -1,7 +1,5 @@
 //! Reading a tantivy read model: the current generation, searched with scores.
 
-use std::{collections::BTreeMap, fs};
-
 use annals::LogPosition;
 use tantivy::{
     Index, Searcher, TantivyDocument, Term,
@@ -138,19 +136,8 @@ impl TantivyView {
     /// # Errors
     /// [`Error::Io`], [`Error::Corrupt`].
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
-        let text = match fs::read_to_string(self.dir.join("dead-letters.jsonl")) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::Io(e)),
-        };
-        // A crash between writing a letter and the commit writes it again on replay.
-        let mut letters = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let letter: DeadLetter = serde_json::from_str(line).map_err(|_| Error::Corrupt {
-                what: "dead letter".to_owned(),
-            })?;
-            letters.insert(letter.position, letter);
-        }
-        Ok(letters.into_values().collect())
+        // The committed journal of the commit this view reads (or a later one).
+        let committed = read_payload(&self.index)?.journal;
+        Ok(super::journal::read(&self.dir, committed)?.letters())
     }
 }

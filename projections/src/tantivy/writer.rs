@@ -3,7 +3,6 @@
 
 use std::{
     fs,
-    io::Write,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -12,9 +11,14 @@ use annals::LogPosition;
 use serde::{Deserialize, Serialize};
 use tantivy::{Index, IndexWriter, Term, directory::MmapDirectory};
 
-use super::{TantivyBatch, batch::Op, model::Inner};
+use super::{
+    TantivyBatch,
+    batch::Op,
+    journal::{self, Entry},
+    model::Inner,
+};
 use crate::{
-    DeadLetter, Durability, Error, Fence, Generation, GenerationWriter, Result,
+    Durability, Error, Fence, Generation, GenerationWriter, Result,
     model::{decode_checkpoint, encode_checkpoint},
 };
 
@@ -23,6 +27,9 @@ use crate::{
 pub(crate) struct Payload {
     pub(crate) checkpoint: String,
     pub(crate) fence: Fence,
+    /// The committed length of the generation's journal (lookups and dead letters).
+    #[serde(default)]
+    pub(crate) journal: u64,
 }
 
 pub(crate) fn read_payload(index: &Index) -> Result<Payload> {
@@ -53,7 +60,10 @@ struct Core {
     generation: Generation,
     writer: IndexWriter,
     fence: Fence,
-    letters: Vec<DeadLetter>,
+    /// The journal's committed length, and its state with this writer's pending lines.
+    journal_len: u64,
+    state: journal::State,
+    lines: Vec<Vec<u8>>,
 }
 
 impl TantivyWriter {
@@ -77,11 +87,14 @@ impl TantivyWriter {
         };
         // Segment files a killed writer left behind, which meta.json does not list.
         writer.garbage_collect_files().wait()?;
+        journal::truncate(&dir, payload.journal)?;
+        let state = journal::read(&dir, payload.journal)?;
         if payload.fence < fence {
             let mut commit = writer.prepare_commit()?;
             let claimed = Payload {
                 checkpoint: payload.checkpoint.clone(),
                 fence,
+                journal: payload.journal,
             };
             commit.set_payload(&serde_json::to_string(&claimed).unwrap_or_default());
             commit.commit()?;
@@ -98,19 +111,26 @@ impl TantivyWriter {
                 generation,
                 writer,
                 fence,
-                letters: Vec::new(),
+                journal_len: payload.journal,
+                state,
+                lines: Vec::new(),
             })),
         })
     }
 
     /// Runs `apply` on a blocking thread: adding documents can wait on tantivy's indexing
     /// queue, and a commit waits for segments to be written.
-    async fn run(&mut self, ops: Vec<Op>, commit: Option<LogPosition>) -> Result<()> {
+    async fn run(
+        &mut self,
+        ops: Vec<Op>,
+        entries: Vec<Entry>,
+        commit: Option<LogPosition>,
+    ) -> Result<()> {
         let core = self.core.clone();
         tokio::task::spawn_blocking(move || {
             core.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .apply(ops, commit)
+                .apply(ops, entries, commit)
         })
         .await
         .map_err(|e| Error::WorkerPanicked {
@@ -137,7 +157,15 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     /// Applies a batch's changes to the writer, and commits when `commit` says so.
-    fn apply(&mut self, ops: Vec<Op>, commit: Option<LogPosition>) -> Result<()> {
+    fn apply(
+        &mut self,
+        ops: Vec<Op>,
+        entries: Vec<Entry>,
+        commit: Option<LogPosition>,
+    ) -> Result<()> {
+        for entry in entries {
+            self.journal(entry);
+        }
         let id_field = self.inner.id_field;
         for op in ops {
             match op {
@@ -150,37 +178,32 @@ impl Core {
                     self.writer
                         .delete_term(Term::from_field_text(id_field, &id));
                 }
-                Op::Park(letter) => self.letters.push(letter),
+                Op::Park(letter) => self.journal(Entry::Park(Box::new(letter))),
+                Op::Unpark(id) => self.journal(Entry::Unpark(id)),
             }
         }
         let Some(checkpoint) = commit else {
             return Ok(());
         };
-        if !self.letters.is_empty() {
-            let path = self
-                .inner
-                .generation_dir(self.generation)
-                .join("dead-letters.jsonl");
-            let mut file = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(Error::Io)?;
-            for letter in self.letters.drain(..) {
-                let mut line = serde_json::to_vec(&letter).unwrap_or_default();
-                line.push(b'\n');
-                file.write_all(&line).map_err(Error::Io)?;
-            }
-            file.sync_all().map_err(Error::Io)?;
-        }
+        let dir = self.inner.generation_dir(self.generation);
+        let journal_len = journal::append(&dir, self.journal_len, &self.lines)?;
         let payload = Payload {
             checkpoint: encode_checkpoint(Some(checkpoint)),
             fence: self.fence,
+            journal: journal_len,
         };
         let mut prepared = self.writer.prepare_commit()?;
         prepared.set_payload(&serde_json::to_string(&payload).unwrap_or_default());
         prepared.commit()?;
+        self.journal_len = journal_len;
+        self.lines.clear();
         self.inner.reload(self.generation)
+    }
+
+    /// Applies an entry to the state and queues its line for the next commit.
+    fn journal(&mut self, entry: Entry) {
+        self.lines.push(journal::encode(&entry));
+        self.state.apply(entry);
     }
 }
 
@@ -195,6 +218,20 @@ impl GenerationWriter for TantivyWriter {
         TantivyBatch::new(self.schema.clone(), self.id_field)
     }
 
+    async fn load_lookups(&mut self, keys: &[String]) -> Result<Vec<Option<String>>> {
+        // The journal's state lives in memory beside the writer: no I/O.
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(keys
+            .iter()
+            .map(|k| core.state.lookups.get(k).cloned())
+            .collect())
+    }
+
+    async fn dead_letter_count(&mut self) -> Result<u64> {
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(core.state.letters.len() as u64)
+    }
+
     async fn write(
         &mut self,
         batch: TantivyBatch,
@@ -205,13 +242,22 @@ impl GenerationWriter for TantivyWriter {
         let due =
             durability == Durability::Now || self.last_commit.elapsed() >= self.commit_interval;
         let commit = due.then_some(through);
-        self.run(batch.ops, commit).await?;
+        let entries = batch
+            .lookups
+            .changes()
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => Entry::Set(key.to_owned(), value.to_owned()),
+                None => Entry::Remove(key.to_owned()),
+            })
+            .collect();
+        self.run(batch.ops, entries, commit).await?;
         Ok(commit)
     }
 
     async fn flush(&mut self) -> Result<Option<LogPosition>> {
         if let Some(pending) = self.pending {
-            self.run(Vec::new(), Some(pending)).await?;
+            self.run(Vec::new(), Vec::new(), Some(pending)).await?;
         }
         Ok(self.committed)
     }

@@ -215,7 +215,13 @@ pub async fn assert_fenced_out<M: ReadModel>(model: &M, generation: Generation, 
             .unwrap_err()
             .is_ownership_lost()
     );
-    assert!(model.claim(1).await.unwrap_err().is_ownership_lost());
+    assert!(
+        model
+            .claim(1, uuid::Uuid::nil())
+            .await
+            .unwrap_err()
+            .is_ownership_lost()
+    );
 }
 
 /// Balances in Redis: a hash per account with counters, a ranking, a capped recent list, a
