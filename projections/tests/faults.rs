@@ -313,7 +313,10 @@ async fn a_silent_redis_is_reported_within_the_io_bound_and_loses_nothing() {
     })
     .await;
     let noticed = silenced.elapsed();
-    assert!(noticed < Duration::from_secs(5), "noticed after {noticed:?}: {status}");
+    assert!(
+        noticed < Duration::from_secs(5),
+        "noticed after {noticed:?}: {status}"
+    );
     assert!(status.checkpoint < Some(head), "{status}");
     assert!(!status.is_caught_up());
 

@@ -514,7 +514,11 @@ async fn measure<P: Projection, S: EventStore + Clone + 'static>(shared: Shared<
             .bounded("measuring the lag", async {
                 let head = store.head_position().await?;
                 let lag = match head {
-                    Some(h) => store.count_events(checkpoint.unwrap_or_default(), h).await?,
+                    Some(h) => {
+                        store
+                            .count_events(checkpoint.unwrap_or_default(), h)
+                            .await?
+                    }
                     None => 0,
                 };
                 Ok((head, lag))
@@ -531,6 +535,10 @@ async fn measure<P: Projection, S: EventStore + Clone + 'static>(shared: Shared<
 
 fn degrade<P: Projection, S>(shared: &Shared<P, S>, e: &Error) {
     let error = crate::runner::handler::error_chain(e);
-    tracing::warn!(projection = shared.projection.name(), error, "measuring the status failed");
+    tracing::warn!(
+        projection = shared.projection.name(),
+        error,
+        "measuring the status failed"
+    );
     shared.status.send_modify(|s| s.degrade(error));
 }
