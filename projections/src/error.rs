@@ -31,9 +31,6 @@ pub enum Error {
     #[error("invalid search query")]
     Query(#[source] tantivy::query::QueryParserError),
     /// PostgreSQL (the lease table) failed.
-    #[cfg(feature = "postgres")]
-    #[error("postgresql failed")]
-    Postgres(#[source] sqlx::Error),
     /// A file of a read model could not be read or written.
     #[error("read-model file i/o failed")]
     Io(#[source] std::io::Error),
@@ -193,6 +190,16 @@ pub enum Error {
         /// The bound.
         after: std::time::Duration,
     },
+    /// The projection failed on a non-transient error (a corrupt read model, a replaced
+    /// store under [`StoreChange::Stop`](crate::StoreChange::Stop)); it waits for a restart
+    /// or a rebuild.
+    #[error("projection {projection} failed: {error}")]
+    Failed {
+        /// The projection.
+        projection: String,
+        /// Why, with its causes.
+        error: String,
+    },
     /// No dead letter of this projection has that event id.
     #[error("projection {projection} has no dead letter for event {event_id}")]
     NoDeadLetter {
@@ -223,13 +230,6 @@ impl Error {
                 e,
                 tantivy::TantivyError::LockFailure(..) | tantivy::TantivyError::IoError(..)
             ),
-            #[cfg(feature = "postgres")]
-            Self::Postgres(e) => {
-                matches!(
-                    e,
-                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-                ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08")))
-            }
             Self::Io(_) | Self::CheckpointMoved { .. } | Self::IoTimeout { .. } => true,
             _ => false,
         }
@@ -270,9 +270,3 @@ impl From<tantivy::TantivyError> for Error {
     }
 }
 
-#[cfg(feature = "postgres")]
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Postgres(e)
-    }
-}

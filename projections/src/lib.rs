@@ -14,8 +14,6 @@ mod tantivy;
 pub mod testing;
 
 pub use error::{Error, Result};
-#[cfg(feature = "postgres")]
-pub use lease::pg::PgLeases;
 pub use lease::{InMemoryLeases, LeaseStore};
 pub use memory::{MemoryBatch, MemoryReadModel, MemoryView, MemoryWriter};
 pub use model::{

@@ -128,7 +128,7 @@ async fn postgres() -> Option<sqlx::PgPool> {
 async fn postgres_leases_fence_and_expire() {
     let Some(pool) = postgres().await else { return };
     let schema = unique("leases_");
-    let leases = annals_projections::PgLeases::new(pool.clone(), &schema).unwrap();
+    let leases = annals_projections_sql::PgLeases::new(pool.clone(), &schema).unwrap();
     leases.migrate().await.unwrap();
     leases.migrate().await.unwrap();
     let ttl = Duration::from_millis(300);
@@ -144,7 +144,7 @@ async fn postgres_leases_fence_and_expire() {
     assert!(!leases.renew("p", "a", 1, ttl).await.unwrap());
     leases.release("p", "b", 2).await.unwrap();
     assert_eq!(leases.try_acquire("p", "a", ttl).await.unwrap(), Some(3));
-    assert!(annals_projections::PgLeases::new(pool.clone(), "x; drop table y").is_err());
+    assert!(annals_projections_sql::PgLeases::new(pool.clone(), "x; drop table y").is_err());
 
     if let Some(redis) = redis().await {
         let ns = unique("t");

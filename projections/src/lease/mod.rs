@@ -10,8 +10,6 @@ use futures::future::BoxFuture;
 
 use crate::{Fence, Result};
 
-#[cfg(feature = "postgres")]
-pub(crate) mod pg;
 
 /// Where runners take turns owning projections.
 ///
@@ -57,6 +55,13 @@ pub trait LeaseStore: Send + Sync + std::fmt::Debug + 'static {
 
 /// Leases in process memory: the single-process mode, which needs no database. Clones share
 /// the leases.
+///
+/// **One process only.** Fences start again at 1 in every process, while a persistent read
+/// model (Redis, tantivy, SQL tables) remembers the highest fence it saw: a second process
+/// (or the next run of a command-line tool) over the same read model would be refused as
+/// fenced. Use a lease store kept beside the data for that: `PgLeases` or `SqliteLeases`
+/// (crate `annals-projections-sql`), whose fences grow across processes. It fits the
+/// in-process read model, which lives and dies with its process.
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryLeases {
     leases: Arc<Mutex<HashMap<String, MemLease>>>,
@@ -199,7 +204,9 @@ fn margin(ttl: Duration) -> Duration {
     ttl.mul_f64(0.8)
 }
 
-/// Renews the lease every quarter of its ttl; reports a loss.
+/// Renews the lease every quarter of its ttl; reports a loss. Each renewal waits at most half
+/// the ttl (a silent network to the lease store is a failed renewal, not a wait without
+/// end), so a lease that can no longer be renewed is reported lost once it may have expired.
 pub(crate) async fn renew(
     leases: Arc<dyn LeaseStore>,
     projection: String,
@@ -211,15 +218,24 @@ pub(crate) async fn renew(
     loop {
         tokio::time::sleep(ttl / 4).await;
         let sent = Instant::now();
-        match leases.renew(&projection, &owner, guard.fence, ttl).await {
-            Ok(true) => guard.renewed(sent, ttl),
-            Ok(false) => {
+        let renewal = tokio::time::timeout(
+            ttl / 2,
+            leases.renew(&projection, &owner, guard.fence, ttl),
+        )
+        .await;
+        match renewal {
+            Ok(Ok(true)) => guard.renewed(sent, ttl),
+            Ok(Ok(false)) => {
                 guard.lose();
                 let _ = lost.send(true);
                 return;
             }
-            Err(e) => {
-                tracing::warn!(projection, error = %e, "renewing the lease failed");
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", ttl / 2),
+                };
+                tracing::warn!(projection, error, "renewing the lease failed");
                 if guard.check().is_err() {
                     let _ = lost.send(true);
                     return;
@@ -232,6 +248,43 @@ pub(crate) async fn renew(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lease store that grants once and then never answers (a silent network).
+    #[derive(Debug)]
+    struct Silent;
+
+    impl LeaseStore for Silent {
+        fn try_acquire<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<Option<Fence>>> {
+            Box::pin(async { Ok(Some(1)) })
+        }
+        fn renew<'a>(&'a self, _: &'a str, _: &'a str, _: Fence, _: Duration) -> BoxFuture<'a, Result<bool>> {
+            Box::pin(futures::future::pending())
+        }
+        fn release<'a>(&'a self, _: &'a str, _: &'a str, _: Fence) -> BoxFuture<'a, Result<()>> {
+            Box::pin(futures::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_lease_store_is_a_lost_lease_within_the_ttl() {
+        let ttl = Duration::from_millis(200);
+        let start = Instant::now();
+        let guard = LeaseGuard::new("p", 1, start, ttl);
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(renew(Arc::new(Silent), "p".into(), "me".into(), guard.clone(), ttl, tx));
+        tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|lost| *lost))
+            .await
+            .expect("the loss was reported")
+            .unwrap();
+        assert!(start.elapsed() < ttl * 2, "{:?}", start.elapsed());
+        assert!(guard.check().is_err());
+        task.abort();
+    }
 
     #[tokio::test]
     async fn fences_increase_and_leases_expire() {

@@ -1,40 +1,36 @@
-//! Leases in a PostgreSQL table, for several runner processes.
+//! [`PgLeases`]: projection leases in a PostgreSQL table, for several runner processes.
 
 use std::time::Duration;
 
+use annals_projections::{Error, Fence, LeaseStore, Result};
 use futures::future::BoxFuture;
 use sqlx::{AssertSqlSafe, PgPool};
 
-use crate::{Error, Fence, LeaseStore, Result};
+use super::{is_plain_identifier, migrate_locked};
+use crate::{error::db, schema::quote};
 
-/// The table name is built from a checked identifier only (see [`PgLeases::new`]), so the
-/// statements below are assembled with `format!` safely.
-///
 /// Projection leases in a PostgreSQL table `<schema>.annals_projection_leases`.
 ///
 /// One row per projection: owner, fence and expiry by the database's clock. Taking an
 /// expired lease increments the fence in the same statement, so two runners can never get
-/// the same fence. Plain statements only, no session state: it works through PgBouncer in
-/// transaction mode, unlike advisory locks.
+/// the same fence, and the row stays when the lease is released, so fences keep growing
+/// across processes and restarts. Plain statements only, no session state: it works
+/// through PgBouncer in transaction mode, unlike session advisory locks.
 #[derive(Debug, Clone)]
 pub struct PgLeases {
     pool: PgPool,
+    schema: String,
     table: String,
 }
 
 impl PgLeases {
-    /// Uses `pool`, keeping the table in `schema`; call [`PgLeases::migrate`] once.
+    /// Uses `pool`, keeping the table in `schema` (the table name is built from this
+    /// checked identifier only); call [`PgLeases::migrate`] once.
     ///
     /// # Errors
     /// [`Error::InvalidName`] when `schema` is not a plain identifier (letters, digits, `_`).
     pub fn new(pool: PgPool, schema: &str) -> Result<Self> {
-        let plain = !schema.is_empty()
-            && schema.len() <= 63
-            && schema
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !schema.as_bytes()[0].is_ascii_digit();
-        if !plain {
+        if !is_plain_identifier(schema) {
             return Err(Error::InvalidName {
                 name: schema.to_owned(),
                 reason: "a schema must be a plain identifier (letters, digits, '_')",
@@ -42,50 +38,49 @@ impl PgLeases {
         }
         Ok(Self {
             pool,
-            table: format!("\"{schema}\".annals_projection_leases"),
+            schema: schema.to_owned(),
+            table: format!("{}.annals_projection_leases", quote(schema)),
         })
     }
 
-    /// Creates the schema and the table when missing.
+    /// Creates the schema and the table when missing. Safe when several processes call it
+    /// at once: the DDL runs in one transaction under an advisory transaction lock.
     ///
     /// # Errors
-    /// [`Error::Postgres`].
+    /// Database errors ([`Error::Store`], transient or not).
     pub async fn migrate(&self) -> Result<()> {
-        let schema = self.table.split('.').next().unwrap_or("public");
-        sqlx::query(AssertSqlSafe(format!(
-            "create schema if not exists {schema}"
-        )))
-        .execute(&self.pool)
-        .await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "create table if not exists {} (
-                projection text primary key,
-                owner text not null,
-                fence bigint not null,
-                expires_at timestamptz not null
-            )",
-            self.table
-        )))
-        .execute(&self.pool)
-        .await?;
+        let ddl = [
+            format!("CREATE SCHEMA IF NOT EXISTS {}", quote(&self.schema)),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (
+                    projection text PRIMARY KEY,
+                    owner text NOT NULL,
+                    fence bigint NOT NULL,
+                    expires_at timestamptz NOT NULL
+                )",
+                self.table
+            ),
+        ];
+        migrate_locked(&self.pool, &format!("leases:{}", self.schema), &ddl).await?;
         Ok(())
     }
 
     async fn acquire(&self, projection: &str, owner: &str, ttl: Duration) -> Result<Option<Fence>> {
         let row: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
-            "insert into {t} as l (projection, owner, fence, expires_at)
-             values ($1, $2, 1, now() + make_interval(secs => $3))
-             on conflict (projection) do update
-                set owner = excluded.owner, fence = l.fence + 1, expires_at = excluded.expires_at
-                where l.expires_at <= now() or l.owner = excluded.owner
-             returning fence",
+            "INSERT INTO {t} AS l (projection, owner, fence, expires_at)
+             VALUES ($1, $2, 1, now() + make_interval(secs => $3))
+             ON CONFLICT (projection) DO UPDATE
+                SET owner = excluded.owner, fence = l.fence + 1, expires_at = excluded.expires_at
+                WHERE l.expires_at <= now() OR l.owner = excluded.owner
+             RETURNING fence",
             t = self.table
         )))
         .bind(projection)
         .bind(owner)
         .bind(ttl.as_secs_f64())
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(db)?;
         Ok(row.map(|(f,)| f.unsigned_abs()))
     }
 
@@ -97,8 +92,8 @@ impl PgLeases {
         ttl: Duration,
     ) -> Result<bool> {
         let done = sqlx::query(AssertSqlSafe(format!(
-            "update {} set expires_at = now() + make_interval(secs => $4)
-             where projection = $1 and owner = $2 and fence = $3 and expires_at > now()",
+            "UPDATE {} SET expires_at = now() + make_interval(secs => $4)
+             WHERE projection = $1 AND owner = $2 AND fence = $3 AND expires_at > now()",
             self.table
         )))
         .bind(projection)
@@ -106,21 +101,23 @@ impl PgLeases {
         .bind(i64::try_from(fence).unwrap_or(i64::MAX))
         .bind(ttl.as_secs_f64())
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(db)?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn give_up(&self, projection: &str, owner: &str, fence: Fence) -> Result<()> {
         sqlx::query(AssertSqlSafe(format!(
-            "update {} set expires_at = now()
-             where projection = $1 and owner = $2 and fence = $3",
+            "UPDATE {} SET expires_at = now()
+             WHERE projection = $1 AND owner = $2 AND fence = $3",
             self.table
         )))
         .bind(projection)
         .bind(owner)
         .bind(i64::try_from(fence).unwrap_or(i64::MAX))
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(db)?;
         Ok(())
     }
 }

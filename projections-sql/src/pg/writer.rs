@@ -1,0 +1,257 @@
+//! [`PgWriter`]: writes batches into one generation, one transaction each.
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use annals::LogPosition;
+use annals_projections::{Durability, Error, Fence, Generation, GenerationWriter, Result};
+use sqlx::{AssertSqlSafe, PgPool};
+use uuid::Uuid;
+
+use super::bind::{bind, check_text};
+use crate::{
+    SqlBatch,
+    common::{from_i64, position, split, to_i64},
+    error::db,
+    schema::Names,
+};
+
+/// The writer of one generation of a [`PgTables`](crate::PgTables).
+///
+/// A write is one transaction: `BEGIN`; one statement that checks the fence and the
+/// expected checkpoint, stores the new ones and applies the batch's lookups and dead
+/// letters (a data-modifying `WITH`, arrays bound as parameters); the batch's statements,
+/// one round trip each; `COMMIT`. A refused fence or checkpoint rolls back before any of
+/// the batch's statements run. Every write commits at once, whatever its
+/// [`Durability`].
+pub struct PgWriter {
+    pool: PgPool,
+    projection: String,
+    generation: Generation,
+    names: Names,
+    fence: Fence,
+    checkpoint: Option<LogPosition>,
+    sql: Arc<Sql>,
+}
+
+/// The writer's fixed statements.
+struct Sql {
+    commit: Arc<str>,
+    state: Arc<str>,
+    lookups: Arc<str>,
+    count: Arc<str>,
+}
+
+impl fmt::Debug for PgWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgWriter")
+            .field("projection", &self.projection)
+            .field("generation", &self.generation)
+            .field("fence", &self.fence)
+            .field("checkpoint", &self.checkpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgWriter {
+    pub(crate) async fn open(
+        pool: PgPool,
+        projection: String,
+        generation: Generation,
+        names: Names,
+        schema: String,
+        fence: Fence,
+    ) -> Result<Self> {
+        let meta = format!("{schema}.\"__annals_meta\"");
+        let lookups = format!("{schema}.\"__annals_lookups\"");
+        let letters = format!("{schema}.\"__annals_dead_letters\"");
+        let sql = Sql {
+            commit: format!(
+                "WITH m AS (
+                     UPDATE {meta} SET commit_pos = $1, seq_pos = $2, fence = $3
+                     WHERE fence <= $3
+                       AND commit_pos IS NOT DISTINCT FROM $4
+                       AND seq_pos IS NOT DISTINCT FROM $5
+                     RETURNING 1
+                 ),
+                 s AS (
+                     INSERT INTO {lookups} (key, value)
+                     SELECT k, v FROM unnest($6::text[], $7::text[]) AS u(k, v)
+                     WHERE EXISTS (SELECT FROM m)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value
+                 ),
+                 r AS (
+                     DELETE FROM {lookups} WHERE key = ANY($8::text[]) AND EXISTS (SELECT FROM m)
+                 ),
+                 p AS (
+                     INSERT INTO {letters} (event_id, commit_pos, seq_pos, letter)
+                     SELECT * FROM unnest($9::uuid[], $10::bigint[], $11::bigint[], $12::text[])
+                     WHERE EXISTS (SELECT FROM m)
+                     ON CONFLICT (event_id) DO UPDATE SET commit_pos = excluded.commit_pos,
+                         seq_pos = excluded.seq_pos, letter = excluded.letter
+                 ),
+                 d AS (
+                     DELETE FROM {letters} WHERE event_id = ANY($13::uuid[]) AND EXISTS (SELECT FROM m)
+                 )
+                 SELECT EXISTS (SELECT FROM m)"
+            )
+            .into(),
+            state: format!("SELECT fence, commit_pos, seq_pos FROM {meta}").into(),
+            lookups: format!("SELECT key, value FROM {lookups} WHERE key = ANY($1::text[])").into(),
+            count: format!("SELECT count(*) FROM {letters}").into(),
+        };
+        let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE {meta} SET fence = $1 WHERE fence <= $1 RETURNING commit_pos, seq_pos"
+        )))
+        .bind(to_i64(fence, "fence")?)
+        .fetch_optional(&pool)
+        .await
+        .map_err(db)?;
+        let mut writer = Self {
+            pool,
+            projection,
+            generation,
+            names,
+            fence,
+            checkpoint: None,
+            sql: Arc::new(sql),
+        };
+        match row {
+            Some((commit, sequence)) => {
+                writer.checkpoint = position(commit, sequence)?;
+                Ok(writer)
+            }
+            None => Err(writer.refused().await),
+        }
+    }
+
+    /// Why the stored state refused this writer: a newer fence, or a moved checkpoint.
+    async fn refused(&self) -> Error {
+        let row: Result<(i64, Option<i64>, Option<i64>)> =
+            sqlx::query_as(AssertSqlSafe(self.sql.state.clone()))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db);
+        let (fence, commit, sequence) = match row {
+            Ok(row) => row,
+            Err(e) => return e,
+        };
+        let stored = match from_i64(fence, "fence") {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        if stored > self.fence {
+            return Error::Fenced {
+                projection: self.projection.clone(),
+                fence: self.fence,
+                stored,
+            };
+        }
+        match position(commit, sequence) {
+            Ok(stored) => Error::CheckpointMoved {
+                projection: self.projection.clone(),
+                expected: self.checkpoint,
+                stored,
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// The generation this writer writes.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+}
+
+impl GenerationWriter for PgWriter {
+    type Batch = SqlBatch;
+
+    fn checkpoint(&self) -> Option<LogPosition> {
+        self.checkpoint
+    }
+
+    fn batch(&self) -> SqlBatch {
+        SqlBatch::new(self.names.clone())
+    }
+
+    async fn load_lookups(&mut self, keys: &[String]) -> Result<Vec<Option<String>>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(self.sql.lookups.clone()))
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        let found: HashMap<String, String> = rows.into_iter().collect();
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    async fn dead_letter_count(&mut self) -> Result<u64> {
+        let (count,): (i64,) = sqlx::query_as(AssertSqlSafe(self.sql.count.clone()))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        from_i64(count, "dead letter count")
+    }
+
+    async fn write(
+        &mut self,
+        batch: SqlBatch,
+        through: LogPosition,
+        _durability: Durability,
+    ) -> Result<Option<LogPosition>> {
+        let parts = batch.into_parts();
+        let (commit, sequence) = split(Some(through))?;
+        let (expected_commit, expected_sequence) = split(self.checkpoint)?;
+        let (set_keys, set_values): (Vec<String>, Vec<String>) = parts.sets.iter().cloned().unzip();
+        for text in set_keys.iter().chain(&set_values).chain(&parts.removes) {
+            check_text(text)?;
+        }
+        let letters = parts.letters_json()?;
+        let mut letter_commits = Vec::with_capacity(parts.parks.len());
+        let mut letter_sequences = Vec::with_capacity(parts.parks.len());
+        for letter in &parts.parks {
+            letter_commits.push(to_i64(letter.position.commit, "position")?);
+            letter_sequences.push(to_i64(letter.position.sequence, "position")?);
+        }
+        let letter_ids: Vec<Uuid> = parts.parks.iter().map(|l| l.event_id).collect();
+        let mut statements = Vec::with_capacity(parts.statements.len());
+        for statement in parts.statements {
+            let mut query = sqlx::query(AssertSqlSafe(statement.sql));
+            for value in statement.values {
+                query = bind(query, value)?;
+            }
+            statements.push(query);
+        }
+
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let (applied,): (bool,) = sqlx::query_as(AssertSqlSafe(self.sql.commit.clone()))
+            .bind(commit)
+            .bind(sequence)
+            .bind(to_i64(self.fence, "fence")?)
+            .bind(expected_commit)
+            .bind(expected_sequence)
+            .bind(&set_keys)
+            .bind(&set_values)
+            .bind(&parts.removes)
+            .bind(&letter_ids)
+            .bind(&letter_commits)
+            .bind(&letter_sequences)
+            .bind(&letters)
+            .bind(&parts.unparks)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        if !applied {
+            tx.rollback().await.map_err(db)?;
+            return Err(self.refused().await);
+        }
+        for query in statements {
+            query.execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.checkpoint = Some(through);
+        Ok(self.checkpoint)
+    }
+
+    async fn flush(&mut self) -> Result<Option<LogPosition>> {
+        Ok(self.checkpoint)
+    }
+}
