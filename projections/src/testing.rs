@@ -631,7 +631,7 @@ pub async fn a_replaced_store_is_never_followed_silently<T: Target>(target: T) {
         .wait_for_within("accounts", last, WAIT)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Shutdown), "{err:?}");
+    assert!(matches!(err, Error::Failed { .. }), "{err:?}");
     let status = run.status("accounts").unwrap_or_else(|| panic!("status"));
     let ProjectionState::Failed { error } = &status.state else {
         panic!("expected a failure, got {status}");

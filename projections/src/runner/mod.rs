@@ -66,7 +66,7 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
         }
     }
 
-    /// Takes ownership leases from `leases` (a `PgLeases` to run several processes; share
+    /// Takes ownership leases from `leases` (`PgLeases` or `SqliteLeases` of `annals-projections-sql` to run several processes; share
     /// one `InMemoryLeases` between runners of one process). Call before adding projections.
     pub fn with_leases(mut self, leases: impl LeaseStore) -> Self {
         self.leases = Arc::new(leases);
@@ -178,7 +178,8 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
     ///
     /// # Errors
     /// [`Error::Stopped`] when the projection stops at a failing event first,
-    /// [`Error::Shutdown`] when it shuts down or fails, [`Error::UnknownProjection`].
+    /// [`Error::Failed`] (with the reason) when it fails, [`Error::Shutdown`] when it shuts
+    /// down, [`Error::UnknownProjection`].
     pub async fn wait_for(&self, name: &str, position: LogPosition) -> Result<()> {
         let mut status = self.handle(name)?.status;
         loop {
@@ -191,9 +192,13 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
                     ProjectionState::Stopped(reason) => {
                         return Err(Error::Stopped(reason.clone()));
                     }
-                    ProjectionState::Failed { .. } | ProjectionState::ShutDown => {
-                        return Err(Error::Shutdown);
+                    ProjectionState::Failed { error } => {
+                        return Err(Error::Failed {
+                            projection: name.to_owned(),
+                            error: error.clone(),
+                        });
                     }
+                    ProjectionState::ShutDown => return Err(Error::Shutdown),
                     _ => {}
                 }
             }
@@ -267,9 +272,13 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
                         ProjectionState::Stopped(reason) => {
                             return Err(Error::Stopped(reason.clone()));
                         }
-                        ProjectionState::Failed { .. } | ProjectionState::ShutDown => {
-                            return Err(Error::Shutdown);
+                        ProjectionState::Failed { error } => {
+                            return Err(Error::Failed {
+                                projection: name.to_owned(),
+                                error: error.clone(),
+                            });
                         }
+                        ProjectionState::ShutDown => return Err(Error::Shutdown),
                         _ => {}
                     }
                 }

@@ -101,8 +101,15 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
             let outcome = self.owned(&guard, lost_rx).await;
             let progressed = self.shared.status.borrow().checkpoint > before;
             drop(renewal);
-            if let Err(e) = self.leases.release(&name, &self.owner, fence).await {
-                tracing::warn!(projection = name, error = %e, "releasing the lease failed");
+            let released = tokio::time::timeout(
+                self.runner.io_timeout,
+                self.leases.release(&name, &self.owner, fence),
+            )
+            .await;
+            match released {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(projection = name, error = %e, "releasing the lease failed"),
+                Err(_) => tracing::warn!(projection = name, "releasing the lease got no answer; it expires by itself"),
             }
             match outcome {
                 Ok(Flow::Shutdown) => break,
@@ -147,7 +154,10 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                         s.generation = None;
                         s.lag = 0;
                     });
-                    self.fail_waiters(|| Error::Shutdown);
+                    self.fail_waiters(|| Error::Failed {
+                        projection: name.clone(),
+                        error: error.clone(),
+                    });
                     self.set_state(ProjectionState::Failed { error });
                     if !self.wait_for_restart().await {
                         break;
@@ -166,11 +176,19 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
         loop {
             let sent = Instant::now();
             let name = self.shared.projection.name();
-            let delay = match self
-                .leases
-                .try_acquire(name, &self.owner, self.runner.lease_ttl)
-                .await
-            {
+            let acquired = tokio::time::timeout(
+                self.runner.io_timeout,
+                self.leases.try_acquire(name, &self.owner, self.runner.lease_ttl),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::IoTimeout {
+                    projection: name.to_owned(),
+                    what: "taking the lease",
+                    after: self.runner.io_timeout,
+                })
+            });
+            let delay = match acquired {
                 Ok(Some(fence)) => return Some((fence, sent)),
                 Ok(None) => {
                     self.set_state(ProjectionState::WaitingForLease);
@@ -370,6 +388,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                         projection: self.name().to_owned(),
                         message: e.to_string(),
                     })?;
+                    let serving_failed = serving.as_ref().is_some_and(|s| s.generation == generation);
                     let checkpoint = match result {
                         Err(e) if e.is_store_mismatch() => {
                             // Found by a worker (a checkpoint beyond the store's head):
@@ -377,6 +396,24 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                             let store = self.shared.store.store_id().await?;
                             self.reset_or_fail(fence, store, e).await?;
                             return Ok(Flow::Again);
+                        }
+                        Err(e) if serving_failed
+                            && building.is_some()
+                            && !e.is_transient()
+                            && !e.is_ownership_lost()
+                            && !matches!(e, Error::Stopped(_)) =>
+                        {
+                            // The serving generation is broken (a corrupt index, say) while a
+                            // build is under way: that build is the repair. Let it finish and
+                            // switch in without a generation to hand over from.
+                            let error = crate::runner::handler::error_chain(&e);
+                            tracing::error!(projection = self.name(), generation = generation.0, error, "the serving generation failed; the build under way replaces it");
+                            self.shared.status.send_modify(|s| s.degrade(format!("the serving {generation} failed: {error}")));
+                            serving = None;
+                            if let Some(reply) = handover.take() {
+                                let _ = reply.send(None);
+                            }
+                            continue;
                         }
                         other => other?,
                     };
