@@ -1,23 +1,27 @@
 //! Where the events and read models live.
 //!
 //! - Server mode (`DATABASE_URL` and `REDIS_URL` both set, or `--backend server`): the
-//!   PostgreSQL store in schema `--pg-schema`, Redis read models under `--redis-prefix`.
+//!   PostgreSQL store in schema `--pg-schema`, the balances in Redis under `--redis-prefix`,
+//!   projection leases in a table of the same schema.
 //! - Embedded mode (neither set, or `--backend embedded`): the data directory holds the
-//!   SQLite store (`events.sqlite`); the Redis-shaped read models are kept in process and
-//!   rebuilt by replay at the first query of each run.
+//!   SQLite store (`events.sqlite`) and the leases (`leases/`); the balances are kept in
+//!   process and built by replay at the first query of each run.
 //!
 //! Either way the tantivy index lives in the data directory (`search/`, or
-//! `search-<schema>/` in server mode so two schemas never share an index).
+//! `search-<schema>/search/` in server mode so two schemas never share an index). Only
+//! queries touch a read model: a write works with Redis down.
 
-use std::error::Error as StdError;
+use std::{error::Error as StdError, path::Path};
 
+use annals::EventStore;
 use annals_postgres::{PgConfig, PgEventStore};
+use annals_projections_sql::PgLeases;
 use annals_sqlite::{SqliteConfig, SqliteEventStore};
 
 use crate::{
-    app::App,
+    app::{App, BalancesTarget, ReadConfig},
     cli::{BackendChoice, Cli, Command},
-    projections::Kv,
+    projections::{BALANCES, LedgerLeases},
 };
 
 /// Why the backends could not be set up.
@@ -34,9 +38,9 @@ pub enum BackendError {
     /// PostgreSQL is unreachable or its schema cannot be set up.
     #[error("cannot use PostgreSQL")]
     Postgres(#[from] annals_postgres::Error),
-    /// Redis is unreachable.
-    #[error("cannot use Redis")]
-    Redis(#[from] crate::projections::KvError),
+    /// The projection leases cannot be set up (a schema name PostgreSQL leases refuse).
+    #[error("cannot set up the projection leases")]
+    Leases(#[from] annals_projections::Error),
 }
 
 /// The chosen backend.
@@ -80,10 +84,7 @@ impl Backend {
             return crate::demo::run(&cli.data_dir).await;
         }
         match Self::choose(&cli)? {
-            Self::Embedded => {
-                let app = embedded_app(&cli.data_dir).await?;
-                app.run(cli.command).await?;
-            }
+            Self::Embedded => run(embedded_app(&cli.data_dir).await?, cli.command).await,
             Self::Server {
                 database_url,
                 redis_url,
@@ -94,28 +95,45 @@ impl Backend {
                 .await
                 .map_err(BackendError::from)?;
                 store.migrate().await.map_err(BackendError::from)?;
-                let kv = Kv::redis(&redis_url).await.map_err(BackendError::from)?;
-                let search_root = cli.data_dir.join(format!("search-{}", cli.pg_schema));
-                let app = App::new(store, kv, &cli.redis_prefix, search_root, false);
-                app.run(cli.command).await?;
+                let leases = PgLeases::new(store.pool().clone(), &cli.pg_schema)
+                    .map_err(BackendError::from)?;
+                let read = ReadConfig {
+                    balances: BalancesTarget::Redis {
+                        url: redis_url,
+                        namespace: cli.redis_prefix.clone(),
+                    },
+                    search_root: cli.data_dir.join(format!("search-{}", cli.pg_schema)),
+                    leases: LedgerLeases::Postgres(leases),
+                };
+                run(App::new(store, read), cli.command).await
             }
         }
-        Ok(())
     }
 }
 
-/// The app over the data directory `dir`: SQLite store, in-process read models, search
-/// index in `dir/search`.
+/// Runs one command, then stops the read side cleanly whatever the outcome.
+async fn run<S: EventStore + Clone + 'static>(
+    app: App<S>,
+    command: Command,
+) -> Result<(), Box<dyn StdError + Send + Sync>> {
+    let outcome = app.run(command).await;
+    app.shutdown().await;
+    Ok(outcome?)
+}
+
+/// The app over the data directory `dir`: SQLite store, in-process balances, search index in
+/// `dir/search`, leases in the store's file.
 ///
 /// # Errors
 /// [`BackendError::Sqlite`] when the store cannot be opened.
-pub async fn embedded_app(dir: &std::path::Path) -> Result<App<SqliteEventStore>, BackendError> {
-    let store = SqliteEventStore::open(SqliteConfig::new(dir.join("events.sqlite"))).await?;
-    Ok(App::new(
-        store,
-        Kv::memory(),
-        "ledger",
-        dir.join("search"),
-        true,
-    ))
+pub async fn embedded_app(dir: &Path) -> Result<App<SqliteEventStore>, BackendError> {
+    let file = dir.join("events.sqlite");
+    let store = SqliteEventStore::open(SqliteConfig::new(&file)).await?;
+    let leases = LedgerLeases::sqlite(&file, [BALANCES]).await?;
+    let read = ReadConfig {
+        balances: BalancesTarget::Memory,
+        search_root: dir.to_owned(),
+        leases,
+    };
+    Ok(App::new(store, read))
 }

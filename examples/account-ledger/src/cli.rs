@@ -71,17 +71,18 @@ pub enum Rebuild {
     Search,
 }
 
-/// An account id: letters, digits, `-`, `_` and `.`, at most 64 characters.
+/// An account id: a letter or digit, then letters, digits, `-`, `_` and `.`, at most 64
+/// characters (so `..`, `.hidden` or `-x` are refused).
 fn account_id(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
+    let ok = s.len() <= 64
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(s.to_owned())
     } else {
         Err(format!(
-            "bad account id {s:?}: use up to 64 letters, digits, '-', '_' or '.'"
+            "bad account id {s:?}: start with a letter or digit, then use up to 64 letters, digits, '-', '_' or '.'"
         ))
     }
 }
@@ -111,8 +112,11 @@ pub enum Command {
         #[arg(long)]
         currency: Option<Currency>,
         /// Free text.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "memo_file")]
         memo: String,
+        /// Read the memo from this file (`-`: standard input), for long texts.
+        #[arg(long, value_name = "FILE")]
+        memo_file: Option<PathBuf>,
         /// Who pays.
         #[arg(long = "from", default_value = "")]
         counterparty: String,
@@ -129,8 +133,11 @@ pub enum Command {
         #[arg(long)]
         currency: Option<Currency>,
         /// Free text.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "memo_file")]
         memo: String,
+        /// Read the memo from this file (`-`: standard input), for long texts.
+        #[arg(long, value_name = "FILE")]
+        memo_file: Option<PathBuf>,
     },
     /// Move money between two accounts, atomically.
     Transfer {
@@ -147,8 +154,11 @@ pub enum Command {
         #[arg(long)]
         currency: Option<Currency>,
         /// Free text.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "memo_file")]
         memo: String,
+        /// Read the memo from this file (`-`: standard input), for long texts.
+        #[arg(long, value_name = "FILE")]
+        memo_file: Option<PathBuf>,
     },
     /// Pay out to an outside bank (a saga: reversed if the bank refuses).
     Payout {
@@ -162,8 +172,11 @@ pub enum Command {
         #[arg(long)]
         to: String,
         /// Free text.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "memo_file")]
         memo: String,
+        /// Read the memo from this file (`-`: standard input), for long texts.
+        #[arg(long, value_name = "FILE")]
+        memo_file: Option<PathBuf>,
         /// Make the simulated bank refuse, to see the compensation.
         #[arg(long)]
         bank_fails: bool,
@@ -214,7 +227,7 @@ pub enum Command {
         /// Largest amount.
         #[arg(long)]
         max: Option<String>,
-        /// Most hits shown.
+        /// Most hits shown (at least 1).
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
@@ -258,6 +271,8 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(Backend::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of a pipe (`ledger history alice | head -3`) has what it wanted.
+        Err(e) if crate::app::is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", crate::app::report(e.as_ref()));
             ExitCode::FAILURE

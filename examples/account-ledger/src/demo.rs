@@ -1,11 +1,16 @@
 //! `ledger demo`: a short scripted session in a fresh embedded data directory, printing
 //! each command as if typed, then what it did. Expected refusals are part of the script.
 
-use std::{error::Error as StdError, path::Path};
+use std::{error::Error as StdError, io::Write as _, path::Path};
 
+use annals_sqlite::SqliteEventStore;
 use clap::Parser;
 
-use crate::{app::report, backends::embedded_app, cli::Cli};
+use crate::{
+    app::{App, AppError, is_broken_pipe, report},
+    backends::embedded_app,
+    cli::Cli,
+};
 
 /// The session: each line is one `ledger` invocation's arguments.
 const SCRIPT: &[&[&str]] = &[
@@ -105,17 +110,35 @@ pub async fn run(data_dir: &Path) -> Result<(), Box<dyn StdError + Send + Sync>>
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
-    println!(
+    say(format_args!(
         "# a fresh embedded ledger in {} (SQLite store, tantivy index, in-process read models)",
         dir.display()
-    );
+    ))?;
     let app = embedded_app(&dir).await?;
+    let outcome = script(&app).await;
+    app.shutdown().await;
+    outcome?;
+    let data_dir = shell_quote(&dir.display().to_string());
+    say(format_args!(
+        "\n# the demo's ledger stays in {data_dir}; query it with --data-dir, for example:\n#   ledger --data-dir {data_dir} balance alice"
+    ))?;
+    Ok(())
+}
+
+/// Prints one line; a closed pipe is [`AppError::Output`] (the caller ends quietly).
+fn say(line: std::fmt::Arguments<'_>) -> Result<(), AppError> {
+    writeln!(std::io::stdout().lock(), "{line}").map_err(AppError::Output)
+}
+
+async fn script(app: &App<SqliteEventStore>) -> Result<(), Box<dyn StdError + Send + Sync>> {
     for args in SCRIPT {
         let line: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-        println!("\n$ ledger {}", line.join(" "));
+        say(format_args!("\n$ ledger {}", line.join(" ")))?;
         let cli = Cli::try_parse_from(std::iter::once("ledger").chain(args.iter().copied()))?;
-        if let Err(e) = app.run(cli.command).await {
-            println!("error: {}", report(&e));
+        match app.run(cli.command).await {
+            Ok(()) => {}
+            Err(e) if is_broken_pipe(&e) => return Err(e.into()),
+            Err(e) => say(format_args!("error: {}", report(&e)))?,
         }
     }
     Ok(())

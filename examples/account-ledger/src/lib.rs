@@ -9,7 +9,7 @@ pub mod money;
 pub mod projections;
 mod seed;
 
-pub use app::{App, AppError, report};
+pub use app::{App, AppError, BalancesTarget, ReadConfig, is_broken_pipe, report};
 pub use backends::{Backend, BackendError, embedded_app};
 pub use cli::{BackendChoice, Cli, Command, Rebuild, main};
 pub use demo::run as run_demo;

@@ -1,12 +1,12 @@
 //! Running one `ledger` command against a store and its read models, and printing the
-//! result. Queries first bring their read model up to the store's head, so a command always
-//! sees the writes of the commands before it (read-your-writes across processes).
+//! result. Commands append to the store and need no read model; queries first bring their
+//! read model up to the store's head, so a query always sees the writes of the commands
+//! before it (read-your-writes across processes).
 
 use std::{
     error::Error as StdError,
-    path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
+    io::Read as _,
+    path::{Path, PathBuf},
 };
 
 use annals::{CommandContext, EventStore};
@@ -15,32 +15,81 @@ use crate::{
     cli::Command,
     domain::{AccountCommand, BankAnswer, Ledger, LedgerError, SimulatedBank, run_payout},
     money::{Money, MoneyError, format_amount, parse_amount},
-    projections::{Balances, Filter, Kv, ProjectionError, SearchIndex, catch_up},
+    projections::{Filter, ReadError},
 };
 
 mod queries;
+mod read_side;
+
+pub use read_side::{BalancesTarget, ReadConfig};
+
+/// Writes a line to stdout; a closed pipe (`ledger history alice | head -3`) becomes
+/// [`AppError::Output`], which ends the command quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::app::AppError::Output)?
+    }};
+}
+pub(crate) use say;
 
 /// Why a command failed, in words a person can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The domain refused, or the store failed.
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Ledger(LedgerError),
+    /// An event is larger than the store takes (a long memo).
+    #[error(
+        "too long: the event would be {size} bytes, and the store takes at most {limit} bytes per event; shorten the memo"
+    )]
+    TooLarge {
+        /// The event's size in bytes.
+        size: usize,
+        /// The store's limit in bytes.
+        limit: usize,
+    },
     /// A typed amount or currency is wrong.
     #[error(transparent)]
     Money(#[from] MoneyError),
-    /// A read model failed.
+    /// A read model failed or is unavailable.
     #[error(transparent)]
-    Projection(#[from] ProjectionError),
+    Read(#[from] ReadError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] annals::Error),
     /// The account is not in the store.
     #[error("unknown account {0:?}: open it first with `ledger open {0} OWNER CURRENCY`")]
     UnknownAccount(String),
+    /// Arguments that cannot mean anything (`--limit 0`, `--min` above `--max`).
+    #[error("{0}")]
+    BadArgument(String),
+    /// `--memo-file` could not be read.
+    #[error("cannot read the memo from {path}")]
+    MemoFile {
+        /// The file (`-` for stdin).
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Standard output is closed or failed (a closed pipe ends the command quietly).
+    #[error("cannot write the output")]
+    Output(#[source] std::io::Error),
     /// A command that only the command line (not the demo script) runs.
     #[error("`{0}` cannot run here")]
     NotHere(&'static str),
+}
+
+impl From<LedgerError> for AppError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Store(annals::Error::PayloadTooLarge { size, limit, .. }) => {
+                Self::TooLarge { size, limit }
+            }
+            other => Self::Ledger(other),
+        }
+    }
 }
 
 /// The error and its causes on one line: `a: b: c`.
@@ -58,29 +107,92 @@ pub fn report(error: &(dyn StdError + 'static)) -> String {
     out
 }
 
+/// True when `error` (or a cause) is a write to a closed pipe: the reader (`head`) has all
+/// it wanted, and the command ends quietly, as Unix tools do.
+pub fn is_broken_pipe(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// The memo: `--memo`, or the text of `--memo-file` (`-`: standard input) without its
+/// final line break.
+fn memo_text(memo: String, file: Option<PathBuf>) -> Result<String, AppError> {
+    let Some(path) = file else {
+        return Ok(memo);
+    };
+    let failed = |source| AppError::MemoFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut text = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map_err(failed)?;
+        text
+    } else {
+        std::fs::read_to_string(&path).map_err(failed)?
+    };
+    for end in ["\r\n", "\n"] {
+        if text.ends_with(end) {
+            text.truncate(text.len() - end.len());
+            break;
+        }
+    }
+    Ok(text)
+}
+
+/// Checks the search arguments before anything is read.
+fn search_filter(
+    account: Option<String>,
+    min: Option<&str>,
+    max: Option<&str>,
+    limit: usize,
+) -> Result<Filter, AppError> {
+    if limit == 0 {
+        return Err(AppError::BadArgument(
+            "bad --limit 0: ask for at least one hit".to_owned(),
+        ));
+    }
+    let min = min.map(parse_amount).transpose()?;
+    let max = max.map(parse_amount).transpose()?;
+    if let (Some(lo), Some(hi)) = (min, max)
+        && lo > hi
+    {
+        return Err(AppError::BadArgument(format!(
+            "bad range: --min {} is more than --max {}, so nothing could match",
+            format_amount(lo),
+            format_amount(hi)
+        )));
+    }
+    Ok(Filter {
+        account,
+        min,
+        max,
+        limit,
+    })
+}
+
 /// The ledger with its read models.
 #[derive(Debug)]
 pub struct App<S> {
     ledger: Ledger<S>,
-    kv: Kv,
-    prefix: String,
-    search_root: PathBuf,
-    embedded: bool,
-    replayed: AtomicBool,
+    read: read_side::ReadSide<S>,
 }
 
-impl<S: EventStore + Clone> App<S> {
-    /// An app over `store`, with its Redis-shaped read models in `kv` under `prefix` and
-    /// the search index under `search_root`. `embedded` read models live in this process
-    /// and are rebuilt by replay at the first query.
-    pub fn new(store: S, kv: Kv, prefix: &str, search_root: PathBuf, embedded: bool) -> Self {
+impl<S: EventStore + Clone + 'static> App<S> {
+    /// An app over `store`, with its read models as `read` says. No read model is touched
+    /// before the first query.
+    pub fn new(store: S, read: ReadConfig) -> Self {
         Self {
-            ledger: Ledger::new(store),
-            kv,
-            prefix: prefix.to_owned(),
-            search_root,
-            embedded,
-            replayed: AtomicBool::new(false),
+            ledger: Ledger::new(store.clone()),
+            read: read_side::ReadSide::new(store, read),
         }
     }
 
@@ -89,33 +201,10 @@ impl<S: EventStore + Clone> App<S> {
         &self.ledger
     }
 
-    /// The balances read model, caught up with the store's head.
-    ///
-    /// # Errors
-    /// Store and read-model failures.
-    pub async fn balances(&self) -> Result<Balances, AppError> {
-        let mut model = Balances::open(self.kv.clone(), &self.prefix).await?;
-        let head = self.ledger.store().head_position().await?;
-        let started = Instant::now();
-        let n = catch_up(self.ledger.store(), &mut model, head, None).await?;
-        if self.embedded && !self.replayed.swap(true, Ordering::Relaxed) {
-            eprintln!(
-                "(rebuilt the in-process read models by replaying {n} events in {} ms)",
-                started.elapsed().as_millis()
-            );
-        }
-        Ok(model)
-    }
-
-    /// The search index, caught up with the store's head.
-    ///
-    /// # Errors
-    /// Store and index failures.
-    pub async fn search_index(&self) -> Result<SearchIndex, AppError> {
-        let mut index = SearchIndex::open(&self.search_root)?;
-        let head = self.ledger.store().head_position().await?;
-        catch_up(self.ledger.store(), &mut index, head, None).await?;
-        Ok(index)
+    /// Stops the projections this app started, cleanly (their leases are released, so the
+    /// next process takes them over at once).
+    pub async fn shutdown(self) {
+        self.read.shutdown().await;
     }
 
     /// Runs one command, printing what it did.
@@ -139,15 +228,17 @@ impl<S: EventStore + Clone> App<S> {
                     currency: currency.clone(),
                 };
                 let done = self.ledger.execute(&account, cmd, &ctx).await?;
-                println!("opened {account} for {} in {currency}", done.account.owner);
+                say!("opened {account} for {} in {currency}", done.account.owner);
             }
             Command::Deposit {
                 account,
                 amount,
                 currency,
                 memo,
+                memo_file,
                 counterparty,
             } => {
+                let memo = memo_text(memo, memo_file)?;
                 let amount = parse_amount(&amount)?;
                 let cmd = AccountCommand::Deposit {
                     amount,
@@ -156,7 +247,7 @@ impl<S: EventStore + Clone> App<S> {
                     counterparty,
                 };
                 let a = self.ledger.execute(&account, cmd, &ctx).await?.account;
-                println!(
+                say!(
                     "deposited {} into {account}; balance {}",
                     money(amount, &a),
                     money(a.balance, &a)
@@ -167,7 +258,9 @@ impl<S: EventStore + Clone> App<S> {
                 amount,
                 currency,
                 memo,
+                memo_file,
             } => {
+                let memo = memo_text(memo, memo_file)?;
                 let amount = parse_amount(&amount)?;
                 let cmd = AccountCommand::Withdraw {
                     amount,
@@ -175,7 +268,7 @@ impl<S: EventStore + Clone> App<S> {
                     memo,
                 };
                 let a = self.ledger.execute(&account, cmd, &ctx).await?.account;
-                println!(
+                say!(
                     "withdrew {} from {account}; balance {}",
                     money(amount, &a),
                     money(a.balance, &a)
@@ -187,14 +280,16 @@ impl<S: EventStore + Clone> App<S> {
                 amount,
                 currency,
                 memo,
+                memo_file,
             } => {
+                let memo = memo_text(memo, memo_file)?;
                 let amount = parse_amount(&amount)?;
                 let (id, done) = self
                     .ledger
                     .transfer(&from, &to, amount, currency, &memo, &ctx)
                     .await?;
                 let a = done.account;
-                println!(
+                say!(
                     "transferred {} from {from} to {to} in one atomic append (transfer {id}); {from} now holds {}",
                     money(amount, &a),
                     money(a.balance, &a)
@@ -205,19 +300,21 @@ impl<S: EventStore + Clone> App<S> {
                 amount,
                 to,
                 memo,
+                memo_file,
                 bank_fails,
             } => {
+                let memo = memo_text(memo, memo_file)?;
                 let amount = parse_amount(&amount)?;
                 let bank = SimulatedBank { fail: bank_fails };
                 let r = run_payout(&self.ledger, &bank, &account, &to, amount, &memo).await?;
                 let a = r.outcome.account;
                 match r.answer {
-                    BankAnswer::Paid(reference) => println!(
+                    BankAnswer::Paid(reference) => say!(
                         "paid {} from {account} to {to} (bank reference {reference}); balance {}",
                         money(amount, &a),
                         money(a.balance, &a)
                     ),
-                    BankAnswer::Refused(reason) => println!(
+                    BankAnswer::Refused(reason) => say!(
                         "the bank refused the payout ({reason}); compensated with PayoutReversed, {account} is back at {}",
                         money(a.balance, &a)
                     ),
@@ -229,15 +326,15 @@ impl<S: EventStore + Clone> App<S> {
                     .execute(&account, AccountCommand::Freeze { reason }, &ctx)
                     .await?;
                 match done.position {
-                    Some(_) => println!("froze {account}: no money moves in or out"),
-                    None => println!("{account} was frozen already"),
+                    Some(_) => say!("froze {account}: no money moves in or out"),
+                    None => say!("{account} was frozen already"),
                 }
             }
             Command::Close { account } => {
                 self.ledger
                     .execute(&account, AccountCommand::Close, &ctx)
                     .await?;
-                println!("closed {account}");
+                say!("closed {account}");
             }
             Command::Balance { account } => self.print_balance(&account).await?,
             Command::History { account } => self.print_history(&account).await?,
@@ -249,12 +346,7 @@ impl<S: EventStore + Clone> App<S> {
                 max,
                 limit,
             } => {
-                let filter = Filter {
-                    account,
-                    min: min.as_deref().map(parse_amount).transpose()?,
-                    max: max.as_deref().map(parse_amount).transpose()?,
-                    limit,
-                };
+                let filter = search_filter(account, min.as_deref(), max.as_deref(), limit)?;
                 self.print_search(&query, &filter).await?;
             }
             Command::Rebuild { model } => self.rebuild(model).await?,
@@ -265,7 +357,7 @@ impl<S: EventStore + Clone> App<S> {
                 seed,
             } => {
                 let report = crate::seed::seed(&self.ledger, accounts, events, seed).await?;
-                println!("{report}");
+                say!("{report}");
             }
             Command::Demo => return Err(AppError::NotHere("demo")),
         }

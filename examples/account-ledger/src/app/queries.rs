@@ -1,29 +1,15 @@
 //! The query commands: each brings its read model up to the store's head, then prints;
-//! `rebuild` (blue/green) and `status`.
-
-use std::time::Instant;
+//! `rebuild` (blue/green, by the runner) and `status` (the runner's).
 
 use annals::EventStore;
-use indicatif::{ProgressBar, ProgressStyle};
 use time::{OffsetDateTime, macros::format_description};
 
-use super::{App, AppError};
+use super::{App, AppError, read_side::StatusLine, report, say};
 use crate::{
     cli::Rebuild,
     money::format_amount,
-    projections::{Balances, Filter, ReadModel, SearchIndex, Transaction, catch_up, lag},
+    projections::{BALANCES, Filter, SEARCH, Transaction},
 };
-
-fn progress(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} events ({per_sec})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_owned());
-    bar
-}
 
 fn signed(minor: i64) -> String {
     if minor > 0 {
@@ -53,14 +39,14 @@ fn describe(tx: &Transaction) -> String {
     s
 }
 
-impl<S: EventStore + Clone> App<S> {
+impl<S: EventStore + Clone + 'static> App<S> {
     pub(super) async fn print_balance(&self, account: &str) -> Result<(), AppError> {
-        let model = self.balances().await?;
+        let model = self.read.balances().await?;
         let a = model
             .account(account)
             .await?
             .ok_or_else(|| AppError::UnknownAccount(account.to_owned()))?;
-        println!(
+        say!(
             "{}  {}  {} {}  {}  ({} transactions)",
             a.id,
             a.owner,
@@ -73,13 +59,13 @@ impl<S: EventStore + Clone> App<S> {
     }
 
     pub(super) async fn print_history(&self, account: &str) -> Result<(), AppError> {
-        let model = self.balances().await?;
+        let model = self.read.balances().await?;
         let a = model
             .account(account)
             .await?
             .ok_or_else(|| AppError::UnknownAccount(account.to_owned()))?;
         let recent = model.recent(account).await?;
-        println!(
+        say!(
             "{} ({}): balance {} {}, {} of {} transactions, newest first",
             a.id,
             a.owner,
@@ -89,7 +75,7 @@ impl<S: EventStore + Clone> App<S> {
             a.transactions
         );
         for tx in recent {
-            println!(
+            say!(
                 "  {}  {:<15} {:>12} {}{}",
                 when(tx.time),
                 tx.kind,
@@ -102,20 +88,16 @@ impl<S: EventStore + Clone> App<S> {
     }
 
     pub(super) async fn print_top(&self, n: usize) -> Result<(), AppError> {
-        let model = self.balances().await?;
+        let model = self.read.balances().await?;
         let currencies = model.top(n).await?;
         if currencies.is_empty() {
-            println!("no accounts yet");
+            say!("no accounts yet");
         }
-        for (currency, total, top) in currencies {
-            println!("{currency}: total {} {currency}", format_amount(total));
-            for (i, (id, balance)) in top.iter().enumerate() {
-                let owner = model
-                    .account(id)
-                    .await?
-                    .map(|a| a.owner)
-                    .unwrap_or_default();
-                println!(
+        for top in currencies {
+            let currency = &top.currency;
+            say!("{currency}: total {} {currency}", format_amount(top.total));
+            for (i, (id, owner, balance)) in top.accounts.iter().enumerate() {
+                say!(
                     "  {:>2}. {:<14} {:<22} {:>12} {currency}",
                     i + 1,
                     id,
@@ -128,13 +110,12 @@ impl<S: EventStore + Clone> App<S> {
     }
 
     pub(super) async fn print_search(&self, query: &str, filter: &Filter) -> Result<(), AppError> {
-        let index = self.search_index().await?;
-        let hits = index.search(query, filter)?;
-        println!("{} hit(s) for {query:?}", hits.len());
+        let hits = self.read.search(query, filter).await?;
+        say!("{} hit(s) for {query:?}", hits.len());
         for hit in hits {
             let tx = &hit.transaction;
             let currency = &hit.currency;
-            println!(
+            say!(
                 "  {}  {:<12} {:<20} {:<15} {:>12} {currency}{}",
                 when(tx.time),
                 tx.account,
@@ -148,90 +129,37 @@ impl<S: EventStore + Clone> App<S> {
     }
 
     pub(super) async fn rebuild(&self, which: Rebuild) -> Result<(), AppError> {
-        let store = self.ledger.store();
-        let head = store.head_position().await?;
-        let total = head.map_or(0, |h| h.sequence);
-        let started = Instant::now();
-        let (from, to, n) = match which {
-            Rebuild::Balances => {
-                let old = Balances::open(self.kv.clone(), &self.prefix).await?;
-                let mut green = old.next_generation().await?;
-                let bar = progress(total, "balances");
-                let mut n = catch_up(store, &mut green, head, Some(&bar)).await?;
-                // Events appended during the rebuild: catch up once more, then switch.
-                n += catch_up(store, &mut green, store.head_position().await?, Some(&bar)).await?;
-                bar.finish_and_clear();
-                green.activate(&old).await?;
-                (old.generation(), green.generation(), n)
-            }
-            Rebuild::Search => {
-                let old = SearchIndex::open(&self.search_root)?;
-                let mut green = old.next_generation()?;
-                let bar = progress(total, "search");
-                let mut n = catch_up(store, &mut green, head, Some(&bar)).await?;
-                n += catch_up(store, &mut green, store.head_position().await?, Some(&bar)).await?;
-                bar.finish_and_clear();
-                let (from, to) = (old.generation(), green.generation());
-                green.activate(old)?;
-                (from, to, n)
-            }
+        let name = match which {
+            Rebuild::Balances => BALANCES,
+            Rebuild::Search => SEARCH,
         };
-        println!(
-            "rebuilt {} from {n} events in {} ms beside the live one; switched generation {from} -> {to}",
-            match which {
-                Rebuild::Balances => "balances",
-                Rebuild::Search => "search",
-            },
-            started.elapsed().as_millis()
+        let (before, report) = self.read.rebuild(name).await?;
+        let from = before.map_or_else(|| "none".to_owned(), |g| g.0.to_string());
+        say!(
+            "rebuilt {name} from {} events in {} ms beside the live one; switched generation {from} -> {}",
+            report.events,
+            report.elapsed.as_millis(),
+            report.generation.0
         );
         Ok(())
     }
 
     pub(super) async fn print_status(&self) -> Result<(), AppError> {
-        let store = self.ledger.store();
-        let head = store.head_position().await?;
+        let (head, lines) = self.read.status().await?;
         match head {
-            Some(h) => println!("store head: {h}"),
-            None => println!("store head: empty"),
+            Some(h) => say!("store head: {h}"),
+            None => say!("store head: empty"),
         }
-        let mut balances = if self.embedded {
-            // In-process read models exist only once replayed.
-            self.balances().await?
-        } else {
-            Balances::open(self.kv.clone(), &self.prefix).await?
-        };
-        let mut search = SearchIndex::open(&self.search_root)?;
-        let rows = [
-            (
-                balances.name(),
-                balances.generation(),
-                balances.checkpoint().await?,
-            ),
-            (
-                search.name(),
-                search.generation(),
-                search.checkpoint().await?,
-            ),
-        ];
-        for (name, generation, position) in rows {
-            let l = lag(store, position, head).await?;
-            let at = position.map_or("nothing yet".to_owned(), |p| p.to_string());
-            let place = if self.embedded && name == "balances" {
-                " (in process)"
-            } else {
-                ""
-            };
-            // No process follows the log between commands: each read model catches up when
-            // a command reads it (`search` for the index, any balance query for balances).
-            let hint = if l.behind > 0 {
-                "  (catches up at its next query)"
-            } else {
-                ""
-            };
-            println!(
-                "{name:<9} generation {generation}{place}  at {at}  lag {} event(s){hint}",
-                l.behind
-            );
+        for line in lines {
+            match line {
+                StatusLine::Status(status, in_process) => {
+                    let place = if in_process { "  (in process)" } else { "" };
+                    say!("{status}{place}");
+                }
+                StatusLine::Unavailable(name, error) => {
+                    say!("{name}: {}", report(&error));
+                }
+            }
         }
         Ok(())
     }

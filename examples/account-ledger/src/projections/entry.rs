@@ -1,7 +1,9 @@
 //! What the read models see of an event: the account, the kind of movement, the signed
-//! amount, the counterparty and the memo, with the time and the log position.
+//! amount, the counterparty and the memo, with the time and the log position; and what an
+//! account's later events need to know of it (its owner and currency, kept as a lookup).
 
-use annals::{DomainEvent, LogPosition, RecordedEvent};
+use annals::{BoxError, DomainEvent, LogPosition, RecordedEvent};
+use annals_projections::{LookupKeys, Lookups};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -86,4 +88,84 @@ pub struct Transaction {
     pub memo: String,
     /// Unix seconds.
     pub time: i64,
+}
+
+/// What the read models keep of an account for its later events: learnt from `Opened`,
+/// stored as the lookup [`info_key`] beside each read model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountInfo {
+    /// Who holds it.
+    pub owner: String,
+    /// Its currency.
+    pub currency: String,
+}
+
+/// The lookup key of an account's [`AccountInfo`].
+pub fn info_key(account: &str) -> String {
+    format!("account:{account}")
+}
+
+/// Declares the lookup an account event's handling reads: its account's [`AccountInfo`].
+pub(crate) fn declare(event: &RecordedEvent, keys: &mut LookupKeys) {
+    keys.add(info_key(&account_of(&event.stream_id)));
+}
+
+/// What one account event changes in the read models.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The account was opened (its [`AccountInfo`] is now set as a lookup).
+    Opened(AccountInfo),
+    /// Its status changed: `frozen` or `closed`.
+    Status(&'static str),
+    /// Money moved, in the account's currency.
+    Moved {
+        /// The movement.
+        tx: Transaction,
+        /// The account, as opened.
+        info: AccountInfo,
+    },
+}
+
+impl Change {
+    /// Decodes an account event and says what it changes, reading the account's
+    /// [`AccountInfo`] from `lookups` (and setting it on `Opened`). Returns the account with
+    /// the change; `None` for events that change nothing the read models show.
+    ///
+    /// # Errors
+    /// A stored event that does not decode, a movement on an account with no `Opened` before
+    /// it, a lookup that was not declared ([`declare`]).
+    pub fn of(
+        event: &RecordedEvent,
+        lookups: &mut Lookups,
+    ) -> Result<Option<(String, Self)>, BoxError> {
+        let Some(entry) = Entry::decode(event)? else {
+            return Ok(None);
+        };
+        let key = info_key(&entry.account);
+        let change = match &entry.event {
+            AccountEvent::Opened { owner, currency } => {
+                let info = AccountInfo {
+                    owner: owner.clone(),
+                    currency: currency.as_str().to_owned(),
+                };
+                lookups.set(key, &info)?;
+                Self::Opened(info)
+            }
+            AccountEvent::Frozen { .. } => Self::Status("frozen"),
+            AccountEvent::Closed => Self::Status("closed"),
+            _ => {
+                let Some(tx) = entry.transaction() else {
+                    return Ok(None);
+                };
+                let info: AccountInfo = lookups.get(&key)?.ok_or_else(|| {
+                    format!(
+                        "account {} has a movement but was never opened",
+                        entry.account
+                    )
+                })?;
+                Self::Moved { tx, info }
+            }
+        };
+        Ok(Some((entry.account, change)))
+    }
 }
