@@ -6,9 +6,9 @@ use std::{path::Path, time::Duration, time::Instant};
 use annals::{BoxError, DomainEvent, EventStore, RecordedEvent};
 use annals_postgres::PgEventStore;
 use annals_projections::{
-    EventFilter, Generation, ProgressDisplay, Projection, ProjectionConfig, ProjectionRunner,
-    ReadModel, RedisBatch, RedisConnection, RedisReadModel, RunnerConfig, TantivyBatch,
-    TantivyConfig, TantivyReadModel,
+    EventFilter, Generation, LookupKeys, ProgressDisplay, Projection, ProjectionConfig,
+    ProjectionRunner, ReadModel, RedisBatch, RedisConnection, RedisReadModel, RunnerConfig,
+    TantivyBatch, TantivyConfig, TantivyReadModel, WriteBatch,
 };
 
 use super::pg_store::{fill, with_store};
@@ -24,7 +24,27 @@ use crate::{
 /// default).
 pub(crate) const BATCH: usize = 5_000;
 
-/// Balances in Redis: the same commands as [`raw::redis::add_commands`].
+/// The one lookup per event of both projections: the account's first counterparty, kept on
+/// its first deposit and read on every later one (as a projection would keep an account's
+/// owner from its opening event).
+pub(crate) fn first_counterparty<B: WriteBatch>(batch: &mut B, d: &Deposited) -> Result<String, BoxError> {
+    let key = raw::redis::first_key(d);
+    if let Some(first) = batch.lookups().get::<String>(&key)? {
+        return Ok(first);
+    }
+    batch.lookups_mut().set(key, &d.counterparty)?;
+    Ok(d.counterparty.clone())
+}
+
+/// Declares the lookup of [`first_counterparty`]: the account comes from the stream id, so
+/// declaring costs no payload decode.
+pub(crate) fn declare_first(event: &RecordedEvent, keys: &mut LookupKeys) {
+    let stream = event.stream_id.as_str();
+    let account = stream.split_once('-').map_or(stream, |(_, account)| account);
+    keys.add(raw::redis::first_key_of(account));
+}
+
+/// Balances in Redis: the same commands as [`raw::redis::add_commands`], with one lookup.
 struct LedgerBalances;
 
 impl Projection for LedgerBalances {
@@ -38,8 +58,14 @@ impl Projection for LedgerBalances {
         EventFilter::domain::<LedgerEvent>()
     }
 
+    fn lookups(&self, event: &RecordedEvent, keys: &mut LookupKeys) {
+        declare_first(event, keys);
+    }
+
     fn handle(&self, event: &RecordedEvent, batch: &mut RedisBatch) -> Result<(), BoxError> {
         let LedgerEvent::Deposited(d) = LedgerEvent::decode(event)?;
+        let first = first_counterparty(batch, &d)?;
+        batch.hset(&raw::redis::info_key(&d), "first_counterparty", &first);
         let account = raw::redis::account_key(&d);
         batch.hincrby(&account, "balance", d.amount);
         batch.hincrby(&account, "deposits", 1);
@@ -69,9 +95,14 @@ impl Projection for LedgerSearch {
         EventFilter::domain::<LedgerEvent>()
     }
 
+    fn lookups(&self, event: &RecordedEvent, keys: &mut LookupKeys) {
+        declare_first(event, keys);
+    }
+
     fn handle(&self, event: &RecordedEvent, batch: &mut TantivyBatch) -> Result<(), BoxError> {
         let LedgerEvent::Deposited(d) = LedgerEvent::decode(event)?;
-        let doc = raw::tantivy::document(&self.fields, &d);
+        let first = first_counterparty(batch, &d)?;
+        let doc = raw::tantivy::document(&self.fields, &d, &first);
         batch.upsert(event.event_id.to_string(), doc);
         Ok(())
     }
