@@ -269,4 +269,3 @@ impl From<tantivy::TantivyError> for Error {
         Self::Tantivy(e)
     }
 }
-

@@ -29,6 +29,7 @@ pub use redis::{
 };
 pub use runner::ProjectionRunner;
 pub use runner::config::{ProjectionConfig, RebuildReport, RunnerConfig, StoreChange};
+pub use runner::inspect::{ReadModelStatus, inspect};
 pub use runner::policy::{Backoff, FailurePolicy};
 pub use runner::progress::ProgressDisplay;
 pub use runner::status::{

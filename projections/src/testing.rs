@@ -387,6 +387,14 @@ pub async fn catch_up_and_follow<T: Target>(target: T) {
     })
     .await;
     assert!(status.is_caught_up(), "{status}");
+    // Another process sees the same from the read model and the store alone.
+    let seen = crate::inspect(&store, &model)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(seen.checkpoint, Some(last), "{seen}");
+    assert_eq!((seen.lag, seen.head), (0, Some(last)), "{seen}");
+    assert_eq!(seen.built_from_this_store, Some(true), "{seen}");
+    assert_eq!(seen.generations.current, status.generation, "{seen}");
     // A position the log will not reach in time: the wait ends with the status, not never.
     let beyond = LogPosition::serial(last.sequence + 10);
     let err = runner

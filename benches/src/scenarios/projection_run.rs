@@ -27,7 +27,10 @@ pub(crate) const BATCH: usize = 5_000;
 /// The one lookup per event of both projections: the account's first counterparty, kept on
 /// its first deposit and read on every later one (as a projection would keep an account's
 /// owner from its opening event).
-pub(crate) fn first_counterparty<B: WriteBatch>(batch: &mut B, d: &Deposited) -> Result<String, BoxError> {
+pub(crate) fn first_counterparty<B: WriteBatch>(
+    batch: &mut B,
+    d: &Deposited,
+) -> Result<String, BoxError> {
     let key = raw::redis::first_key(d);
     if let Some(first) = batch.lookups().get::<String>(&key)? {
         return Ok(first);
@@ -40,7 +43,9 @@ pub(crate) fn first_counterparty<B: WriteBatch>(batch: &mut B, d: &Deposited) ->
 /// declaring costs no payload decode.
 pub(crate) fn declare_first(event: &RecordedEvent, keys: &mut LookupKeys) {
     let stream = event.stream_id.as_str();
-    let account = stream.split_once('-').map_or(stream, |(_, account)| account);
+    let account = stream
+        .split_once('-')
+        .map_or(stream, |(_, account)| account);
     keys.add(raw::redis::first_key_of(account));
 }
 

@@ -374,6 +374,24 @@ impl ReadModel for SqliteTables {
         self.save(tx, meta).await
     }
 
+    async fn peek_generations(&self) -> Result<Generations> {
+        self.generations().await
+    }
+
+    async fn peek_checkpoint(&self, generation: Generation) -> Result<Option<annals::LogPosition>> {
+        let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT commit_pos, seq_pos FROM \"{}_meta\"",
+            self.prefix(generation.0)
+        )))
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(db)?;
+        match row {
+            Some((commit, sequence)) => crate::common::position(commit, sequence),
+            None => Ok(None),
+        }
+    }
+
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let Some(current) = self.generations().await?.current else {
             return Ok(Vec::new());

@@ -10,7 +10,6 @@ use futures::future::BoxFuture;
 
 use crate::{Fence, Result};
 
-
 /// Where runners take turns owning projections.
 ///
 /// A lease lasts `ttl` unless renewed; taking a lease (a new owner, or the same owner again)
@@ -218,11 +217,9 @@ pub(crate) async fn renew(
     loop {
         tokio::time::sleep(ttl / 4).await;
         let sent = Instant::now();
-        let renewal = tokio::time::timeout(
-            ttl / 2,
-            leases.renew(&projection, &owner, guard.fence, ttl),
-        )
-        .await;
+        let renewal =
+            tokio::time::timeout(ttl / 2, leases.renew(&projection, &owner, guard.fence, ttl))
+                .await;
         match renewal {
             Ok(Ok(true)) => guard.renewed(sent, ttl),
             Ok(Ok(false)) => {
@@ -262,7 +259,13 @@ mod tests {
         ) -> BoxFuture<'a, Result<Option<Fence>>> {
             Box::pin(async { Ok(Some(1)) })
         }
-        fn renew<'a>(&'a self, _: &'a str, _: &'a str, _: Fence, _: Duration) -> BoxFuture<'a, Result<bool>> {
+        fn renew<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+            _: Fence,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<bool>> {
             Box::pin(futures::future::pending())
         }
         fn release<'a>(&'a self, _: &'a str, _: &'a str, _: Fence) -> BoxFuture<'a, Result<()>> {
@@ -276,7 +279,14 @@ mod tests {
         let start = Instant::now();
         let guard = LeaseGuard::new("p", 1, start, ttl);
         let (tx, mut rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(renew(Arc::new(Silent), "p".into(), "me".into(), guard.clone(), ttl, tx));
+        let task = tokio::spawn(renew(
+            Arc::new(Silent),
+            "p".into(),
+            "me".into(),
+            guard.clone(),
+            ttl,
+            tx,
+        ));
         tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|lost| *lost))
             .await
             .expect("the loss was reported")

@@ -479,6 +479,15 @@ impl<V: Clone + Send + Sync + 'static> ReadModel for MemoryReadModel<V> {
         Ok(self.view().map(|v| v.dead_letters()).unwrap_or_default())
     }
 
+    async fn peek_generations(&self) -> Result<Generations> {
+        Ok(self.generations())
+    }
+
+    async fn peek_checkpoint(&self, generation: Generation) -> Result<Option<LogPosition>> {
+        let store = self.meta().generations.get(&generation.0).cloned();
+        Ok(store.and_then(|s| s.read().checkpoint))
+    }
+
     async fn begin_build(&self, fence: Fence) -> Result<Generation> {
         let mut meta = self.meta();
         self.fenced(&mut meta, fence)?;

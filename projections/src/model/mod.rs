@@ -145,6 +145,23 @@ pub trait ReadModel: Send + Sync + 'static {
     /// [`Error::Fenced`] when a newer owner has claimed it; backend errors.
     fn claim(&self, fence: Fence, store: Uuid) -> impl Future<Output = Result<Generations>> + Send;
 
+    /// The generations and the recorded store, read without claiming anything (for a status
+    /// read from another process).
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn peek_generations(&self) -> impl Future<Output = Result<Generations>> + Send;
+
+    /// The committed checkpoint of `generation`, read without claiming anything (`None`
+    /// when it has processed nothing, or does not exist).
+    ///
+    /// # Errors
+    /// Backend errors.
+    fn peek_checkpoint(
+        &self,
+        generation: Generation,
+    ) -> impl Future<Output = Result<Option<LogPosition>>> + Send;
+
     /// Deletes every generation and records `store` as the store the read model is built
     /// from: readers see no model until the next build switches one in. Used when the store
     /// under the read model was replaced.

@@ -248,6 +248,35 @@ impl ReadModel for RedisReadModel {
         Ok(())
     }
 
+    async fn peek_generations(&self) -> Result<Generations> {
+        let mut connection = self.connection.clone();
+        let store: Option<String> = redis::cmd("HGET")
+            .arg(self.meta_key())
+            .arg("store")
+            .query_async(&mut connection)
+            .await?;
+        let store = match store.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(Uuid::parse_str(text).map_err(|_| Error::Corrupt {
+                what: format!("store id {text:?}"),
+            })?),
+        };
+        Ok(Generations {
+            store,
+            ..self.generations().await?
+        })
+    }
+
+    async fn peek_checkpoint(&self, generation: Generation) -> Result<Option<annals::LogPosition>> {
+        let mut connection = self.connection.clone();
+        let text: Option<String> = redis::cmd("HGET")
+            .arg(format!("{}__meta", self.prefix(generation)))
+            .arg("checkpoint")
+            .query_async(&mut connection)
+            .await?;
+        decode_checkpoint(text.as_deref().unwrap_or(""))
+    }
+
     async fn dead_letters(&self) -> Result<Vec<crate::DeadLetter>> {
         match self.view().await? {
             Some(view) => view.dead_letters().await,

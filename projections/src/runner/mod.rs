@@ -6,6 +6,7 @@
 
 pub(crate) mod config;
 pub(crate) mod handler;
+pub(crate) mod inspect;
 pub(crate) mod policy;
 pub(crate) mod progress;
 pub(crate) mod status;

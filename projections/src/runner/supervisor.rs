@@ -108,8 +108,13 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
             .await;
             match released {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(projection = name, error = %e, "releasing the lease failed"),
-                Err(_) => tracing::warn!(projection = name, "releasing the lease got no answer; it expires by itself"),
+                Ok(Err(e)) => {
+                    tracing::warn!(projection = name, error = %e, "releasing the lease failed")
+                }
+                Err(_) => tracing::warn!(
+                    projection = name,
+                    "releasing the lease got no answer; it expires by itself"
+                ),
             }
             match outcome {
                 Ok(Flow::Shutdown) => break,
@@ -178,7 +183,8 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
             let name = self.shared.projection.name();
             let acquired = tokio::time::timeout(
                 self.runner.io_timeout,
-                self.leases.try_acquire(name, &self.owner, self.runner.lease_ttl),
+                self.leases
+                    .try_acquire(name, &self.owner, self.runner.lease_ttl),
             )
             .await
             .unwrap_or_else(|_| {

@@ -262,6 +262,24 @@ impl ReadModel for TantivyReadModel {
         Ok(())
     }
 
+    async fn peek_generations(&self) -> Result<Generations> {
+        let this = self.clone();
+        blocking(move || this.generations()).await
+    }
+
+    async fn peek_checkpoint(&self, generation: Generation) -> Result<Option<annals::LogPosition>> {
+        let dir = self.inner.generation_dir(generation);
+        blocking(move || {
+            if !dir.join("meta.json").exists() {
+                return Ok(None);
+            }
+            let directory = MmapDirectory::open(&dir).map_err(|e| Error::Tantivy(e.into()))?;
+            let index = Index::open(directory)?;
+            crate::model::decode_checkpoint(&super::writer::read_payload(&index)?.checkpoint)
+        })
+        .await
+    }
+
     async fn dead_letters(&self) -> Result<Vec<crate::DeadLetter>> {
         let this = self.clone();
         blocking(move || match this.view()? {
