@@ -19,6 +19,7 @@ const SCENARIOS: &[&str] = &[
     "pg.load.snapshot",
     "sqlite.append.batched",
     "sqlite.replay",
+    "projection.memory.rebuild",
     "projection.redis.rebuild",
     "projection.tantivy.rebuild",
 ];

@@ -455,6 +455,30 @@ fn rebuild_search_repairs_a_damaged_index() {
     assert!(ledger.ok(&["search", "salary"]).starts_with("1 hit(s)"));
 }
 
+#[test]
+fn rebuild_search_repairs_an_index_whose_meta_is_garbage() {
+    let ledger = Ledger::embedded();
+    ledger.ok(&["open", "alice", "Alice Martin", "EUR"]);
+    ledger.ok(&["deposit", "alice", "10", "--memo", "salary"]);
+    assert!(ledger.ok(&["search", "salary"]).starts_with("1 hit(s)"));
+    // The serving generation cannot even be opened any more.
+    let meta = ledger
+        .dir
+        .path()
+        .join("search")
+        .join("gen-1")
+        .join("meta.json");
+    std::fs::write(&meta, "{ not json").unwrap();
+    let err = ledger.fails(&["search", "salary"]);
+    assert!(err.contains("`ledger rebuild search`"), "{err}");
+    let out = ledger.ok(&["rebuild", "search"]);
+    assert!(out.contains("switched generation 1 -> 2"), "{out}");
+    assert!(ledger.ok(&["search", "salary"]).starts_with("1 hit(s)"));
+    // And it stays repaired for the next process.
+    ledger.ok(&["deposit", "alice", "5", "--memo", "bonus"]);
+    assert!(ledger.ok(&["search", "bonus"]).starts_with("1 hit(s)"));
+}
+
 fn reachable(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
