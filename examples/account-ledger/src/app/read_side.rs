@@ -206,9 +206,10 @@ impl<S: EventStore + Clone + 'static> ReadSide<S> {
         match waited {
             Ok(()) => Ok(head),
             // The projection failed (it says why); a rebuild may repair it.
-            Err(annals_projections::Error::Failed { error, .. }) => {
-                Err(ReadError::NotServing { name, status: error })
-            }
+            Err(annals_projections::Error::Failed { error, .. }) => Err(ReadError::NotServing {
+                name,
+                status: error,
+            }),
             Err(annals_projections::Error::Shutdown) => Err(ReadError::NotServing {
                 name,
                 status: runner
