@@ -154,9 +154,10 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                 Err(e) => {
                     let error = crate::runner::handler::error_chain(&e);
                     tracing::error!(projection = name, error, "projection failed");
+                    // Readers still see the generation they saw, but nothing of it can be
+                    // vouched for: no checkpoint, and the lag is unknown.
                     self.shared.status.send_modify(|s| {
                         s.checkpoint = None;
-                        s.generation = None;
                         s.lag = 0;
                     });
                     self.fail_waiters(|| Error::Failed {
