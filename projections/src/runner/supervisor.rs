@@ -380,6 +380,10 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
             Some(generation) => self.announce_build(generation),
             None => self.shared.status.send_modify(|s| s.rebuild = None),
         }
+        // Readers see `current` from now on, whether or not its worker gets going.
+        self.shared
+            .status
+            .send_modify(|s| s.generation = generations.current);
         if let Some(current) = generations.current {
             serving = Some(self.spawn(&mut tasks, guard, current, Role::Serve));
         }
