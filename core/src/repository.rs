@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     Aggregate, AppendResult, DomainEvent, Error, EventStore, ExpectedVersion, Metadata, NewEvent,
-    Payload, Result, Snapshot, StreamAppend, StreamId, StreamRead,
+    Payload, Result, Retries, Snapshot, StreamAppend, StreamId, StreamRead,
 };
 
 /// An aggregate's state and the stream version it includes.
@@ -163,7 +163,7 @@ impl<A: Aggregate> Decision<A> {
 /// answered, since no append checked that state.
 pub struct Repository<A: Aggregate, S> {
     store: S,
-    conflict_retries: u32,
+    retries: Retries,
     cache: Option<Arc<Cache<A>>>,
 }
 
@@ -185,7 +185,7 @@ impl<A: Aggregate, S: fmt::Debug> fmt::Debug for Repository<A, S> {
         f.debug_struct("Repository")
             .field("aggregate", &A::TYPE)
             .field("store", &self.store)
-            .field("conflict_retries", &self.conflict_retries)
+            .field("retries", &self.retries)
             .field("cache", &self.cache.as_ref().map(|c| c.capacity))
             .finish()
     }
@@ -195,26 +195,34 @@ impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
     fn clone(&self) -> Self {
         Self {
             store: self.store.clone(),
-            conflict_retries: self.conflict_retries,
+            retries: self.retries.clone(),
             cache: self.cache.clone(),
         }
     }
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
-    /// A repository without cache that does not retry conflicts.
+    /// A repository without cache that does not retry.
     pub fn new(store: S) -> Self {
         Self {
             store,
-            conflict_retries: 0,
+            retries: Retries::none(),
             cache: None,
         }
     }
 
     /// Retries a command up to `retries` times when the aggregate changed meanwhile (each
-    /// retry reloads and decides again).
+    /// retry reloads and decides again), at once; [`Repository::with_retries`] adds backoff
+    /// and transient store errors.
     pub fn with_conflict_retries(mut self, retries: u32) -> Self {
-        self.conflict_retries = retries;
+        self.retries.conflicts = retries;
+        self
+    }
+
+    /// Retries conflicts and transient store errors as `retries` says, with backoff and
+    /// jitter between attempts (see [`Retries`]).
+    pub fn with_retries(mut self, retries: Retries) -> Self {
+        self.retries = retries;
         self
     }
 
@@ -351,7 +359,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         A::Command: Clone,
     {
         let stream = self.stream_id(id)?;
-        let mut retries_left = self.conflict_retries;
+        let mut conflicts = 0u32;
         let mut use_cache = true;
         loop {
             let cached = if use_cache {
@@ -388,8 +396,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             let expected = ExpectedVersion::Exact(decision.version);
             match self
-                .store
-                .append(&stream, expected, decision.new_events)
+                .append_retrying(&stream, expected, decision.new_events)
                 .await
             {
                 Ok(result) => {
@@ -414,20 +421,44 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     if from_cache {
                         continue;
                     }
-                    if retries_left == 0 {
+                    if conflicts >= self.retries.conflicts {
                         return Err(CommandError::Conflict {
                             stream,
                             expected,
                             actual,
                         });
                     }
-                    retries_left -= 1;
+                    self.retries.wait(conflicts).await;
+                    conflicts += 1;
                 }
                 Err(other) => {
                     // The outcome may be unknown: never trust the cached version after it.
                     self.forget(&stream);
                     return Err(other.into());
                 }
+            }
+        }
+    }
+
+    /// Appends, sending the same append again (same events, ids and expected version) after
+    /// a transient error, with backoff, up to the configured number of times. A retry of an
+    /// append that did commit gets the original result from the store's idempotency by
+    /// event id.
+    async fn append_retrying(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, Error> {
+        let mut attempt = 0u32;
+        loop {
+            match self.store.append(stream, expected, events.clone()).await {
+                Err(e) if e.is_transient() && attempt < self.retries.transient => {
+                    tracing::debug!(stream = %stream, attempt, error = %e, "transient append failure, retrying");
+                    self.retries.wait(attempt).await;
+                    attempt += 1;
+                }
+                other => return other,
             }
         }
     }

@@ -271,3 +271,148 @@ async fn decisions_on_two_aggregates_append_atomically() {
     assert_eq!(repo.load("a").await.unwrap().state.total, 0);
     assert_eq!(repo.load("b").await.unwrap().state.total, 5);
 }
+
+/// A store whose first `failures` appends fail with a transient error, half of them after
+/// the append committed (its answer lost on the way back).
+#[derive(Debug, Default)]
+struct LosingAnswers {
+    inner: InMemoryEventStore,
+    failures: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl EventStore for LosingAnswers {
+    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.failures.load(Ordering::SeqCst) > 0 {
+            self.failures.fetch_sub(1, Ordering::SeqCst);
+            if call % 2 == 0 {
+                // Committed, but the caller never hears so.
+                self.inner.append_multi(appends).await?;
+            }
+            return Err(annals::Error::backend(true, "connection reset by peer"));
+        }
+        self.inner.append_multi(appends).await
+    }
+    fn read_stream<'a>(
+        &'a self,
+        stream: &StreamId,
+        read: StreamRead,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        self.inner.read_stream(stream, read)
+    }
+    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
+        self.inner.read_all(read)
+    }
+    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
+        self.inner.subscribe(after)
+    }
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        self.inner.stream_version(stream).await
+    }
+    async fn head_position(&self) -> Result<Option<LogPosition>> {
+        self.inner.head_position().await
+    }
+    async fn store_id(&self) -> Result<uuid::Uuid> {
+        self.inner.store_id().await
+    }
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.inner.save_snapshot(snapshot).await
+    }
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        self.inner.load_snapshot(stream).await
+    }
+}
+
+#[tokio::test]
+async fn transient_append_failures_are_retried_with_backoff_and_stored_once() {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+    let store = Arc::new(LosingAnswers::default());
+    store.failures.store(4, Ordering::SeqCst);
+    let waits = Arc::new(Mutex::new(Vec::new()));
+    let seen = waits.clone();
+    let backoff = annals::Backoff::new(Duration::from_millis(8), Duration::from_millis(40));
+    let retries = annals::Retries::none()
+        .transient(4)
+        .with_backoff(backoff)
+        .with_sleep(move |d| {
+            seen.lock().unwrap().push(d);
+            Box::pin(async move { tokio::time::sleep(d).await })
+        });
+    let counters = Repository::<Counter, _>::new(ArcStore(store.clone())).with_retries(retries);
+    let ctx = CommandContext::new();
+    let done = counters
+        .execute("c", CounterCommand::Add(5), &ctx)
+        .await
+        .expect("retried through the transient failures");
+    assert_eq!((done.state.total, done.version), (5, 1));
+    // The first attempt committed and lost its answer: the retries got the original result,
+    // and the event is stored once.
+    let stream = StreamId::new("counter-c").unwrap();
+    let stored: Vec<RecordedEvent> = store
+        .inner
+        .read_stream(&stream, StreamRead::forward())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    let waits = waits.lock().unwrap().clone();
+    assert_eq!(waits.len(), 4);
+    for (attempt, wait) in waits.iter().enumerate() {
+        let ceiling = backoff.ceiling(attempt as u32);
+        assert!(
+            *wait >= ceiling / 2 && *wait <= ceiling,
+            "{attempt}: {wait:?}"
+        );
+    }
+
+    // Without transient retries the caller gets the transient error, classified.
+    store.failures.store(1, Ordering::SeqCst);
+    let plain = Repository::<Counter, _>::new(ArcStore(store.clone()));
+    let err = plain
+        .execute("d", CounterCommand::Add(1), &ctx)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+}
+
+/// Shares one store between a test and a repository.
+#[derive(Debug, Clone)]
+struct ArcStore(std::sync::Arc<LosingAnswers>);
+
+impl EventStore for ArcStore {
+    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        self.0.append_multi(appends).await
+    }
+    fn read_stream<'a>(
+        &'a self,
+        stream: &StreamId,
+        read: StreamRead,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        self.0.read_stream(stream, read)
+    }
+    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
+        self.0.read_all(read)
+    }
+    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
+        self.0.subscribe(after)
+    }
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        self.0.stream_version(stream).await
+    }
+    async fn head_position(&self) -> Result<Option<LogPosition>> {
+        self.0.head_position().await
+    }
+    async fn store_id(&self) -> Result<uuid::Uuid> {
+        self.0.store_id().await
+    }
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.0.save_snapshot(snapshot).await
+    }
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        self.0.load_snapshot(stream).await
+    }
+}

@@ -1,8 +1,11 @@
 //! The ledger's use cases over any event store: single-account commands through the
 //! repository, and transfers appended to both accounts in one atomic multi-stream append.
 
+use std::time::Duration;
+
 use annals::{
-    CommandContext, CommandError, Decision, EventStore, LogPosition, Repository, StreamId,
+    Backoff, CommandContext, CommandError, Decision, EventStore, LogPosition, Repository, Retries,
+    StreamId,
 };
 use uuid::Uuid;
 
@@ -14,6 +17,16 @@ use crate::money::Currency;
 
 /// How often a command is decided again when its account changed meanwhile.
 const CONFLICT_RETRIES: u32 = 10;
+
+/// How often an append that failed on a transient store error (a dropped connection) is
+/// sent again; safe, since the same event ids are stored once.
+const TRANSIENT_RETRIES: u32 = 3;
+
+/// The waits between retries (with jitter, so contending processes spread out).
+const BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(5),
+    max: Duration::from_millis(500),
+};
 
 /// Why a ledger command stored nothing. Rejections are for the person who typed the
 /// command; conflicts mean "try again"; store failures are infrastructure.
@@ -79,7 +92,13 @@ impl<S: EventStore + Clone> Ledger<S> {
     /// reaching the store's version check.
     pub fn new(store: S) -> Self {
         Self {
-            accounts: Repository::new(store).with_conflict_retries(CONFLICT_RETRIES),
+            accounts: Repository::new(store).with_retries(
+                Retries::none()
+                    .conflicts(CONFLICT_RETRIES)
+                    .transient(TRANSIENT_RETRIES)
+                    .with_backoff(BACKOFF)
+                    .with_sleep(|d| Box::pin(tokio::time::sleep(d))),
+            ),
         }
     }
 
@@ -190,7 +209,19 @@ impl<S: EventStore + Clone> Ledger<S> {
                 )
                 .await?;
             let appends = vec![debit.to_append(), credit.to_append()];
-            match self.store().append_multi(appends).await {
+            let mut transient = 0;
+            let appended = loop {
+                // The same appends again after a transient failure: the same event ids are
+                // stored once, so a lost answer is answered by the store's idempotency.
+                match self.store().append_multi(appends.clone()).await {
+                    Err(e) if e.is_transient() && transient < TRANSIENT_RETRIES => {
+                        tokio::time::sleep(BACKOFF.delay(transient)).await;
+                        transient += 1;
+                    }
+                    other => break other,
+                }
+            };
+            match appended {
                 Ok(results) => {
                     let position = results.iter().map(|r| r.last_position).max();
                     return Ok((
@@ -205,6 +236,7 @@ impl<S: EventStore + Clone> Ledger<S> {
                     if attempts > CONFLICT_RETRIES {
                         return Err(LedgerError::Conflict(account_of(&stream)));
                     }
+                    tokio::time::sleep(BACKOFF.delay(attempts - 1)).await;
                 }
                 Err(other) => return Err(other.into()),
             }
