@@ -291,7 +291,8 @@ mod tests {
             .await
             .expect("the loss was reported")
             .unwrap();
-        assert!(start.elapsed() < ttl * 2, "{:?}", start.elapsed());
+        // Lost once the lease may have expired (80% of the ttl), give or take one renewal.
+        assert!(start.elapsed() < ttl * 3, "{:?}", start.elapsed());
         assert!(guard.check().is_err());
         task.abort();
     }
