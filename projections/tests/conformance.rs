@@ -108,20 +108,23 @@ impl Target for Tantivy {
         let view = model.view().unwrap()?;
         let (id, value) = (self.id, self.value);
         let hits = view.search(&AllQuery, 1_000_000).unwrap();
-        Some(
-            hits.into_iter()
-                .map(|hit| {
-                    let doc = hit.document;
-                    let text = |f| {
-                        doc.get_first(f)
-                            .and_then(|v| v.as_str())
-                            .unwrap_or_default()
-                            .to_owned()
-                    };
-                    (text(id), text(value))
-                })
-                .collect(),
-        )
+        let count = hits.len();
+        let docs: BTreeMap<String, String> = hits
+            .into_iter()
+            .map(|hit| {
+                let doc = hit.document;
+                let text = |f| {
+                    doc.get_first(f)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                (text(id), text(value))
+            })
+            .collect();
+        // An upsert replaces: one document per id, never two.
+        assert_eq!(docs.len(), count, "duplicate documents for one id");
+        Some(docs)
     }
 }
 

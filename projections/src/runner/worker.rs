@@ -110,6 +110,10 @@ pub(crate) struct Worker<P: Projection, S> {
     /// Lookup values as this worker last wrote or loaded them (this writer owns the
     /// generation, so nobody else changes them).
     lookups: HashMap<String, Option<String>>,
+    /// True while `lookups` holds every lookup the generation has: the generation started
+    /// empty under this worker and the cache was never cut. A key missing from it then has
+    /// no value, and nothing needs loading (first builds and rebuilds load nothing).
+    lookups_complete: bool,
     /// Writes not yet committed: their checkpoint and how many events of the status's lag
     /// they cover.
     uncommitted: Vec<(LogPosition, u64)>,
@@ -136,6 +140,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
             progress: None,
             read: 0,
             lookups: HashMap::new(),
+            lookups_complete: false,
             uncommitted: Vec::new(),
             dead_letters: 0,
             filter,
@@ -152,6 +157,8 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
             )
             .await?;
         let mut checkpoint = writer.checkpoint();
+        // A generation that has processed nothing has no lookups either.
+        self.lookups_complete = checkpoint.is_none();
         let head = shared
             .bounded("reading the log's head", async {
                 Ok(shared.store.head_position().await?)
@@ -467,6 +474,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
                 }
                 match self.lookups.get(&key) {
                     Some(value) => batch.lookups_mut().load(key, value.clone()),
+                    None if self.lookups_complete => batch.lookups_mut().load(key, None),
                     None => {
                         batch.lookups_mut().load(key.clone(), None);
                         missing.push(key);
@@ -492,6 +500,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
         }
         if self.lookups.len() + missing.len() > LOOKUP_CACHE {
             self.lookups.clear();
+            self.lookups_complete = false;
         }
         let lookups = batch.lookups_mut();
         for (key, value) in missing.into_iter().zip(values) {
@@ -505,6 +514,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
     fn remember(&mut self, changes: Vec<(String, Option<String>)>) {
         if self.lookups.len() + changes.len() > LOOKUP_CACHE {
             self.lookups.clear();
+            self.lookups_complete = false;
         }
         self.lookups.extend(changes);
     }

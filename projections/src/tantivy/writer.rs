@@ -62,6 +62,10 @@ struct Core {
     fence: Fence,
     /// The journal's committed length, and its state with this writer's pending lines.
     journal_len: u64,
+    /// While the generation holds only what this writer added (it opened it empty), the ids
+    /// it added, hashed: an upsert of an id not among them needs no delete, which is most
+    /// of what a rebuild does. A hash collision only costs a needless delete.
+    fresh: Option<std::collections::HashSet<u64>>,
     state: journal::State,
     lines: Vec<Vec<u8>>,
 }
@@ -89,6 +93,8 @@ impl TantivyWriter {
         writer.garbage_collect_files().wait()?;
         journal::truncate(&dir, payload.journal)?;
         let state = journal::read(&dir, payload.journal)?;
+        let empty = payload.checkpoint.is_empty() && index.load_metas()?.segments.is_empty();
+        let fresh = empty.then(std::collections::HashSet::new);
         if payload.fence < fence {
             let mut commit = writer.prepare_commit()?;
             let claimed = Payload {
@@ -112,6 +118,7 @@ impl TantivyWriter {
                 writer,
                 fence,
                 journal_len: payload.journal,
+                fresh,
                 state,
                 lines: Vec::new(),
             })),
@@ -170,13 +177,21 @@ impl Core {
         for op in ops {
             match op {
                 Op::Upsert(id, document) => {
-                    self.writer
-                        .delete_term(Term::from_field_text(id_field, &id));
+                    if !self.first_time(&id) {
+                        self.writer
+                            .delete_term(Term::from_field_text(id_field, &id));
+                    }
                     self.writer.add_document(document)?;
                 }
                 Op::Delete(id) => {
-                    self.writer
-                        .delete_term(Term::from_field_text(id_field, &id));
+                    if self
+                        .fresh
+                        .as_ref()
+                        .is_none_or(|seen| seen.contains(&hash(&id)))
+                    {
+                        self.writer
+                            .delete_term(Term::from_field_text(id_field, &id));
+                    }
                 }
                 Op::Park(letter) => self.journal(Entry::Park(Box::new(letter))),
                 Op::Unpark(id) => self.journal(Entry::Unpark(id)),
@@ -200,11 +215,33 @@ impl Core {
         self.inner.reload(self.generation)
     }
 
+    /// Whether `id` surely has no document yet (the generation started empty and this writer
+    /// never added it); records it as added.
+    fn first_time(&mut self, id: &str) -> bool {
+        let Some(seen) = &mut self.fresh else {
+            return false;
+        };
+        if seen.len() >= FRESH_IDS {
+            // Too many to remember: every upsert deletes from now on.
+            self.fresh = None;
+            return false;
+        }
+        seen.insert(hash(id))
+    }
+
     /// Applies an entry to the state and queues its line for the next commit.
     fn journal(&mut self, entry: Entry) {
         self.lines.push(journal::encode(&entry));
         self.state.apply(entry);
     }
+}
+
+/// The most ids a fresh generation's writer remembers (8 bytes each).
+const FRESH_IDS: usize = 20_000_000;
+
+fn hash(id: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id)
 }
 
 impl GenerationWriter for TantivyWriter {
