@@ -22,6 +22,7 @@ const SCENARIOS: &[&str] = &[
     "projection.memory.rebuild",
     "projection.redis.rebuild",
     "projection.tantivy.rebuild",
+    "projection.sql.rebuild",
 ];
 
 /// `host:port` of a URL like `scheme://user@host:port/db`.

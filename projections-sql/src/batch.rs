@@ -6,8 +6,9 @@ use annals_projections::{DeadLetter, Lookups, WriteBatch};
 use uuid::Uuid;
 
 use crate::{
-    SqlValue,
+    SqlRow, SqlValue,
     error::{SqlError, SqlResult},
+    row::{self, Kind, Op, RowOp, Shape, Step},
     schema::Names,
 };
 
@@ -18,9 +19,29 @@ pub(crate) struct Statement {
     pub(crate) values: Vec<SqlValue>,
 }
 
-/// The writes a handler adds to a SQL read model: statements on the generation's tables,
-/// run in order in the one transaction that also stores the checkpoint, the fence, the
-/// lookups and the dead letters.
+/// The writes a handler adds to a SQL read model: statements and row writes on the
+/// generation's tables, run in order in the one transaction that also stores the
+/// checkpoint, the fence, the lookups and the dead letters.
+///
+/// Two ways to write:
+///
+/// - [`SqlBatch::upsert`] and [`SqlBatch::delete_row`]: rows by key. A batch keeps one
+///   row per table and key (the effect of all its writes to that key), and writes each
+///   table's rows in one statement per set of columns: PostgreSQL one
+///   `INSERT … SELECT … FROM unnest(…) ON CONFLICT … DO UPDATE` with one array per column,
+///   SQLite multi-row `INSERT … VALUES … ON CONFLICT … DO UPDATE` statements. This is the
+///   fast path: a batch of thousands of events costs a few round trips.
+/// - [`SqlBatch::execute`]: any statement, one round trip each.
+///
+/// **Order.** Everything applies as if run one by one in the order added. A run of row
+/// writes with no `execute` between them is coalesced (per table: the run's deletes, then
+/// its upserts; tables in order of first use); each `execute` runs after the row writes
+/// added before it and before those added after it. Where two writes of one key cannot be
+/// folded into one exactly (an `add` to a column the earlier write did not name, sums that
+/// overflow, different key columns for one table), the run is split there. Row order
+/// within a run is not defined otherwise: keep constraints between rows of one run (a
+/// unique column other than the key, a foreign key to a row deleted in the same run)
+/// `DEFERRABLE INITIALLY DEFERRED`, or put an `execute` between them.
 ///
 /// Statements name tables by placeholder (`{accounts}`) and take values only as bound
 /// parameters (`$1`, `$2`, …):
@@ -37,7 +58,9 @@ pub(crate) struct Statement {
 /// ```
 pub struct SqlBatch {
     names: Names,
-    statements: Vec<Statement>,
+    ops: Vec<Op<Statement>>,
+    /// The tables and column lists of the row writes so far.
+    shapes: Vec<Shape>,
     letters: Vec<Letter>,
     lookups: Lookups,
 }
@@ -51,7 +74,7 @@ enum Letter {
 impl fmt::Debug for SqlBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqlBatch")
-            .field("statements", &self.statements.len())
+            .field("ops", &self.ops.len())
             .field("letters", &self.letters.len())
             .finish_non_exhaustive()
     }
@@ -61,7 +84,8 @@ impl SqlBatch {
     pub(crate) fn new(names: Names) -> Self {
         Self {
             names,
-            statements: Vec::new(),
+            ops: Vec::new(),
+            shapes: Vec::new(),
             letters: Vec::new(),
             lookups: Lookups::new(),
         }
@@ -81,11 +105,135 @@ impl SqlBatch {
         values: impl IntoIterator<Item = SqlValue>,
     ) -> Result<(), SqlError> {
         let sql = self.names.expand(sql)?;
-        self.statements.push(Statement {
+        self.ops.push(Op::Statement(Statement {
             sql,
             values: values.into_iter().collect(),
-        });
+        }));
         Ok(())
+    }
+
+    /// Upserts a row of declared table `table`: inserts it, or, when a row with the same
+    /// key exists, replaces its [`set`](SqlRow::set) columns and adds to its
+    /// [`add`](SqlRow::add) columns. Columns the row does not name keep their value (or get
+    /// their default on insert). The key columns must be the table's primary key or a
+    /// unique constraint on exactly those columns.
+    ///
+    /// ```
+    /// # use annals_projections_sql::{SqlBatch, SqlError, SqlRow};
+    /// fn deposit(batch: &mut SqlBatch, account: &str, amount: i64) -> Result<(), SqlError> {
+    ///     batch.upsert(
+    ///         "accounts",
+    ///         SqlRow::new().key("id", account).add("balance", amount),
+    ///     )
+    /// }
+    /// ```
+    ///
+    /// Writes of one key coalesce in the batch (see [`SqlBatch`] for the order). Values are
+    /// cast to the column's type in PostgreSQL (a text into a `uuid` or `timestamptz`
+    /// column, an integer into an `integer` column); give a column values of one type
+    /// (NULLs aside) and a key the same types every time.
+    ///
+    /// # Errors
+    /// [`SqlError::UnknownTable`]; [`SqlError::Row`] for a bad or repeated column name, a
+    /// row without a key column, a NULL key value, an `add` of something other than an
+    /// integer, a float or NULL. Nothing is added then. (A column the table does not have
+    /// fails the write of the batch, before anything is sent.)
+    pub fn upsert(&mut self, table: &str, row: SqlRow<'_>) -> Result<(), SqlError> {
+        let shape = self.shape(table, &row.columns, false)?;
+        let mut values = Vec::with_capacity(row.columns.len());
+        for (column, kind, value) in row.columns {
+            match (kind, &value) {
+                (Kind::Key, SqlValue::Null) => {
+                    return Err(row_error(table, format!("key column {column:?} is NULL")));
+                }
+                (Kind::Add, SqlValue::Int(_) | SqlValue::Float(_) | SqlValue::Null)
+                | (Kind::Key | Kind::Set, _) => {}
+                (Kind::Add, _) => {
+                    return Err(row_error(
+                        table,
+                        format!("column {column:?} adds a value that is not a number: {value:?}"),
+                    ));
+                }
+            }
+            values.push(value);
+        }
+        self.ops.push(Op::Row(RowOp::Upsert { shape, values }));
+        Ok(())
+    }
+
+    /// Deletes the row of declared table `table` whose key columns hold `key` (nothing
+    /// when there is none), in order with the batch's other writes (see [`SqlBatch`]).
+    ///
+    /// ```
+    /// # use annals_projections_sql::{SqlBatch, SqlError, SqlValue};
+    /// fn close(batch: &mut SqlBatch, account: &str) -> Result<(), SqlError> {
+    ///     batch.delete_row("accounts", [("id", SqlValue::from(account))])
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`SqlBatch::upsert`].
+    pub fn delete_row<'a>(
+        &mut self,
+        table: &str,
+        key: impl IntoIterator<Item = (&'a str, SqlValue)>,
+    ) -> Result<(), SqlError> {
+        let columns: Vec<(&str, Kind, SqlValue)> =
+            key.into_iter().map(|(c, v)| (c, Kind::Key, v)).collect();
+        let shape = self.shape(table, &columns, true)?;
+        let mut values = Vec::with_capacity(columns.len());
+        for (column, _, value) in columns {
+            if value == SqlValue::Null {
+                return Err(row_error(table, format!("key column {column:?} is NULL")));
+            }
+            values.push(value);
+        }
+        self.ops.push(Op::Row(RowOp::Delete { shape, values }));
+        Ok(())
+    }
+
+    /// The id of the shape of a row write (checked when new).
+    fn shape(
+        &mut self,
+        table: &str,
+        columns: &[(&str, Kind, SqlValue)],
+        delete: bool,
+    ) -> Result<u32, SqlError> {
+        let same = |s: &Shape| {
+            s.table == table
+                && s.columns.len() == columns.len()
+                && s.columns
+                    .iter()
+                    .zip(columns)
+                    .all(|((c, k), (name, kind, _))| c == name && k == kind)
+        };
+        // The latest shape first: a handler usually writes the same one again.
+        if let Some(i) = self.shapes.iter().rposition(same) {
+            return Ok(i as u32);
+        }
+        let sql = self.names.get(table)?.to_owned();
+        if !columns.iter().any(|(_, k, _)| *k == Kind::Key) {
+            return Err(row_error(table, "a row write names no key column".into()));
+        }
+        for (i, (column, _, _)) in columns.iter().enumerate() {
+            row::check_column(table, column)?;
+            if columns[..i].iter().any(|(c, _, _)| c == column) {
+                return Err(row_error(
+                    table,
+                    format!("column {column:?} is named twice"),
+                ));
+            }
+        }
+        debug_assert!(!delete || columns.iter().all(|(_, k, _)| *k == Kind::Key));
+        self.shapes.push(Shape {
+            table: table.to_owned(),
+            sql,
+            columns: columns
+                .iter()
+                .map(|(c, k, _)| ((*c).to_owned(), *k))
+                .collect(),
+        });
+        Ok((self.shapes.len() - 1) as u32)
     }
 
     /// The SQL name of a declared table in the generation this batch writes.
@@ -96,14 +244,14 @@ impl SqlBatch {
         self.names.get(name)
     }
 
-    /// The number of statements added.
+    /// The number of statements and row writes added.
     pub fn len(&self) -> usize {
-        self.statements.len()
+        self.ops.len()
     }
 
-    /// True when no statement and no dead-letter change was added.
+    /// True when no statement, no row write and no dead-letter change was added.
     pub fn is_empty(&self) -> bool {
-        self.statements.is_empty() && self.letters.is_empty()
+        self.ops.is_empty() && self.letters.is_empty()
     }
 
     /// Takes the batch apart for writing.
@@ -136,7 +284,7 @@ impl SqlBatch {
             }
         }
         Parts {
-            statements: self.statements,
+            steps: row::plan(self.ops, &self.shapes),
             parks,
             unparks,
             sets,
@@ -147,7 +295,8 @@ impl SqlBatch {
 
 /// A batch taken apart: each key and event id once, with its final state.
 pub(crate) struct Parts {
-    pub(crate) statements: Vec<Statement>,
+    /// Statements and coalesced row writes, in the order they run.
+    pub(crate) steps: Vec<Step<Statement>>,
     pub(crate) parks: Vec<DeadLetter>,
     pub(crate) unparks: Vec<Uuid>,
     pub(crate) sets: Vec<(String, String)>,
@@ -168,14 +317,21 @@ impl Parts {
     }
 }
 
+fn row_error(table: &str, reason: String) -> SqlError {
+    SqlError::Row {
+        table: table.to_owned(),
+        reason,
+    }
+}
+
 impl WriteBatch for SqlBatch {
     fn savepoint(&self) -> usize {
-        // Two counters in one mark: statements in the low 48 bits, letters above.
-        self.statements.len() | (self.letters.len() << 48)
+        // Two counters in one mark: operations in the low 48 bits, letters above.
+        self.ops.len() | (self.letters.len() << 48)
     }
 
     fn rollback_to(&mut self, savepoint: usize) {
-        self.statements.truncate(savepoint & ((1 << 48) - 1));
+        self.ops.truncate(savepoint & ((1 << 48) - 1));
         self.letters.truncate(savepoint >> 48);
     }
 
@@ -228,8 +384,202 @@ mod tests {
         b.unpark(id);
         b.unpark(Uuid::nil());
         let parts = b.into_parts();
-        assert_eq!(parts.statements[0].sql, "INSERT INTO g_t VALUES ($1)");
+        let [Step::Statement(first)] = &parts.steps[..] else {
+            panic!("{:?}", parts.steps)
+        };
+        assert_eq!(first.sql, "INSERT INTO g_t VALUES ($1)");
         assert_eq!(parts.unparks, [id, Uuid::nil()]);
         assert!(parts.parks.is_empty());
+    }
+
+    fn batch() -> SqlBatch {
+        SqlBatch::new(
+            SqlSchema::new()
+                .table(
+                    "a",
+                    "CREATE TABLE {a} (id text PRIMARY KEY, n bigint, s text)",
+                )
+                .table("b", "CREATE TABLE {b} (k1 text, k2 bigint, v text)")
+                .names(|o| format!("g_{}", o.name)),
+        )
+    }
+
+    /// The row writes of a batch, as `(table, upsert, columns, rows)`.
+    fn writes(b: SqlBatch) -> Vec<String> {
+        b.into_parts()
+            .steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Statement(s) => format!("sql {}", s.sql),
+                Step::Rows(w) => format!(
+                    "{} {} {:?} {:?}",
+                    if w.upsert { "upsert" } else { "delete" },
+                    w.sql,
+                    w.columns,
+                    w.rows
+                ),
+            })
+            .collect()
+    }
+
+    fn i(v: i64) -> SqlValue {
+        SqlValue::Int(v)
+    }
+
+    fn t(v: &str) -> SqlValue {
+        SqlValue::from(v)
+    }
+
+    #[test]
+    fn upserts_of_one_key_coalesce() {
+        let mut b = batch();
+        b.upsert(
+            "a",
+            SqlRow::new().key("id", "x").add("n", 1).set("s", "one"),
+        )
+        .unwrap();
+        b.upsert("a", SqlRow::new().key("id", "y").add("n", 10).set("s", "y"))
+            .unwrap();
+        b.upsert(
+            "a",
+            SqlRow::new().key("id", "x").add("n", 2).set("s", "two"),
+        )
+        .unwrap();
+        // A Set followed by an Add stays a Set of the sum.
+        b.upsert("a", SqlRow::new().key("id", "y").set("n", 5))
+            .unwrap();
+        b.upsert("a", SqlRow::new().key("id", "y").add("n", 1))
+            .unwrap();
+        assert_eq!(b.len(), 5);
+        let w = writes(b);
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert_eq!(
+            w[0],
+            format!(
+                "upsert g_a {:?} {:?}",
+                [("id", Kind::Key), ("n", Kind::Add), ("s", Kind::Set)]
+                    .map(|(c, k)| (c.to_owned(), k)),
+                [vec![t("x"), i(3), t("two")]]
+            )
+        );
+        assert_eq!(
+            w[1],
+            format!(
+                "upsert g_a {:?} {:?}",
+                [("id", Kind::Key), ("n", Kind::Set), ("s", Kind::Set)]
+                    .map(|(c, k)| (c.to_owned(), k)),
+                [vec![t("y"), i(6), t("y")]]
+            )
+        );
+    }
+
+    #[test]
+    fn statements_and_inexact_merges_split_runs() {
+        let mut b = batch();
+        b.upsert("a", SqlRow::new().key("id", "x").set("s", "a"))
+            .unwrap();
+        // Adding to a column the earlier write did not name: its value is unknown here.
+        b.upsert("a", SqlRow::new().key("id", "x").add("n", 1))
+            .unwrap();
+        b.execute("DELETE FROM {b}", []).unwrap();
+        b.upsert("a", SqlRow::new().key("id", "x").add("n", i64::MAX))
+            .unwrap();
+        b.upsert("a", SqlRow::new().key("id", "x").add("n", 1))
+            .unwrap();
+        let w = writes(b);
+        assert_eq!(w.len(), 5, "{w:#?}");
+        assert!(w[0].contains("[[Text(\"x\"), Text(\"a\")]]"), "{}", w[0]);
+        assert!(w[1].contains("[[Text(\"x\"), Int(1)]]"), "{}", w[1]);
+        assert_eq!(w[2], "sql DELETE FROM g_b");
+        assert!(w[3].contains(&format!("Int({})", i64::MAX)), "{}", w[3]);
+        assert!(w[4].contains("Int(1)"), "{}", w[4]);
+    }
+
+    #[test]
+    fn deletes_and_upserts_of_one_key() {
+        let mut b = batch();
+        // Upsert then delete: only the delete.
+        b.upsert("a", SqlRow::new().key("id", "x").set("s", "a"))
+            .unwrap();
+        b.delete_row("a", [("id", t("x"))]).unwrap();
+        // Delete then upsert: delete, then insert afresh (an add starts from nothing).
+        b.delete_row("a", [("id", t("y"))]).unwrap();
+        b.upsert("a", SqlRow::new().key("id", "y").add("n", 4))
+            .unwrap();
+        // Composite keys, in any order, NULL values.
+        b.upsert(
+            "b",
+            SqlRow::new()
+                .key("k1", "p")
+                .key("k2", 1)
+                .set("v", SqlValue::Null),
+        )
+        .unwrap();
+        b.upsert("b", SqlRow::new().key("k2", 1).key("k1", "p").set("v", "z"))
+            .unwrap();
+        let w = writes(b);
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(
+            w[0].starts_with("delete g_a") && w[0].ends_with("[[Text(\"x\")], [Text(\"y\")]]"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].starts_with("upsert g_a") && w[1].ends_with("[[Text(\"y\"), Int(4)]]"),
+            "{}",
+            w[1]
+        );
+        assert!(
+            w[2].starts_with("upsert g_b")
+                && w[2].ends_with("[[Text(\"p\"), Int(1), Text(\"z\")]]"),
+            "{}",
+            w[2]
+        );
+    }
+
+    #[test]
+    fn row_writes_are_checked_and_roll_back() {
+        let mut b = batch();
+        assert!(matches!(
+            b.upsert("c", SqlRow::new().key("id", "x")),
+            Err(SqlError::UnknownTable { .. })
+        ));
+        for bad in [
+            SqlRow::new().set("s", "x"),
+            SqlRow::new().key("id", SqlValue::Null),
+            SqlRow::new().key("id", "x").add("n", "text"),
+            SqlRow::new().key("id", "x").set("S", 1),
+            SqlRow::new().key("id", "x").set("a\"b", 1),
+            SqlRow::new().key("id", "x").set("n", 1).add("n", 1),
+        ] {
+            let err = b.upsert("a", bad.clone()).unwrap_err();
+            assert!(matches!(err, SqlError::Row { .. }), "{bad:?}: {err:?}");
+        }
+        assert!(b.delete_row("a", [("id", SqlValue::Null)]).is_err());
+        assert!(b.is_empty());
+        b.upsert("a", SqlRow::new().key("id", "x").add("n", 1))
+            .unwrap();
+        let sp = b.savepoint();
+        b.upsert("a", SqlRow::new().key("id", "x").add("n", 100))
+            .unwrap();
+        b.delete_row("a", [("id", t("z"))]).unwrap();
+        b.rollback_to(sp);
+        let w = writes(b);
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(w[0].ends_with("[[Text(\"x\"), Int(1)]]"), "{}", w[0]);
+    }
+
+    #[test]
+    fn columns_split_by_type() {
+        let rows = vec![
+            vec![t("a"), i(1)],
+            vec![t("b"), SqlValue::Null],
+            vec![t("c"), t("one")],
+            vec![t("d"), SqlValue::Null],
+        ];
+        let runs = row::split_by_type(rows);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].len(), 3);
+        assert_eq!(runs[1], [vec![t("c"), t("one")]]);
     }
 }

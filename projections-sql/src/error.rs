@@ -38,6 +38,17 @@ pub enum SqlError {
         /// Which rule it broke.
         reason: &'static str,
     },
+    /// A row write ([`SqlBatch::upsert`](crate::SqlBatch::upsert),
+    /// [`SqlBatch::delete_row`](crate::SqlBatch::delete_row)) that cannot be written: a bad
+    /// column name, no key, a NULL key, an `add` of a non-number, a column the table does
+    /// not have.
+    #[error("row write to {table}: {reason}")]
+    Row {
+        /// The declared table.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A text value holds a NUL byte, which PostgreSQL cannot store; checked before sending.
     #[error("a text value holds a NUL byte, which postgresql cannot store")]
     NulByte,
@@ -109,7 +120,9 @@ impl From<SqlError> for annals_projections::Error {
         match e {
             SqlError::InvalidName { name, reason } => Self::InvalidName { name, reason },
             SqlError::Corrupt { what } => Self::Corrupt { what },
-            e @ (SqlError::UnknownTable { .. } | SqlError::Placeholder { .. }) => Self::Schema {
+            e @ (SqlError::UnknownTable { .. }
+            | SqlError::Placeholder { .. }
+            | SqlError::Row { .. }) => Self::Schema {
                 reason: e.to_string(),
             },
             e => Self::Store(annals::Error::backend(e.is_transient(), e)),

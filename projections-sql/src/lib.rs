@@ -3,6 +3,7 @@
 mod batch;
 mod common;
 mod error;
+mod row;
 mod schema;
 mod value;
 mod view;
@@ -16,6 +17,7 @@ pub use batch::SqlBatch;
 pub use error::{SqlError, is_transient};
 #[cfg(feature = "postgres")]
 pub use pg::{PgLeases, PgTables, PgWriter};
+pub use row::SqlRow;
 pub use schema::SqlSchema;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteLeases, SqliteTables, SqliteWriter};

@@ -1,12 +1,13 @@
 //! The read-model conformance suite (`annals_projections::testing`) for the SQL targets:
-//! PostgreSQL and SQLite tables.
+//! PostgreSQL and SQLite tables, written with row upserts (`SqlBatch::upsert`), and SQLite
+//! once more with statements (`SqlBatch::execute`).
 
 mod common;
 
 use std::collections::BTreeMap;
 
 use annals_projections::testing::Target;
-use annals_projections_sql::{PgTables, SqlBatch, SqlSchema, SqlValue, SqliteTables};
+use annals_projections_sql::{PgTables, SqlBatch, SqlRow, SqlSchema, SqlValue, SqliteTables};
 
 /// The suite's documents: one table `docs`, key to value.
 fn docs() -> SqlSchema {
@@ -16,20 +17,27 @@ fn docs() -> SqlSchema {
     )
 }
 
-fn put(batch: &mut SqlBatch, key: &str, value: &str) {
-    batch
-        .execute(
-            "INSERT INTO {docs} (key, value) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [SqlValue::from(key), SqlValue::from(value)],
-        )
-        .unwrap();
+fn put(batch: &mut SqlBatch, key: &str, value: &str, upsert: bool) {
+    if upsert {
+        batch
+            .upsert("docs", SqlRow::new().key("key", key).set("value", value))
+            .unwrap();
+    } else {
+        batch
+            .execute(
+                "INSERT INTO {docs} (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [SqlValue::from(key), SqlValue::from(value)],
+            )
+            .unwrap();
+    }
 }
 
 /// PostgreSQL: each test in a namespace of its own.
 struct Postgres {
     pool: sqlx::PgPool,
     namespace: String,
+    upsert: bool,
 }
 
 impl Target for Postgres {
@@ -40,7 +48,7 @@ impl Target for Postgres {
     }
 
     fn put(&self, batch: &mut SqlBatch, key: &str, value: &str) {
-        put(batch, key, value);
+        put(batch, key, value, self.upsert);
     }
 
     async fn dump(&self, model: &PgTables) -> Option<BTreeMap<String, String>> {
@@ -65,6 +73,7 @@ async fn postgres() -> Option<Postgres> {
     Some(Postgres {
         pool: common::postgres().await?,
         namespace: common::unique("c"),
+        upsert: true,
     })
 }
 
@@ -76,6 +85,7 @@ mod postgres {
 struct Sqlite {
     pool: sqlx::SqlitePool,
     _dir: tempfile::TempDir,
+    upsert: bool,
 }
 
 impl Target for Sqlite {
@@ -86,7 +96,7 @@ impl Target for Sqlite {
     }
 
     fn put(&self, batch: &mut SqlBatch, key: &str, value: &str) {
-        put(batch, key, value);
+        put(batch, key, value, self.upsert);
     }
 
     async fn dump(&self, model: &SqliteTables) -> Option<BTreeMap<String, String>> {
@@ -101,12 +111,21 @@ impl Target for Sqlite {
     }
 }
 
-async fn sqlite() -> Option<Sqlite> {
+async fn sqlite_with(upsert: bool) -> Option<Sqlite> {
     let dir = tempfile::tempdir().unwrap();
     let pool = common::sqlite(&dir.path().join("annals.db"), 4).await;
-    Some(Sqlite { pool, _dir: dir })
+    Some(Sqlite {
+        pool,
+        _dir: dir,
+        upsert,
+    })
 }
 
 mod sqlite {
-    annals_projections::read_model_conformance_tests!(super::sqlite());
+    annals_projections::read_model_conformance_tests!(super::sqlite_with(true));
+}
+
+/// The same through `SqlBatch::execute`.
+mod sqlite_execute {
+    annals_projections::read_model_conformance_tests!(super::sqlite_with(false));
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use annals::LogPosition;
 use annals_projections::{DeadLetter, Durability, Error, GenerationWriter, ReadModel, WriteBatch};
 use annals_projections_sql::{
-    PgTables, SqlBatch, SqlError, SqlSchema, SqlValue, SqlView, SqliteTables,
+    PgTables, SqlBatch, SqlError, SqlRow, SqlSchema, SqlValue, SqlView, SqliteTables,
 };
 use common::{drop_schemas_now, postgres, sqlite, unique};
 use uuid::Uuid;
@@ -348,6 +348,125 @@ async fn generations_own_their_tables(backend: impl Backend) {
     assert!(g3 > g2, "numbers are never reused");
 }
 
+fn add(batch: &mut SqlBatch, id: &str, amount: i64) {
+    batch
+        .upsert(
+            "accounts",
+            SqlRow::new().key("id", id).add("balance", amount),
+        )
+        .unwrap();
+}
+
+fn set(batch: &mut SqlBatch, id: &str, balance: i64) {
+    batch
+        .upsert(
+            "accounts",
+            SqlRow::new().key("id", id).set("balance", balance),
+        )
+        .unwrap();
+}
+
+fn delete(batch: &mut SqlBatch, id: &str) {
+    batch
+        .delete_row("accounts", [("id", SqlValue::from(id))])
+        .unwrap();
+}
+
+fn rows(pairs: &[(&str, i64)]) -> Vec<(String, i64)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+/// Row writes coalesce per key and apply in order with statements; a rolled-back handler's
+/// rows are gone; a write to a column the table lacks fails the whole batch.
+async fn row_writes_apply_in_order(backend: impl Backend) {
+    let model = backend.model("bank").await;
+    model.claim(1, Uuid::new_v4()).await.unwrap();
+    let g = model.begin_build(1).await.unwrap();
+    model.switch(g, 1).await.unwrap();
+    let mut w = model.open_writer(g, 1).await.unwrap();
+
+    let mut batch = w.batch();
+    add(&mut batch, "alice", 5);
+    set(&mut batch, "bob", 7);
+    add(&mut batch, "alice", 2);
+    // A statement sees the rows written before it and precedes those after it.
+    batch
+        .execute(
+            "INSERT INTO {accounts} (id, balance) SELECT 'carol', balance FROM {accounts} WHERE id = 'alice'",
+            [],
+        )
+        .unwrap();
+    add(&mut batch, "carol", 10);
+    delete(&mut batch, "bob");
+    add(&mut batch, "dave", 1);
+    delete(&mut batch, "dave");
+    add(&mut batch, "dave", 3);
+    // A handler that failed: its rows are discarded.
+    let mark = batch.savepoint();
+    add(&mut batch, "alice", 1000);
+    delete(&mut batch, "carol");
+    set(&mut batch, "mallory", 1);
+    batch.rollback_to(mark);
+    w.write(batch, LogPosition::serial(1), Durability::Now)
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.accounts(&model).await,
+        rows(&[("alice", 7), ("carol", 17), ("dave", 3)])
+    );
+
+    let mut batch = w.batch();
+    add(&mut batch, "alice", 1);
+    set(&mut batch, "erin", 0);
+    add(&mut batch, "erin", 4);
+    delete(&mut batch, "carol");
+    // Deleting a row that does not exist is no error.
+    delete(&mut batch, "nobody");
+    // More rows than one SQLite statement takes.
+    for i in 0..2_500 {
+        add(&mut batch, &format!("z{i:04}"), i);
+    }
+    w.write(batch, LogPosition::serial(2), Durability::Now)
+        .await
+        .unwrap();
+    let all = backend.accounts(&model).await;
+    assert_eq!(all.len(), 3 + 2_500);
+    assert_eq!(
+        all[..3],
+        rows(&[("alice", 8), ("dave", 3), ("erin", 4)])[..]
+    );
+    assert_eq!(all[3 + 1_234], ("z1234".to_owned(), 1_234));
+
+    // A column the table does not have (or a value it refuses) fails the whole batch.
+    let mut batch = w.batch();
+    add(&mut batch, "alice", 1);
+    batch
+        .upsert("accounts", SqlRow::new().key("id", "x").set("nope", 1))
+        .unwrap();
+    let err = w
+        .write(batch, LogPosition::serial(3), Durability::Now)
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err:?}");
+    let mut batch = w.batch();
+    add(&mut batch, "alice", 1);
+    set(&mut batch, "nobody", 1);
+    batch
+        .upsert(
+            "accounts",
+            SqlRow::new().key("id", "x").set("balance", SqlValue::Null),
+        )
+        .unwrap();
+    let err = w
+        .write(batch, LogPosition::serial(3), Durability::Now)
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient(), "{err:?}");
+    assert_eq!(backend.accounts(&model).await[..3], all[..3]);
+    let w = model.open_writer(g, 1).await.unwrap();
+    assert_eq!(w.checkpoint(), Some(LogPosition::serial(2)));
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -372,6 +491,7 @@ macro_rules! both {
 
 both!(
     refused_batches_write_nothing,
+    row_writes_apply_in_order,
     a_failing_statement_fails_the_whole_batch,
     generations_own_their_tables,
 );
@@ -509,6 +629,234 @@ async fn postgres_values_keep_their_types() {
         .and_then(std::error::Error::source)
         .and_then(|s| s.downcast_ref::<SqlError>());
     assert!(matches!(source, Some(SqlError::NulByte)), "{err:?}");
+}
+
+/// Upserted values are cast to their columns' types: text into `uuid` and `timestamptz`,
+/// integers into `integer`; NULLs fit any column; a column with values of two types is
+/// written by two statements; composite keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_upserts_keep_their_types() {
+    let Some(backend) = pg().await else { return };
+    let schema = SqlSchema::new().table(
+        "vals",
+        "CREATE TABLE {vals} (id uuid, part integer, n bigint, i integer, b boolean,
+             f double precision, t text, j jsonb, y bytea, ts timestamptz,
+             PRIMARY KEY (id, part))",
+    );
+    let model = PgTables::new(backend.pool.clone(), &backend.namespace, "vals", schema).unwrap();
+    model.claim(1, Uuid::new_v4()).await.unwrap();
+    let g = model.begin_build(1).await.unwrap();
+    model.switch(g, 1).await.unwrap();
+    let mut w = model.open_writer(g, 1).await.unwrap();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut batch = w.batch();
+    batch
+        .upsert(
+            "vals",
+            SqlRow::new()
+                .key("id", a)
+                .key("part", 1)
+                .add("n", 5)
+                .set("i", 7)
+                .set("b", true)
+                .add("f", 1.5)
+                .set("t", "héllo")
+                .set("j", serde_json::json!({"a": [1, 2]}))
+                .set("y", vec![0u8, 1, 255])
+                .set("ts", "2024-01-02T03:04:05Z"),
+        )
+        .unwrap();
+    batch
+        .upsert(
+            "vals",
+            SqlRow::new()
+                .key("id", b)
+                .key("part", 1)
+                .add("n", SqlValue::Null)
+                .set("i", SqlValue::Null)
+                .set("b", SqlValue::Null)
+                .add("f", SqlValue::Null)
+                .set("t", 42)
+                .set("j", SqlValue::Null)
+                .set("y", SqlValue::Null)
+                .set("ts", SqlValue::Null),
+        )
+        .unwrap();
+    batch
+        .upsert(
+            "vals",
+            SqlRow::new().key("part", 1).key("id", a).add("n", 2),
+        )
+        .unwrap();
+    w.write(batch, LogPosition::serial(1), Durability::Now)
+        .await
+        .unwrap();
+    let mut batch = w.batch();
+    batch
+        .upsert(
+            "vals",
+            SqlRow::new()
+                .key("id", a)
+                .key("part", 1)
+                .add("n", 10)
+                .add("f", 1.0),
+        )
+        .unwrap();
+    batch
+        .upsert("vals", SqlRow::new().key("id", b).key("part", 2))
+        .unwrap();
+    w.write(batch, LogPosition::serial(2), Durability::Now)
+        .await
+        .unwrap();
+    let view = model.view().await.unwrap().unwrap();
+    type Row = (
+        Uuid,
+        i32,
+        Option<i64>,
+        Option<i32>,
+        Option<bool>,
+        Option<f64>,
+        Option<String>,
+        Option<sqlx::types::Json<serde_json::Value>>,
+        Option<Vec<u8>>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(
+        view.sql(
+            "SELECT id, part, n, i, b, f, t, j, y, extract(epoch FROM ts)::bigint
+             FROM {vals} ORDER BY id = $1 DESC, part",
+        )
+        .unwrap(),
+    ))
+    .bind(a)
+    .fetch_all(&backend.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3);
+    let r = &rows[0];
+    assert_eq!(
+        (r.0, r.1, r.2, r.3, r.4, r.5),
+        (a, 1, Some(17), Some(7), Some(true), Some(2.5))
+    );
+    assert_eq!(r.6.as_deref(), Some("héllo"));
+    assert_eq!(r.7.as_ref().unwrap().0, serde_json::json!({"a": [1, 2]}));
+    assert_eq!(r.8.as_deref(), Some(&[0u8, 1, 255][..]));
+    assert_eq!(r.9, Some(1_704_164_645));
+    let r = &rows[1];
+    assert_eq!(
+        (r.0, r.1, r.2, r.3, r.4, r.5),
+        (b, 1, None, None, None, None)
+    );
+    assert_eq!(r.6.as_deref(), Some("42"));
+    assert!(r.7.is_none() && r.8.is_none() && r.9.is_none());
+    assert_eq!((rows[2].0, rows[2].1, rows[2].2), (b, 2, None));
+
+    // A NUL byte is refused before anything is sent.
+    let mut batch = w.batch();
+    batch
+        .upsert(
+            "vals",
+            SqlRow::new().key("id", a).key("part", 3).set("t", "a\0b"),
+        )
+        .unwrap();
+    let err = w
+        .write(batch, LogPosition::serial(3), Durability::Now)
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn sqlite_upserts_keep_their_types() {
+    let backend = lite().await;
+    let schema = SqlSchema::new().table(
+        "vals",
+        "CREATE TABLE {vals} (id TEXT, part INTEGER, n INTEGER, b BOOLEAN, f REAL, j TEXT,
+             y BLOB, PRIMARY KEY (id, part))",
+    );
+    let model = SqliteTables::new(backend.pool.clone(), "vals", schema).unwrap();
+    model.claim(1, Uuid::new_v4()).await.unwrap();
+    let g = model.begin_build(1).await.unwrap();
+    model.switch(g, 1).await.unwrap();
+    let mut w = model.open_writer(g, 1).await.unwrap();
+    let mut batch = w.batch();
+    batch
+        .upsert(
+            "vals",
+            SqlRow::new()
+                .key("id", "x")
+                .key("part", 1)
+                .add("n", 1)
+                .set("b", true)
+                .add("f", 1.5)
+                .set("j", serde_json::json!([1]))
+                .set("y", vec![0u8, 255]),
+        )
+        .unwrap();
+    batch
+        .upsert(
+            "vals",
+            SqlRow::new()
+                .key("id", "y")
+                .key("part", 1)
+                .add("n", SqlValue::Null)
+                .set("b", SqlValue::Null),
+        )
+        .unwrap();
+    w.write(batch, LogPosition::serial(1), Durability::Now)
+        .await
+        .unwrap();
+    let mut batch = w.batch();
+    batch
+        .upsert(
+            "vals",
+            SqlRow::new()
+                .key("part", 1)
+                .key("id", "x")
+                .add("n", 2)
+                .add("f", 1.0),
+        )
+        .unwrap();
+    batch
+        .upsert(
+            "vals",
+            SqlRow::new().key("id", "y").key("part", 1).add("n", 5),
+        )
+        .unwrap();
+    w.write(batch, LogPosition::serial(2), Durability::Now)
+        .await
+        .unwrap();
+    let view = model.view().await.unwrap().unwrap();
+    type Row = (
+        String,
+        Option<i64>,
+        Option<bool>,
+        Option<f64>,
+        Option<String>,
+        Option<Vec<u8>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(
+        view.sql("SELECT id, n, b, f, j, y FROM {vals} ORDER BY id")
+            .unwrap(),
+    ))
+    .fetch_all(&backend.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (
+                "x".to_owned(),
+                Some(3),
+                Some(true),
+                Some(2.5),
+                Some("[1]".to_owned()),
+                Some(vec![0, 255])
+            ),
+            // NULL + 5 is NULL, as in SQL.
+            ("y".to_owned(), None, None, None, None, None),
+        ]
+    );
 }
 
 #[tokio::test]

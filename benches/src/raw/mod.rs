@@ -2,5 +2,6 @@
 
 pub(crate) mod pg;
 pub(crate) mod redis;
+pub(crate) mod sql;
 pub(crate) mod sqlite;
 pub(crate) mod tantivy;

@@ -6,6 +6,7 @@ mod pg_raw;
 mod pg_store;
 mod projection;
 mod projection_run;
+mod projection_sql;
 mod sqlite;
 mod sqlite_store;
 
@@ -179,6 +180,14 @@ pub(crate) fn all() -> Vec<Scenario> {
             target(0.6, ISSUE15),
             "ledger search projection rebuilt from 0 into a new tantivy index, one lookup per event",
             "the same documents indexed directly by one writer, one commit, the lookup in a HashMap"
+        ),
+        scenario!(
+            "projection.sql.rebuild",
+            "projections",
+            projection_sql::rebuild,
+            target(0.5, ISSUE15),
+            "ledger balances rebuilt from 0 into PgTables in the store's database (one upsert per event, coalesced per batch), one lookup per event",
+            "the same rows upserted directly: per batch one SELECT of the lookups, one INSERT ... SELECT FROM unnest ... ON CONFLICT DO UPDATE, one transaction"
         ),
     ]
 }

@@ -2,6 +2,7 @@
 
 mod bind;
 mod leases;
+mod rows;
 mod tables;
 mod writer;
 

@@ -443,7 +443,7 @@ impl ReadModel for PgTables {
             self.inner.projection.clone(),
             generation,
             self.names(generation.0),
-            quote(&self.schema_name(generation.0)),
+            self.schema_name(generation.0),
             fence,
         )
         .await

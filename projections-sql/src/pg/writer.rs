@@ -7,11 +7,15 @@ use annals_projections::{Durability, Error, Fence, Generation, GenerationWriter,
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
-use super::bind::{bind, check_text};
+use super::{
+    bind::{bind, check_text},
+    rows::{ColumnTypes, queries},
+};
 use crate::{
     SqlBatch,
     common::{from_i64, position, split, to_i64},
     error::db,
+    row::Step,
     schema::Names,
 };
 
@@ -19,10 +23,16 @@ use crate::{
 ///
 /// A write is one transaction: `BEGIN`; one statement that checks the fence and the
 /// expected checkpoint, stores the new ones and applies the batch's lookups and dead
-/// letters (a data-modifying `WITH`, arrays bound as parameters); the batch's statements,
-/// one round trip each; `COMMIT`. A refused fence or checkpoint rolls back before any of
-/// the batch's statements run. Every write commits at once, whatever its
-/// [`Durability`].
+/// letters (a data-modifying `WITH`, arrays bound as parameters); the batch's statements
+/// and row writes in order, one round trip each (a run of row writes is one statement per
+/// table and column set); `COMMIT`. The column types of the generation's tables are read
+/// once, when the writer opens, to cast row values to them.
+///
+/// Every write is visible when it returns. A [`Durability::Deferred`] write (catch-up,
+/// rebuild) commits with `synchronous_commit` off: it does not wait for its WAL to reach
+/// the disk, and a crash may lose it, its checkpoint with it (never one without the
+/// other). [`GenerationWriter::flush`] waits for the WAL of every write before it. A refused fence or checkpoint rolls back before any of
+/// the batch's statements run.
 pub struct PgWriter {
     pool: PgPool,
     projection: String,
@@ -31,6 +41,13 @@ pub struct PgWriter {
     fence: Fence,
     checkpoint: Option<LogPosition>,
     sql: Arc<Sql>,
+    types: Arc<ColumnTypes>,
+    /// A deferred write committed without waiting for its WAL flush.
+    unflushed: bool,
+    /// The checkpoint of the last write known durable (a synchronous commit or a flush):
+    /// what a deferred write reports as committed, so no status claims a write a server
+    /// crash could still take back.
+    durable: Option<LogPosition>,
 }
 
 /// The writer's fixed statements.
@@ -61,6 +78,8 @@ impl PgWriter {
         schema: String,
         fence: Fence,
     ) -> Result<Self> {
+        let types = ColumnTypes::load(&pool, &schema).await.map_err(db)?;
+        let schema = crate::schema::quote(&schema);
         let meta = format!("{schema}.\"__annals_meta\"");
         let lookups = format!("{schema}.\"__annals_lookups\"");
         let letters = format!("{schema}.\"__annals_dead_letters\"");
@@ -92,7 +111,8 @@ impl PgWriter {
                  d AS (
                      DELETE FROM {letters} WHERE event_id = ANY($13::uuid[]) AND EXISTS (SELECT FROM m)
                  )
-                 SELECT EXISTS (SELECT FROM m)"
+                 SELECT EXISTS (SELECT FROM m),
+                     CASE WHEN $14 THEN set_config('synchronous_commit', 'off', true) END"
             )
             .into(),
             state: format!("SELECT fence, commit_pos, seq_pos FROM {meta}").into(),
@@ -114,10 +134,14 @@ impl PgWriter {
             fence,
             checkpoint: None,
             sql: Arc::new(sql),
+            types: Arc::new(types),
+            unflushed: false,
+            durable: None,
         };
         match row {
             Some((commit, sequence)) => {
                 writer.checkpoint = position(commit, sequence)?;
+                writer.durable = writer.checkpoint;
                 Ok(writer)
             }
             None => Err(writer.refused().await),
@@ -195,8 +219,9 @@ impl GenerationWriter for PgWriter {
         &mut self,
         batch: SqlBatch,
         through: LogPosition,
-        _durability: Durability,
+        durability: Durability,
     ) -> Result<Option<LogPosition>> {
+        let deferred = durability == Durability::Deferred;
         let parts = batch.into_parts();
         let (commit, sequence) = split(Some(through))?;
         let (expected_commit, expected_sequence) = split(self.checkpoint)?;
@@ -212,33 +237,40 @@ impl GenerationWriter for PgWriter {
             letter_sequences.push(to_i64(letter.position.sequence, "position")?);
         }
         let letter_ids: Vec<Uuid> = parts.parks.iter().map(|l| l.event_id).collect();
-        let mut statements = Vec::with_capacity(parts.statements.len());
-        for statement in parts.statements {
-            let mut query = sqlx::query(AssertSqlSafe(statement.sql));
-            for value in statement.values {
-                query = bind(query, value)?;
+        let mut statements = Vec::with_capacity(parts.steps.len());
+        for step in parts.steps {
+            match step {
+                Step::Statement(statement) => {
+                    let mut query = sqlx::query(AssertSqlSafe(statement.sql));
+                    for value in statement.values {
+                        query = bind(query, value)?;
+                    }
+                    statements.push(query);
+                }
+                Step::Rows(write) => statements.extend(queries(write, &self.types)?),
             }
-            statements.push(query);
         }
 
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let (applied,): (bool,) = sqlx::query_as(AssertSqlSafe(self.sql.commit.clone()))
-            .bind(commit)
-            .bind(sequence)
-            .bind(to_i64(self.fence, "fence")?)
-            .bind(expected_commit)
-            .bind(expected_sequence)
-            .bind(&set_keys)
-            .bind(&set_values)
-            .bind(&parts.removes)
-            .bind(&letter_ids)
-            .bind(&letter_commits)
-            .bind(&letter_sequences)
-            .bind(&letters)
-            .bind(&parts.unparks)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
+        let (applied, _): (bool, Option<String>) =
+            sqlx::query_as(AssertSqlSafe(self.sql.commit.clone()))
+                .bind(commit)
+                .bind(sequence)
+                .bind(to_i64(self.fence, "fence")?)
+                .bind(expected_commit)
+                .bind(expected_sequence)
+                .bind(&set_keys)
+                .bind(&set_values)
+                .bind(&parts.removes)
+                .bind(&letter_ids)
+                .bind(&letter_commits)
+                .bind(&letter_sequences)
+                .bind(&letters)
+                .bind(&parts.unparks)
+                .bind(deferred)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
         if !applied {
             tx.rollback().await.map_err(db)?;
             return Err(self.refused().await);
@@ -248,10 +280,31 @@ impl GenerationWriter for PgWriter {
         }
         tx.commit().await.map_err(db)?;
         self.checkpoint = Some(through);
+        if deferred {
+            // Visible, not yet durable: report the last durable checkpoint until a flush.
+            self.unflushed = true;
+            return Ok(self.durable);
+        }
+        // A synchronous commit waits for the WAL up to its own record, which follows every
+        // deferred commit before it.
+        self.unflushed = false;
+        self.durable = self.checkpoint;
         Ok(self.checkpoint)
     }
 
     async fn flush(&mut self) -> Result<Option<LogPosition>> {
+        if self.unflushed {
+            // A transaction that commits synchronously waits for the WAL up to its commit
+            // record, which follows every deferred commit.
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            sqlx::query("SELECT pg_current_xact_id()")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            self.unflushed = false;
+        }
+        self.durable = self.checkpoint;
         Ok(self.checkpoint)
     }
 }

@@ -2,6 +2,7 @@
 //! event store's file or any other.
 
 mod leases;
+mod rows;
 mod tables;
 mod writer;
 

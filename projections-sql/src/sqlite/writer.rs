@@ -6,11 +6,12 @@ use annals::LogPosition;
 use annals_projections::{Durability, Error, Fence, Generation, GenerationWriter, Result};
 use sqlx::{AssertSqlSafe, SqlitePool};
 
-use super::{bind, immediate};
+use super::{bind, immediate, rows::queries};
 use crate::{
     SqlBatch, SqlError,
     common::{from_i64, position, split, to_i64},
     error::db,
+    row::Step,
     schema::Names,
 };
 
@@ -19,7 +20,8 @@ use crate::{
 /// A write is one `BEGIN IMMEDIATE` transaction: a statement that checks the fence and the
 /// expected checkpoint and stores the new ones; at most four statements for the batch's
 /// lookups and dead letters (each taking its rows as one JSON array); the batch's
-/// statements; `COMMIT`. A refused fence or checkpoint rolls back before any of the
+/// statements and row writes in order (a run of row writes is one multi-row statement per
+/// table and column set, split where SQLite's parameter limit requires); `COMMIT`. A refused fence or checkpoint rolls back before any of the
 /// batch's statements run. Every write commits at once, whatever its [`Durability`].
 pub struct SqliteWriter {
     pool: SqlitePool,
@@ -266,12 +268,21 @@ impl GenerationWriter for SqliteWriter {
                     .map_err(db)?;
             }
         }
-        for statement in parts.statements {
-            let mut query = sqlx::query(AssertSqlSafe(statement.sql));
-            for value in statement.values {
-                query = bind(query, value);
+        for step in parts.steps {
+            match step {
+                Step::Statement(statement) => {
+                    let mut query = sqlx::query(AssertSqlSafe(statement.sql));
+                    for value in statement.values {
+                        query = bind(query, value);
+                    }
+                    query.execute(&mut *tx).await.map_err(db)?;
+                }
+                Step::Rows(write) => {
+                    for query in queries(write) {
+                        query.execute(&mut *tx).await.map_err(db)?;
+                    }
+                }
             }
-            query.execute(&mut *tx).await.map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
         self.checkpoint = Some(through);

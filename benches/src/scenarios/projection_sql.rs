@@ -1,0 +1,193 @@
+//! `projection.sql.rebuild`: the ledger balances rebuilt from position 0 into PostgreSQL
+//! tables (`annals-projections-sql`) in the store's database, beside the same rows written
+//! directly with batched `INSERT … ON CONFLICT DO UPDATE`.
+
+use std::time::{Duration, Instant};
+
+use annals::{BoxError, DomainEvent, EventStore, RecordedEvent};
+use annals_postgres::PgEventStore;
+use annals_projections::{
+    EventFilter, LookupKeys, ProgressDisplay, Projection, ProjectionConfig, ProjectionRunner,
+    RunnerConfig,
+};
+use annals_projections_sql::{PgTables, SqlBatch, SqlRow, SqlSchema};
+use futures::future::BoxFuture;
+use sqlx::{AssertSqlSafe, PgPool};
+
+use super::{
+    pg_raw::check_count,
+    pg_store::{fill, with_store},
+    projection_run::{BATCH, declare_first, first_counterparty},
+};
+use crate::{
+    BenchResult,
+    env::Ctx,
+    ledger::{Deposited, LedgerEvent},
+    raw,
+    runner::{Measured, timed},
+    workload::{self, Batch},
+};
+
+const NAME: &str = "ledger_balances";
+
+/// The balances in one table: per account its balance, deposits, first counterparty (from
+/// the lookup) and last counterparty, one upsert per event (coalesced per batch).
+struct SqlBalances;
+
+impl Projection for SqlBalances {
+    type Model = PgTables;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::domain::<LedgerEvent>()
+    }
+
+    fn lookups(&self, event: &RecordedEvent, keys: &mut LookupKeys) {
+        declare_first(event, keys);
+    }
+
+    fn handle(&self, event: &RecordedEvent, batch: &mut SqlBatch) -> Result<(), BoxError> {
+        let LedgerEvent::Deposited(d) = LedgerEvent::decode(event)?;
+        let first = first_counterparty(batch, &d)?;
+        batch.upsert(
+            "accounts",
+            SqlRow::new()
+                .key("id", &d.account)
+                .add("balance", d.amount)
+                .add("deposits", 1)
+                .set("first_counterparty", first)
+                .set("last_counterparty", &d.counterparty),
+        )?;
+        Ok(())
+    }
+}
+
+fn deposits(batches: &[Batch]) -> BenchResult<Vec<Deposited>> {
+    let mut out = Vec::with_capacity(workload::count(batches) as usize);
+    for b in batches {
+        for e in &b.events {
+            out.push(e.payload.deserialize()?);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that the serving generation holds every event, one row per account.
+async fn check(model: &PgTables, batches: &[Batch]) -> BenchResult<()> {
+    let view = model.view().await?.ok_or("no generation serves")?;
+    let (rows, sum): (i64, Option<i64>) = sqlx::query_as(AssertSqlSafe(
+        view.sql("SELECT count(*), sum(deposits)::bigint FROM {accounts}")?,
+    ))
+    .fetch_one(model.pool())
+    .await?;
+    check_count(u64::try_from(sum.unwrap_or(0))?, workload::count(batches))?;
+    if rows as usize != batches.len() {
+        return Err(format!("{rows} accounts, {} expected", batches.len()).into());
+    }
+    Ok(())
+}
+
+/// Drops the namespace's schemas (its metadata and every generation).
+async fn drop_namespace(pool: &PgPool, namespace: &str) -> BenchResult<()> {
+    let names: Vec<(String,)> =
+        sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
+            .bind(namespace)
+            .fetch_all(pool)
+            .await?;
+    for (name,) in names {
+        // Names of our own namespace (a uuid), never user input.
+        sqlx::query(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+        )))
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The framework side: fills a store, builds once (untimed), then times `runs` rebuilds
+/// from position 0 into a new generation of `PgTables` in the store's database.
+async fn rebuilds(ctx: &Ctx, batches: &[Batch], runs: usize) -> BenchResult<Vec<f64>> {
+    let events = workload::count(batches);
+    with_store(ctx, 6, |store: PgEventStore| async move {
+        fill(&store, batches).await?;
+        let head = store.head_position().await?.ok_or("the log is empty")?;
+        let pool = store.pool().clone();
+        let namespace = format!(
+            "sqlbench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let schema = SqlSchema::new().table("accounts", raw::sql::ACCOUNTS_DDL);
+        let model = PgTables::new(pool.clone(), &namespace, NAME, schema)?;
+        let runner = ProjectionRunner::new(store)
+            .with_config(RunnerConfig::new().with_retire_grace(Duration::ZERO));
+        let config = ProjectionConfig::new()
+            .with_batch_size(BATCH)
+            .with_page_size(BATCH)
+            .with_progress(ProgressDisplay::Silent);
+        runner.add(SqlBalances, model.clone(), config)?;
+        let result = async {
+            runner.wait_for(NAME, head).await?;
+            check(&model, batches).await?;
+            let mut out = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                let before = model.view().await?.map(|v| v.generation());
+                let start = Instant::now();
+                let report = runner.rebuild(NAME).await?;
+                let elapsed = start.elapsed();
+                let after = model.view().await?.map(|v| v.generation());
+                if after == before || after != Some(report.generation) {
+                    return Err(format!(
+                        "the rebuild returned without switching generations \
+                         (before {before:?}, after {after:?}, report {report:?})"
+                    )
+                    .into());
+                }
+                check(&model, batches).await?;
+                out.push(events as f64 / elapsed.as_secs_f64().max(1e-9));
+                // Let the retired generation's drop finish before the next run.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            BenchResult::Ok(out)
+        }
+        .await;
+        runner.shutdown().await;
+        let dropped = drop_namespace(&pool, &namespace).await;
+        let out = result?;
+        dropped?;
+        Ok(out)
+    })
+    .await
+}
+
+/// `projection.sql.rebuild`: the ledger balances rebuilt from position 0 into `PgTables`,
+/// against the same rows written with raw batched upserts, batches of the same size.
+pub(crate) fn rebuild(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    Box::pin(async move {
+        let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
+        let events = workload::count(&batches);
+        let docs = deposits(&batches)?;
+        let mut m = Measured::new(events);
+        m.framework = rebuilds(ctx, &batches, ctx.runs).await?;
+        let schema = ctx.pg_schema(2).await?;
+        let result = async {
+            for _ in 0..ctx.runs {
+                raw::sql::create_tables(&schema.pool).await?;
+                let rate = timed(events, async {
+                    raw::sql::write_batched(&schema.pool, &docs, BATCH).await
+                })
+                .await?;
+                check_count(raw::sql::deposits_stored(&schema.pool).await?, events)?;
+                m.baseline.push(rate);
+            }
+            BenchResult::Ok(())
+        }
+        .await;
+        schema.drop().await?;
+        result?;
+        Ok(m)
+    })
+}
