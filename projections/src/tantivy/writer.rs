@@ -52,6 +52,16 @@ pub struct TantivyWriter {
     committed: Option<LogPosition>,
     pending: Option<LogPosition>,
     last_commit: Instant,
+    /// A deferred batch still being handed to tantivy on a blocking thread, while the runner
+    /// computes the next one. Awaited before anything else touches the writer.
+    in_flight: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Drop for TantivyWriter {
+    fn drop(&mut self) {
+        // A blocking task cannot be cut short; it ends by itself, committing nothing.
+        drop(self.in_flight.take());
+    }
 }
 
 /// The part that runs on a blocking thread.
@@ -112,6 +122,7 @@ impl TantivyWriter {
             id_field: inner.id_field,
             commit_interval: inner.config.commit_interval,
             last_commit: Instant::now(),
+            in_flight: None,
             core: Arc::new(Mutex::new(Core {
                 inner,
                 generation,
@@ -127,23 +138,44 @@ impl TantivyWriter {
 
     /// Runs `apply` on a blocking thread: adding documents can wait on tantivy's indexing
     /// queue, and a commit waits for segments to be written.
-    async fn run(
-        &mut self,
+    /// Waits for the deferred batch in flight, if any.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(task) = self.in_flight.take() {
+            task.await.map_err(|e| Error::WorkerPanicked {
+                projection: String::new(),
+                message: e.to_string(),
+            })??;
+        }
+        Ok(())
+    }
+
+    fn spawn(
+        &self,
         ops: Vec<Op>,
         entries: Vec<Entry>,
         commit: Option<LogPosition>,
-    ) -> Result<()> {
+    ) -> tokio::task::JoinHandle<Result<()>> {
         let core = self.core.clone();
         tokio::task::spawn_blocking(move || {
             core.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .apply(ops, entries, commit)
         })
-        .await
-        .map_err(|e| Error::WorkerPanicked {
-            projection: String::new(),
-            message: e.to_string(),
-        })??;
+    }
+
+    async fn run(
+        &mut self,
+        ops: Vec<Op>,
+        entries: Vec<Entry>,
+        commit: Option<LogPosition>,
+    ) -> Result<()> {
+        self.settle().await?;
+        self.spawn(ops, entries, commit)
+            .await
+            .map_err(|e| Error::WorkerPanicked {
+                projection: String::new(),
+                message: e.to_string(),
+            })??;
         if let Some(checkpoint) = commit {
             self.committed = Some(checkpoint);
             self.pending = None;
@@ -256,6 +288,7 @@ impl GenerationWriter for TantivyWriter {
     }
 
     async fn load_lookups(&mut self, keys: &[String]) -> Result<Vec<Option<String>>> {
+        self.settle().await?;
         // The journal's state lives in memory beside the writer: no I/O.
         let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         Ok(keys
@@ -265,6 +298,7 @@ impl GenerationWriter for TantivyWriter {
     }
 
     async fn dead_letter_count(&mut self) -> Result<u64> {
+        self.settle().await?;
         let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
         Ok(core.state.letters.len() as u64)
     }
@@ -288,11 +322,19 @@ impl GenerationWriter for TantivyWriter {
                 None => Entry::Remove(key.to_owned()),
             })
             .collect();
+        if commit.is_none() {
+            // Deferred, nothing to commit yet: hand the batch over in the background and let
+            // the runner compute the next one meanwhile (a failure shows at the next call).
+            self.settle().await?;
+            self.in_flight = Some(self.spawn(batch.ops, entries, None));
+            return Ok(self.committed);
+        }
         self.run(batch.ops, entries, commit).await?;
         Ok(commit)
     }
 
     async fn flush(&mut self) -> Result<Option<LogPosition>> {
+        self.settle().await?;
         if let Some(pending) = self.pending {
             self.run(Vec::new(), Vec::new(), Some(pending)).await?;
         }
