@@ -286,7 +286,7 @@ impl EventStore for LosingAnswers {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         if self.failures.load(Ordering::SeqCst) > 0 {
             self.failures.fetch_sub(1, Ordering::SeqCst);
-            if call % 2 == 0 {
+            if call.is_multiple_of(2) {
                 // Committed, but the caller never hears so.
                 self.inner.append_multi(appends).await?;
             }
