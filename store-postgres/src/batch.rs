@@ -22,9 +22,9 @@
 
 use std::collections::HashSet;
 
-use sqlx::PgPool;
-
 use crate::{
+    bounded::Db,
+    error::Failure,
     group::{GroupResult, arrays},
     writer::Request,
 };
@@ -45,7 +45,8 @@ const APPEND_BATCH: &str =
 
 /// Whether the fast path can judge `group`: more than one call, each to one stream, no
 /// stream named twice. (`MAX_GROUP_STREAMS` in the writer keeps the number of streams, and so
-/// of advisory locks, at most 128, where `lock_streams` would switch to the log-wide lock.)
+/// of advisory locks, at most 128, far below the 1,000 where `lock_streams` would switch to the
+/// log-wide lock.)
 pub(crate) fn applies(group: &[Request]) -> bool {
     if group.len() < 2 {
         return false;
@@ -69,21 +70,25 @@ pub(crate) struct Stored {
 /// Runs the statement for `group` (see [`applies`]). An error means nothing was written, or
 /// the outcome is unknown (a broken connection): either way `append_group` with the stored-id
 /// lookup decides.
-pub(crate) async fn append(pool: &PgPool, group: &[Request]) -> Result<Stored, sqlx::Error> {
+pub(crate) async fn append(db: &Db, group: &[Request]) -> Result<Stored, Failure> {
     let n = group.len();
     let a = arrays(group);
-    let (ks, versions, seq, tx): (Vec<i64>, Vec<i64>, Vec<i64>, i64) = sqlx::query_as(APPEND_BATCH)
-        .bind(&a.stream)
-        .bind(&a.expected)
-        .bind(&a.count)
-        .bind(&a.event_k)
-        .bind(&a.event_pos)
-        .bind(&a.event_id)
-        .bind(&a.event_type)
-        .bind(&a.schema_version)
-        .bind(&a.payload)
-        .bind(&a.metadata)
-        .fetch_one(pool)
+    let (ks, versions, seq, tx): (Vec<i64>, Vec<i64>, Vec<i64>, i64) = db
+        .append(async |c| {
+            sqlx::query_as(APPEND_BATCH)
+                .bind(&a.stream)
+                .bind(&a.expected)
+                .bind(&a.count)
+                .bind(&a.event_k)
+                .bind(&a.event_pos)
+                .bind(&a.event_id)
+                .bind(&a.event_type)
+                .bind(&a.schema_version)
+                .bind(&a.payload)
+                .bind(&a.metadata)
+                .fetch_one(c)
+                .await
+        })
         .await?;
     // The answer must account for every event of every call it names: otherwise (it cannot
     // happen, but nothing here may guess) `append_group` finds the stored ids and answers.
@@ -99,16 +104,16 @@ pub(crate) async fn append(pool: &PgPool, group: &[Request]) -> Result<Stored, s
                 stored_events += request.metadata.len();
             }
             _ => {
-                return Err(sqlx::Error::Protocol(
+                return Err(Failure::Sql(sqlx::Error::Protocol(
                     "append batch: a call named twice".into(),
-                ));
+                )));
             }
         }
     }
     if versions.len() != ks.len() || seq.len() != stored_events {
-        return Err(sqlx::Error::Protocol(
+        return Err(Failure::Sql(sqlx::Error::Protocol(
             "append batch: the answer does not match the stored events".into(),
-        ));
+        )));
     }
     Ok(Stored {
         written,

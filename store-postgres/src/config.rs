@@ -78,6 +78,8 @@ pub struct PgConfig {
     pub(crate) notify: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) acquire_timeout: Duration,
+    pub(crate) io_timeout: Duration,
+    pub(crate) listener_check: Duration,
     pub(crate) hooks: TestHooks,
 }
 
@@ -101,6 +103,8 @@ impl fmt::Debug for PgConfig {
             .field("notify", &self.notify)
             .field("connect_timeout", &self.connect_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("io_timeout", &self.io_timeout)
+            .field("listener_check", &self.listener_check)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +138,8 @@ impl PgConfig {
             notify: true,
             connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(10),
+            listener_check: Duration::from_secs(15),
             hooks: TestHooks::default(),
         }
     }
@@ -158,8 +164,9 @@ impl PgConfig {
     }
 
     /// The most pooled connections (default 10). The group-commit writers use up to
-    /// [`with_writers`](Self::with_writers) of them while they write, each running read
-    /// uses one at a time, and each live subscription holds one for its notifications.
+    /// [`with_writers`](Self::with_writers) of them while they write, and each running read
+    /// uses one at a time. A live subscription listens for notifications on a connection of
+    /// its own, outside the pool.
     pub fn with_max_connections(mut self, max: u32) -> Self {
         self.max_connections = max.max(1);
         self
@@ -216,6 +223,27 @@ impl PgConfig {
     /// unreachable server ([`Error::Unreachable`]) when that is why.
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The longest wait for the server's answer (default 10 s): a statement's answer (an
+    /// append, a page, a version), the next rows of a long read, a subscription's poll and its
+    /// listener's health check. A database behind a network that drops packets without a reset
+    /// is otherwise noticed only by the kernel's TCP timeout, about 15 minutes later. What runs
+    /// out fails with [`Error::TimedOut`], transient, and the connection is closed, never
+    /// pooled again. A timed-out append may have been stored (the error says so): retry it with
+    /// the same event ids, which answers with the stored result. Keep it above the longest
+    /// append (lock waits included) and the slowest page the server may take.
+    pub fn with_io_timeout(mut self, timeout: Duration) -> Self {
+        self.io_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a subscription's notification listener may stay quiet before it is checked
+    /// with a round trip (default 15 s, bounded by the I/O timeout); a listener that does not
+    /// answer is closed and replaced, so notifications do not stop silently.
+    pub fn with_listener_check(mut self, interval: Duration) -> Self {
+        self.listener_check = interval.max(Duration::from_millis(1));
         self
     }
 

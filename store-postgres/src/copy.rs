@@ -20,11 +20,12 @@
 
 use annals::{RecordedEvent, StreamId};
 use futures::TryStreamExt;
-use sqlx::{PgConnection, PgPool, Postgres, pool::PoolConnection};
+use sqlx::{PgConnection, Postgres, pool::PoolConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
+    bounded::Db,
     error::{backend, internal},
     pages::{PageSender, Rows, Sent},
     read::{Columns, Names, decode_columns},
@@ -185,7 +186,7 @@ impl Drop for Copying {
 /// Runs one batch of at most `limit` rows as a binary `COPY` and sends its events to the
 /// decoder in pages of `page_size`, keyed by `key`.
 pub(crate) async fn send_batch<K>(
-    pool: &PgPool,
+    db: &Db,
     batch: Batch,
     limit: usize,
     names: &mut Names,
@@ -201,26 +202,35 @@ pub(crate) async fn send_batch<K>(
         tx.send(Ok(Rows::Decoded(page))).await.is_ok()
     };
     let copied: annals::Result<bool> = async {
-        let mut conn = Copying(Some(pool.acquire().await.map_err(backend)?));
+        // Out of time, the connection is dropped mid-statement: closed (see `Copying`).
+        let bound = |error| annals::Error::backend(true, error);
+        let mut conn = Copying(Some(db.pool.acquire().await.map_err(backend)?));
         let (statement, columns) = batch.statement();
         let [first, second, third, fourth] = batch.parameters(limit);
-        sqlx::query(SETTINGS)
+        let settings = sqlx::query(SETTINGS)
             .bind(first)
             .bind(second)
             .bind(third)
             .bind(fourth)
-            .execute(conn.conn()?)
+            .execute(conn.conn()?);
+        db.within("a read", settings)
             .await
+            .map_err(bound)?
             .map_err(backend)?;
         let mut parser = Parser::new(columns);
         let mut page = Vec::with_capacity(page_size.min(4096));
         {
-            let mut data = conn
-                .conn()?
-                .copy_out_raw(statement)
+            let copy = conn.conn()?.copy_out_raw(statement);
+            let mut data = db
+                .within("a read", copy)
                 .await
+                .map_err(bound)?
                 .map_err(backend)?;
-            while let Some(chunk) = data.try_next().await.map_err(backend)? {
+            loop {
+                let next = db.within("a read", data.try_next()).await;
+                let Some(chunk) = next.map_err(bound)?.map_err(backend)? else {
+                    break;
+                };
                 parser.feed(&chunk, |row| {
                     page.push(decode_columns(&mut CopyColumns(row), names)?);
                     Ok(())

@@ -16,9 +16,14 @@ use std::sync::{
 };
 
 use annals::{AppendResult, StreamAppend};
-use sqlx::{PgPool, postgres::PgConnection};
+use sqlx::postgres::PgConnection;
 
-use crate::{error::is_connection_lost, group::position, single};
+use crate::{
+    bounded::{Db, timed_out},
+    error::is_connection_lost,
+    group::position,
+    single,
+};
 
 /// The connection the direct path uses, when no caller holds it.
 ///
@@ -34,24 +39,27 @@ pub(crate) struct Direct {
 impl Direct {
     /// Stores `append` at once, or `None` when the writers must answer (nothing was
     /// written, or an error left the outcome open: the writers' idempotent retry decides).
+    /// A statement that got no answer within the I/O timeout is an error: it may have been
+    /// stored, and the writers would only wait as long again on the same silent network.
     pub(crate) async fn append(
         &self,
-        pool: &PgPool,
+        db: &Db,
         append: &StreamAppend,
         metadata: &[Option<String>],
-    ) -> Option<AppendResult> {
+    ) -> annals::Result<Option<AppendResult>> {
+        let pool = &db.pool;
         let held = self.idle.lock().ok().and_then(|mut idle| idle.take());
         let mut conn = match held {
             Some(conn) => conn,
             // Another caller holds the direct connection: concurrency is up, let the
             // writers group this append with the others.
-            None if self.exists.swap(true, Ordering::AcqRel) => return None,
+            None if self.exists.swap(true, Ordering::AcqRel) => return Ok(None),
             // Only an idle pooled connection: never wait here while the writers need one.
             None => match pool.try_acquire() {
                 Some(pooled) => pooled.detach(),
                 None => {
                     self.exists.store(false, Ordering::Release);
-                    return None;
+                    return Ok(None);
                 }
             },
         };
@@ -61,7 +69,21 @@ impl Direct {
             exists: &self.exists,
             kept: false,
         };
-        let stored = single::append(&mut conn, append, metadata).await;
+        // Out of time, the connection is dropped with the claim (closed, its socket shut).
+        let stored = match db
+            .within("an append", single::append(&mut conn, append, metadata))
+            .await
+        {
+            Ok(stored) => stored,
+            Err(_) => {
+                drop(claim);
+                drop(conn);
+                return Err(annals::Error::backend(
+                    true,
+                    timed_out("an append", db.timeout, true),
+                ));
+            }
+        };
         // A database error answered by a live connection keeps it; one that says the
         // connection is closed (57P01 after `pg_terminate_backend`) does not.
         claim.kept = match &stored {
@@ -74,13 +96,17 @@ impl Direct {
             true
         });
         drop(claim);
-        let (version, seq, tx) = stored.ok()??;
-        let (first, last) = (seq.first()?, seq.last()?);
-        Some(AppendResult {
+        let Some((version, seq, tx)) = stored.ok().flatten() else {
+            return Ok(None);
+        };
+        let (Some(first), Some(last)) = (seq.first(), seq.last()) else {
+            return Ok(None);
+        };
+        Ok(Some(AppendResult {
             stream_version: u64::try_from(version).unwrap_or(0),
             first_position: position(tx, *first),
             last_position: position(tx, *last),
-        })
+        }))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The crate's own errors (configuration, connecting, migrating) and the mapping of sqlx
 //! errors onto the store contract's [`annals::Error::Backend`].
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 /// `Result` with this crate's [`Error`] as its default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -55,6 +55,30 @@ pub enum Error {
         /// The SQLSTATE the server answered.
         code: String,
     },
+    /// The server did not answer within the configured I/O timeout
+    /// ([`PgConfig::with_io_timeout`](crate::PgConfig::with_io_timeout)): the network drops the
+    /// packets, or the server is stuck. The connection was closed, never pooled again.
+    /// Transient: retry once the server answers again. When `maybe_committed` is true the call
+    /// was an append whose statement may have committed before the answer was lost: retry it
+    /// with the same event ids, which returns the stored result instead of storing it twice.
+    #[error("PostgreSQL did not answer {operation} within {after:?}{}", ambiguity(*.maybe_committed))]
+    TimedOut {
+        /// What the store was waiting for (`"an append"`, `"a log read"`, ...).
+        operation: &'static str,
+        /// The bound that ran out.
+        after: Duration,
+        /// Whether the call was an append that may have been stored.
+        maybe_committed: bool,
+    },
+}
+
+fn ambiguity(maybe_committed: bool) -> &'static str {
+    if maybe_committed {
+        "; the append may have been stored: retry it with the same event ids, which answers \
+         with the stored result if it was"
+    } else {
+        ""
+    }
 }
 
 /// Why no connection could be opened (see [`Error::Unreachable`]).
@@ -118,6 +142,15 @@ impl Error {
                 object: object.clone(),
                 code: code.clone(),
             }),
+            Self::TimedOut {
+                operation,
+                after,
+                maybe_committed,
+            } => Some(Self::TimedOut {
+                operation,
+                after: *after,
+                maybe_committed: *maybe_committed,
+            }),
             _ => None,
         }
     }
@@ -145,7 +178,7 @@ impl Error {
     /// busy); false for configuration mistakes.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unreachable { .. } => true,
+            Self::Unreachable { .. } | Self::TimedOut { .. } => true,
             Self::Connect(e) => is_transient(e),
             Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient(e),
             _ => false,
@@ -208,6 +241,29 @@ pub(crate) fn sql_state(error: &sqlx::Error) -> Option<String> {
     match error {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
         _ => None,
+    }
+}
+
+/// A statement run through [`crate::bounded::Db`] that failed, or got no answer in time.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Sql(sqlx::Error),
+    /// Holds [`Error::TimedOut`].
+    TimedOut(Error),
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Sql(error)
+    }
+}
+
+impl From<Failure> for annals::Error {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Sql(error) => backend(error),
+            Failure::TimedOut(error) => annals::Error::backend(true, error),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use annals::{AppendResult, Error, LogPosition};
 use uuid::Uuid;
 
 use crate::{
-    error::internal,
+    error::{Failure, internal},
     writer::{Outcome, Request, WriterContext},
 };
 
@@ -82,27 +82,32 @@ pub(crate) async fn call(
     a: &Arrays<'_>,
     check_dups: bool,
     context: &WriterContext,
-) -> Result<GroupResult, sqlx::Error> {
-    let (status, version, seq, tx): (Vec<i16>, Vec<i64>, Vec<i64>, i64) =
-        sqlx::query_as(APPEND_GROUP)
-            .bind(&a.req)
-            .bind(&a.stream)
-            .bind(&a.expected)
-            .bind(&a.count)
-            .bind(&a.event_k)
-            .bind(&a.event_pos)
-            .bind(&a.event_id)
-            .bind(&a.event_type)
-            .bind(&a.schema_version)
-            .bind(&a.payload)
-            .bind(&a.metadata)
-            .bind(check_dups)
-            // Notifications are sent after the commit, by the notifier (see `notifier`).
-            .bind(None::<&str>)
-            .bind(context.hooks.delay())
-            .bind(context.hooks.fail())
-            .fetch_one(&context.pool)
-            .await?;
+) -> Result<GroupResult, Failure> {
+    let (delay, fail) = (context.hooks.delay(), context.hooks.fail());
+    let (status, version, seq, tx): (Vec<i16>, Vec<i64>, Vec<i64>, i64) = context
+        .db
+        .append(async |c| {
+            sqlx::query_as(APPEND_GROUP)
+                .bind(&a.req)
+                .bind(&a.stream)
+                .bind(&a.expected)
+                .bind(&a.count)
+                .bind(&a.event_k)
+                .bind(&a.event_pos)
+                .bind(&a.event_id)
+                .bind(&a.event_type)
+                .bind(&a.schema_version)
+                .bind(&a.payload)
+                .bind(&a.metadata)
+                .bind(check_dups)
+                // Notifications are sent after the commit, by the notifier (see `notifier`).
+                .bind(None::<&str>)
+                .bind(delay)
+                .bind(fail)
+                .fetch_one(c)
+                .await
+        })
+        .await?;
     Ok(GroupResult {
         status,
         version,

@@ -4,15 +4,14 @@
 use std::collections::HashMap;
 
 use annals::{AppendResult, Error, RecordedEvent, StreamAppend};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::read::by_ids;
+use crate::{bounded::Db, read::by_ids};
 
 /// The original results when every id of `appends` is stored already as the same event, in
 /// the same order; [`Error::IdempotencyConflict`] otherwise.
 pub(crate) async fn resolve(
-    pool: &PgPool,
+    db: &Db,
     appends: &[StreamAppend],
 ) -> annals::Result<Vec<AppendResult>> {
     let ids: Vec<Uuid> = appends
@@ -20,7 +19,7 @@ pub(crate) async fn resolve(
         .flat_map(|a| &a.events)
         .map(|e| e.event_id)
         .collect();
-    let stored = by_ids(pool, &ids).await?;
+    let stored = by_ids(db, &ids).await?;
     compare(appends, stored)
 }
 

@@ -3,18 +3,19 @@
 //! and what holds the visible end of the log back ([`log_hold`]).
 
 use annals::{LogHold, LogPosition};
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::error::backend;
+use crate::bounded::Db;
 
 /// The id made once by migration `0004_store_info.sql`.
-pub(crate) async fn store_id(pool: &PgPool) -> annals::Result<Uuid> {
-    sqlx::query_scalar("SELECT store_id FROM store_info")
-        .fetch_one(pool)
-        .await
-        .map_err(backend)
+pub(crate) async fn store_id(db: &Db) -> annals::Result<Uuid> {
+    db.read("the store's id", async |c| {
+        sqlx::query_scalar("SELECT store_id FROM store_info")
+            .fetch_one(c)
+            .await
+    })
+    .await
 }
 
 /// The events a log reader sees after `$1, $2` and up to `$3, $4`: ordered by
@@ -26,21 +27,24 @@ const COUNT: &str = "SELECT count(*) FROM events \
 
 /// How many events a reader sees after `after`, through `through`.
 pub(crate) async fn count_events(
-    pool: &PgPool,
+    db: &Db,
     after: LogPosition,
     through: LogPosition,
 ) -> annals::Result<u64> {
     if through <= after {
         return Ok(0);
     }
-    let n: i64 = sqlx::query_scalar(COUNT)
-        .bind(to_i64(after.commit))
-        .bind(to_i64(after.sequence))
-        .bind(to_i64(through.commit))
-        .bind(to_i64(through.sequence))
-        .fetch_one(pool)
-        .await
-        .map_err(backend)?;
+    let n: i64 = db
+        .read("a count of events", async |c| {
+            sqlx::query_scalar(COUNT)
+                .bind(to_i64(after.commit))
+                .bind(to_i64(after.sequence))
+                .bind(to_i64(through.commit))
+                .bind(to_i64(through.sequence))
+                .fetch_one(c)
+                .await
+        })
+        .await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -73,10 +77,11 @@ SELECT s.pid, coalesce(s.since, held.first), s.query \
  WHERE held.first IS NOT NULL";
 
 /// The open transaction that holds back committed events, if any.
-pub(crate) async fn log_hold(pool: &PgPool) -> annals::Result<Option<LogHold>> {
-    let row: Option<(Option<i64>, OffsetDateTime, Option<String>)> = sqlx::query_as(HOLD)
-        .fetch_optional(pool)
-        .await
-        .map_err(backend)?;
+pub(crate) async fn log_hold(db: &Db) -> annals::Result<Option<LogHold>> {
+    let row: Option<(Option<i64>, OffsetDateTime, Option<String>)> = db
+        .read("what holds the log", async |c| {
+            sqlx::query_as(HOLD).fetch_optional(c).await
+        })
+        .await?;
     Ok(row.map(|(pid, since, query)| LogHold::new(pid, since, query)))
 }

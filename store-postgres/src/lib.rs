@@ -4,6 +4,7 @@
 #![doc = include_str!("../PERFORMANCE.md")]
 
 mod batch;
+mod bounded;
 mod config;
 mod copy;
 mod direct;

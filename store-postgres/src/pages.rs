@@ -9,10 +9,16 @@ use futures::{
     StreamExt, future,
     stream::{self, BoxStream},
 };
-use sqlx::{PgPool, Postgres, pool::PoolConnection, postgres::PgRow};
+use sqlx::{
+    PgPool, Postgres,
+    pool::PoolConnection,
+    postgres::{PgArguments, PgRow},
+    query::Query,
+};
 use tokio::sync::mpsc;
 
 use crate::{
+    bounded::{Db, close},
     error::backend,
     read::{Names, decode},
 };
@@ -48,20 +54,54 @@ pub(crate) enum Sent<K> {
     Stopped,
 }
 
-/// Streams the rows of one query to the decoder in pages of `page_size` rows. The query's
-/// rows are read as the pages are taken, so a slow reader holds the query back (TCP
-/// back-pressure) instead of piling up rows.
+/// Runs `query` on `conn` and streams its rows to the decoder in pages of `page_size` rows.
+/// The query's rows are read as the pages are taken, so a slow reader holds the query back
+/// (TCP back-pressure) instead of piling up rows. Each wait for the server's next rows is
+/// bounded by the I/O timeout; the connection is then closed, else it goes back to the pool.
 pub(crate) async fn send_rows<K>(
+    db: &Db,
+    mut conn: PoolConnection<Postgres>,
+    query: Query<'_, Postgres, PgArguments>,
+    page_size: usize,
+    key: impl Fn(&PgRow) -> annals::Result<K>,
+    tx: &PageSender,
+) -> Sent<K> {
+    let mut timed_out = false;
+    let sent = send_query_rows(
+        db,
+        query.fetch(&mut *conn),
+        page_size,
+        key,
+        tx,
+        &mut timed_out,
+    )
+    .await;
+    if timed_out {
+        close(conn);
+    }
+    sent
+}
+
+async fn send_query_rows<K>(
+    db: &Db,
     mut rows: BoxStream<'_, Result<PgRow, sqlx::Error>>,
     page_size: usize,
     key: impl Fn(&PgRow) -> annals::Result<K>,
     tx: &PageSender,
+    timed_out: &mut bool,
 ) -> Sent<K> {
     let mut page = Vec::with_capacity(page_size.min(4096));
     let mut count = 0usize;
     let mut last = None;
     loop {
-        let row = rows.next().await;
+        let row = match db.within("a read", rows.next()).await {
+            Ok(row) => row,
+            Err(error) => {
+                *timed_out = true;
+                let _ = tx.send(Err(annals::Error::backend(true, error))).await;
+                return Sent::Stopped;
+            }
+        };
         let end = row.is_none();
         match row {
             Some(Ok(row)) => {

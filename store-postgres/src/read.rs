@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use annals::{EventType, Metadata, Payload, RecordedEvent, StreamId};
 use sqlx::{
-    PgPool, Postgres, Row,
+    Postgres, Row,
     postgres::{PgArguments, PgRow},
     query::Query,
 };
@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
+    bounded::Db,
     error::{backend, internal},
     group::position,
 };
@@ -333,17 +334,20 @@ pub(crate) struct Pending {
 
 /// Asks whether a reader caught up at `after` has committed events still to wait for.
 pub(crate) async fn pending(
-    pool: &PgPool,
+    db: &Db,
     after: annals::LogPosition,
     goal: Option<i64>,
 ) -> annals::Result<Pending> {
-    let (goal, waiting, visible): (i64, bool, bool) = sqlx::query_as(PENDING)
-        .bind(to_i64(after.commit))
-        .bind(to_i64(after.sequence))
-        .bind(goal)
-        .fetch_one(pool)
-        .await
-        .map_err(backend)?;
+    let (goal, waiting, visible): (i64, bool, bool) = db
+        .read("a look at the log's end", async |c| {
+            sqlx::query_as(PENDING)
+                .bind(to_i64(after.commit))
+                .bind(to_i64(after.sequence))
+                .bind(goal)
+                .fetch_one(c)
+                .await
+        })
+        .await?;
     Ok(Pending {
         goal,
         waiting,
@@ -354,28 +358,31 @@ pub(crate) async fn pending(
 /// The last event below the horizon, the goal, and whether committed events below the goal
 /// still wait behind the horizon.
 pub(crate) async fn head(
-    pool: &PgPool,
+    db: &Db,
     goal: Option<i64>,
 ) -> annals::Result<(i64, Option<annals::LogPosition>, bool)> {
-    let (goal, tx, sequence, waiting): (i64, Option<i64>, Option<i64>, bool) = sqlx::query_as(HEAD)
-        .bind(goal)
-        .fetch_one(pool)
-        .await
-        .map_err(backend)?;
+    let (goal, tx, sequence, waiting): (i64, Option<i64>, Option<i64>, bool) = db
+        .read("the log's head", async |c| {
+            sqlx::query_as(HEAD).bind(goal).fetch_one(c).await
+        })
+        .await?;
     let last = tx.zip(sequence).map(|(t, s)| position(t, s));
     Ok((goal, last, waiting))
 }
 
 /// The events whose ids are given, as stored (for idempotent retries).
-pub(crate) async fn by_ids(pool: &PgPool, ids: &[Uuid]) -> annals::Result<Vec<RecordedEvent>> {
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM events WHERE event_id = ANY ($1)"
-    ))
-    .bind(ids)
-    .fetch_all(pool)
-    .await
-    .map_err(backend)?;
+pub(crate) async fn by_ids(db: &Db, ids: &[Uuid]) -> annals::Result<Vec<RecordedEvent>> {
+    let rows = db
+        .read("a look-up of stored events", async |c| {
+            sqlx::query(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM events WHERE event_id = ANY ($1)"
+            ))
+            .bind(ids)
+            .fetch_all(c)
+            .await
+        })
+        .await?;
     decode_all(&rows)
 }

@@ -13,9 +13,10 @@ use uuid::Uuid;
 
 use crate::{
     Error, PgConfig, Result,
+    bounded::Db,
     config::{TestHooks, validate_schema_name},
     direct::Direct,
-    error::{backend, internal, sql_state},
+    error::{internal, sql_state},
     idempotency, info, log,
     probe::Probe,
     read, stream,
@@ -37,6 +38,8 @@ pub struct PgEventStore {
 
 struct Inner {
     pool: PgPool,
+    /// The pool with the bound of every wait ([`PgConfig::with_io_timeout`]).
+    db: Db,
     /// Names the server when it cannot be reached.
     probe: Probe,
     schema: String,
@@ -50,6 +53,8 @@ struct Inner {
     notify: Option<mpsc::Sender<()>>,
     /// The direct path, unless test hooks are set (they act on the writers' groups).
     direct: Option<Direct>,
+    /// How subscriptions listen for notifications.
+    listen: log::Listen,
     hooks: TestHooks,
 }
 
@@ -79,6 +84,7 @@ impl PgEventStore {
         validate_schema_name(&config.schema)?;
         let options = config.connect_options()?;
         let probe = Probe::new(options.clone(), config.connect_timeout);
+        let listen_options = options.clone();
         probe.check().await?;
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
@@ -90,14 +96,19 @@ impl PgEventStore {
             // the writers send an append again on a tested connection (see writer.rs).
             .test_before_acquire(false)
             .connect_lazy_with(options);
+        let db = Db {
+            pool: pool.clone(),
+            timeout: config.io_timeout,
+        };
         let channel = config.notify.then(|| config.channel());
         let notify = channel
             .clone()
-            .map(|c| writer::spawn_notifier(pool.clone(), c));
+            .map(|c| writer::spawn_notifier(db.clone(), c));
         let direct = (!config.hooks.active()).then(Direct::default);
         let writer = writer::spawn(
             WriterContext {
                 pool: pool.clone(),
+                db: db.clone(),
                 notify: notify.clone(),
                 max_requests: config.max_group_requests,
                 max_events: config.max_group_events,
@@ -106,9 +117,15 @@ impl PgEventStore {
             },
             config.writers,
         );
+        let listen = log::Listen {
+            options: listen_options,
+            check: config.listener_check,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                db,
+                listen,
                 probe,
                 schema: config.schema,
                 limits: config.limits,
@@ -215,7 +232,7 @@ impl PgEventStore {
             &self.inner.direct,
             appends.as_slice(),
             self.inner.writer.capacity() == self.inner.writer.max_capacity(),
-        ) && let Some(result) = direct.append(&self.inner.pool, append, &metadata).await
+        ) && let Some(result) = direct.append(&self.inner.db, append, &metadata).await?
         {
             if let Some(notify) = &self.inner.notify {
                 let _ = notify.try_send(());
@@ -249,7 +266,7 @@ impl EventStore for PgEventStore {
         self.inner.limits.check(&appends)?;
         match self.submit(appends).await? {
             Outcome::Appended(results) => Ok(results),
-            Outcome::Duplicate(appends) => idempotency::resolve(&self.inner.pool, &appends).await,
+            Outcome::Duplicate(appends) => idempotency::resolve(&self.inner.db, &appends).await,
         }
     }
 
@@ -258,12 +275,12 @@ impl EventStore for PgEventStore {
         stream: &StreamId,
         read: StreamRead,
     ) -> BoxStream<'a, annals::Result<RecordedEvent>> {
-        stream::read_stream(self.inner.pool.clone(), stream.clone(), read)
+        stream::read_stream(self.inner.db.clone(), stream.clone(), read)
     }
 
     fn read_all(&self, read: LogRead) -> BoxStream<'_, annals::Result<RecordedEvent>> {
         log::read_all(
-            self.inner.pool.clone(),
+            self.inner.db.clone(),
             read,
             self.inner.visibility_wait,
             self.inner.stats.clone(),
@@ -272,21 +289,29 @@ impl EventStore for PgEventStore {
 
     fn subscribe(&self, after: LogPosition) -> BoxStream<'_, annals::Result<RecordedEvent>> {
         log::subscribe(
-            self.inner.pool.clone(),
+            self.inner.db.clone(),
             after,
-            self.inner.channel.clone(),
+            self.inner
+                .channel
+                .clone()
+                .map(|channel| (channel, self.inner.listen.clone())),
             self.inner.poll_interval,
             self.inner.stats.clone(),
         )
     }
 
     async fn stream_version(&self, stream: &StreamId) -> annals::Result<u64> {
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
-                .bind(stream.as_str())
-                .fetch_optional(&self.inner.pool)
-                .await
-                .map_err(backend)?;
+        let stream = stream.as_str();
+        let version: Option<i64> = self
+            .inner
+            .db
+            .read("a stream's version", async |c| {
+                sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+                    .bind(stream)
+                    .fetch_optional(c)
+                    .await
+            })
+            .await?;
         Ok(version.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))
     }
 
@@ -295,7 +320,7 @@ impl EventStore for PgEventStore {
         let mut waited = Duration::ZERO;
         let mut backoff = Duration::from_millis(1);
         loop {
-            let (g, last, waiting) = read::head(&self.inner.pool, goal).await?;
+            let (g, last, waiting) = read::head(&self.inner.db, goal).await?;
             goal = Some(g);
             if !waiting || waited >= self.inner.visibility_wait {
                 return Ok(last);
@@ -307,19 +332,22 @@ impl EventStore for PgEventStore {
     }
 
     async fn store_id(&self) -> annals::Result<Uuid> {
-        info::store_id(&self.inner.pool).await
+        info::store_id(&self.inner.db).await
     }
 
     async fn count_events(&self, after: LogPosition, through: LogPosition) -> annals::Result<u64> {
-        info::count_events(&self.inner.pool, after, through).await
+        info::count_events(&self.inner.db, after, through).await
     }
 
     async fn log_hold(&self) -> annals::Result<Option<LogHold>> {
-        info::log_hold(&self.inner.pool).await
+        info::log_hold(&self.inner.db).await
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> annals::Result<()> {
-        sqlx::query(
+        self.inner
+            .db
+            .read("saving a snapshot", async |c| {
+                sqlx::query(
             "INSERT INTO snapshots (stream_id, stream_version, schema_version, payload, taken_at) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (stream_id) DO UPDATE SET stream_version = excluded.stream_version, \
@@ -332,21 +360,28 @@ impl EventStore for PgEventStore {
         .bind(i32::try_from(snapshot.schema_version).unwrap_or(i32::MAX))
         .bind(snapshot.payload.as_str())
         .bind(snapshot.taken_at)
-        .execute(&self.inner.pool)
+        .execute(c)
         .await
-        .map_err(backend)?;
+            })
+            .await?;
         Ok(())
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> annals::Result<Option<Snapshot>> {
-        let row: Option<(i64, i32, String, time::OffsetDateTime)> = sqlx::query_as(
-            "SELECT stream_version, schema_version, payload, taken_at \
-             FROM snapshots WHERE stream_id = $1",
-        )
-        .bind(stream.as_str())
-        .fetch_optional(&self.inner.pool)
-        .await
-        .map_err(backend)?;
+        let id = stream.as_str();
+        let row: Option<(i64, i32, String, time::OffsetDateTime)> = self
+            .inner
+            .db
+            .read("loading a snapshot", async |c| {
+                sqlx::query_as(
+                    "SELECT stream_version, schema_version, payload, taken_at \
+                     FROM snapshots WHERE stream_id = $1",
+                )
+                .bind(id)
+                .fetch_optional(c)
+                .await
+            })
+            .await?;
         Ok(row.map(|(version, schema, payload, taken_at)| Snapshot {
             stream_id: stream.clone(),
             stream_version: u64::try_from(version).unwrap_or(0),

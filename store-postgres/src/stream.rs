@@ -1,17 +1,16 @@
 //! `read_stream`: keyset pages by stream version through the reading pipeline.
 
-use annals::{Direction, RecordedEvent, StreamId, StreamRead};
-use futures::stream::BoxStream;
-use sqlx::PgPool;
-
 use crate::{
+    bounded::Db,
     copy,
     pages::{self, PageSender, Sent, batch_rows, send_rows},
     read::{Names, stream_query, version_key},
 };
+use annals::{Direction, RecordedEvent, StreamId, StreamRead};
+use futures::stream::BoxStream;
 
 pub(crate) fn read_stream(
-    pool: PgPool,
+    db: Db,
     stream: StreamId,
     read: StreamRead,
 ) -> BoxStream<'static, annals::Result<RecordedEvent>> {
@@ -22,14 +21,14 @@ pub(crate) fn read_stream(
         limit,
         Names::of_stream(stream.clone(), folding),
         move |tx| {
-            tokio::spawn(produce(pool, stream, read, folding, limit, tx));
+            tokio::spawn(produce(db, stream, read, folding, limit, tx));
         },
     )
 }
 
 /// Reads the stream's batches; `folding` as [`read_stream`] decided it.
 async fn produce(
-    pool: PgPool,
+    db: Db,
     stream: StreamId,
     read: StreamRead,
     folding: bool,
@@ -54,12 +53,11 @@ async fn produce(
         };
         let want = usize::try_from(left).map_or(batch, |l| l.min(batch));
         let sent = if first {
-            let Some(mut conn) = pages::connection(&pool, &tx).await else {
+            let Some(conn) = pages::connection(&db.pool, &tx).await else {
                 return;
             };
-            let rows = stream_query(stream.as_str(), from, forward, read.for_folding, want)
-                .fetch(&mut *conn);
-            send_rows(rows, page_size, version_key, &tx).await
+            let query = stream_query(stream.as_str(), from, forward, read.for_folding, want);
+            send_rows(&db, conn, query, page_size, version_key, &tx).await
         } else {
             let query = copy::Batch::Stream {
                 stream: stream.clone(),
@@ -68,7 +66,7 @@ async fn produce(
                 folding: read.for_folding,
             };
             let key = |e: &RecordedEvent| e.stream_version;
-            copy::send_batch(&pool, query, want, &mut names, page_size, key, &tx).await
+            copy::send_batch(&db, query, want, &mut names, page_size, key, &tx).await
         };
         first = false;
         next = None;

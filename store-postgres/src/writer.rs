@@ -21,8 +21,9 @@ use uuid::Uuid;
 
 use crate::{
     batch,
+    bounded::Db,
     config::TestHooks,
-    error::{is_connection_lost, sql_state},
+    error::{Failure, internal, is_connection_lost, sql_state},
     group::{GroupResult, arrays, call, reply_each},
     probe::Probe,
     single,
@@ -47,6 +48,8 @@ pub(crate) enum Outcome {
 /// What every writer shares.
 pub(crate) struct WriterContext {
     pub(crate) pool: PgPool,
+    /// The pool with the bound of every statement's wait.
+    pub(crate) db: Db,
     /// Wakes the notifier after a commit that stored events; a full channel already holds a
     /// wake-up, so notifications coalesce under load.
     pub(crate) notify: Option<mpsc::Sender<()>>,
@@ -71,16 +74,20 @@ pub(crate) fn spawn(context: WriterContext, writers: usize) -> mpsc::Sender<Requ
 /// Sends `NOTIFY channel` after commits, outside the append transactions: a notification
 /// inside them would take PostgreSQL's notify-queue lock until the commit is flushed, which
 /// serialises the commits of all writers. Subscriptions poll too, so a lost one only delays.
-pub(crate) fn spawn_notifier(pool: PgPool, channel: String) -> mpsc::Sender<()> {
+pub(crate) fn spawn_notifier(db: Db, channel: String) -> mpsc::Sender<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
-            let sent = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(&channel)
-                .execute(&pool)
+            let sent = db
+                .run("a notification", async |c| {
+                    sqlx::query("SELECT pg_notify($1, '')")
+                        .bind(&channel)
+                        .execute(c)
+                        .await
+                })
                 .await;
             if let Err(error) = sent {
-                tracing::debug!(%error, "cannot notify subscribers; they will poll");
+                tracing::debug!(?error, "cannot notify subscribers; they will poll");
             }
             // At most one notification per 5 ms: commits meanwhile share the next. A
             // notification per commit would cost the server a transaction per append.
@@ -118,9 +125,11 @@ async fn run(rx: Arc<Mutex<mpsc::Receiver<Request>>>, context: Arc<WriterContext
     }
 }
 
-/// The most stream appends one group gathers beyond its first call. `lock_streams`
-/// (migrations/0003_stream_order.sql) locks up to 128 streams one by one and the whole log
-/// beyond that, so larger groups would wait for every other writer: kept at its threshold.
+/// The most stream appends one group gathers beyond its first call. A group holds the
+/// advisory locks of all its streams until it commits (`lock_streams`,
+/// migrations/0006_wide_appends.sql, which locks up to 1,000 streams one by one and the whole
+/// log beyond that): a larger group would hold more streams for longer, and more entries of
+/// the server's lock table.
 const MAX_GROUP_STREAMS: usize = 128;
 
 /// Builds one group: `first`, then whatever is queued, within the limits. A call whose
@@ -190,15 +199,22 @@ async fn execute_single(group: &[Request], context: &WriterContext) -> Single {
     let [append] = request.appends.as_slice() else {
         return Single::NotTried;
     };
-    match single::append(&context.pool, append, &request.metadata).await {
+    let stored = context
+        .db
+        .append(async |c| single::append(c, append, &request.metadata).await)
+        .await;
+    match stored {
         Ok(Some((version, seq, tx))) => Single::Stored(GroupResult {
             status: vec![0],
             version: vec![version],
             seq,
             tx,
         }),
+        // No connection to be had: `append_group` would only wait as long again.
+        Err(Failure::Sql(sqlx::Error::PoolTimedOut)) => Single::NoConnection,
         // A conflict, a duplicate id or a lost race: nothing was written.
-        Ok(None) | Err(_) => Single::Undecided,
+        Ok(None) | Err(Failure::Sql(_)) => Single::Undecided,
+        Err(Failure::TimedOut(error)) => Single::TimedOut(error),
     }
 }
 
@@ -207,6 +223,23 @@ enum Single {
     NotTried,
     Stored(GroupResult),
     Undecided,
+    /// No answer in time: the append may have been stored.
+    TimedOut(crate::Error),
+    /// No pooled connection within the acquire timeout: nothing was sent.
+    NoConnection,
+}
+
+/// Answers every call of `group` with `error`, an append that got no answer in time: each may
+/// have been stored, and sending it again on the same silent network would only wait as long
+/// again. The caller's retry, idempotent by event id, decides.
+fn time_out(group: Vec<Request>, error: &crate::Error) {
+    for request in group {
+        let error = error.copy().map_or_else(
+            || internal(true, "an append got no answer in time"),
+            |e| Error::backend(true, e),
+        );
+        let _ = request.reply.send(Err(error));
+    }
 }
 
 async fn execute(mut group: Vec<Request>, context: &WriterContext) {
@@ -219,10 +252,20 @@ async fn execute(mut group: Vec<Request>, context: &WriterContext) {
         }
         Single::Undecided => true,
         Single::NotTried => false,
+        Single::TimedOut(error) => return time_out(group, &error),
+        Single::NoConnection => return fail(group, sqlx::Error::PoolTimedOut, context).await,
     };
     if !check_dups && !context.hooks.active() && batch::applies(&group) {
         // An error: nothing was written, or the outcome is unknown; the lookup decides.
-        if let Ok(stored) = batch::append(&context.pool, &group).await {
+        let stored = match batch::append(&context.db, &group).await {
+            Err(Failure::TimedOut(error)) => return time_out(group, &error),
+            // No connection to be had: `append_group` would only wait as long again.
+            Err(Failure::Sql(sqlx::Error::PoolTimedOut)) => {
+                return fail(group, sqlx::Error::PoolTimedOut, context).await;
+            }
+            stored => stored,
+        };
+        if let Ok(stored) = stored {
             let (written, rest): (Vec<_>, Vec<_>) = group
                 .into_iter()
                 .zip(stored.written)
@@ -251,7 +294,8 @@ async fn execute(mut group: Vec<Request>, context: &WriterContext) {
         attempt += 1;
         match call(&a, check_dups, context).await {
             Ok(result) => break Ok(result),
-            Err(error) => {
+            Err(Failure::TimedOut(error)) => break Err(Failure::TimedOut(error)),
+            Err(Failure::Sql(error)) => {
                 // An event id or a new stream that another transaction stored meanwhile, or a
                 // serialization failure: nothing was written; try again, looking for stored ids.
                 let retry = matches!(
@@ -271,7 +315,7 @@ async fn execute(mut group: Vec<Request>, context: &WriterContext) {
                     check_dups = true;
                     continue;
                 }
-                break Err(error);
+                break Err(Failure::Sql(error));
             }
         }
     };
@@ -283,22 +327,26 @@ async fn execute(mut group: Vec<Request>, context: &WriterContext) {
             }
             reply_each(group, result, context);
         }
-        Err(error) => {
-            // A missing table or an unreachable server is said as such, to every caller.
-            let named = match crate::Error::not_migrated(&error) {
-                Some(missing) => Some(missing),
-                None => context.probe.explain(&error).await,
-            };
-            let transient = crate::error::is_transient(&error);
-            let error = Arc::new(error);
-            for request in group {
-                let error = match named.as_ref().and_then(crate::Error::copy) {
-                    Some(named) => Error::backend(named.is_transient(), named),
-                    None => Error::backend(transient, SharedError(error.clone())),
-                };
-                let _ = request.reply.send(Err(error));
-            }
-        }
+        Err(Failure::TimedOut(error)) => time_out(group, &error),
+        Err(Failure::Sql(error)) => fail(group, error, context).await,
+    }
+}
+
+/// Answers every call of `group` with `error`, which stored nothing.
+async fn fail(group: Vec<Request>, error: sqlx::Error, context: &WriterContext) {
+    // A missing table or an unreachable server is said as such, to every caller.
+    let named = match crate::Error::not_migrated(&error) {
+        Some(missing) => Some(missing),
+        None => context.probe.explain(&error).await,
+    };
+    let transient = crate::error::is_transient(&error);
+    let error = Arc::new(error);
+    for request in group {
+        let error = match named.as_ref().and_then(crate::Error::copy) {
+            Some(named) => Error::backend(named.is_transient(), named),
+            None => Error::backend(transient, SharedError(error.clone())),
+        };
+        let _ = request.reply.send(Err(error));
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use annals::{
@@ -356,15 +356,25 @@ async fn the_log_keeps_each_streams_order_when_appends_queue_for_a_stream() {
     base.drop_schema().await.unwrap();
 }
 
-/// An append of more streams than are locked one by one (over 128) takes the whole log's lock
-/// instead; racing with single-stream appends to the same streams, it keeps each stream's
-/// order in the log too, and stores everything.
+/// A wide append (200 streams, each locked on its own) racing with single-stream appends to
+/// the same streams keeps each stream's order in the log too, and stores everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wide_append_keeps_each_streams_order() {
+    wide_append_keeps_each_streams_order(200).await;
+}
+
+/// An append of more streams than are locked one by one (over 1,000) takes the whole log's
+/// lock instead, and keeps each stream's order as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_very_wide_append_keeps_each_streams_order() {
+    wide_append_keeps_each_streams_order(1_100).await;
+}
+
+async fn wide_append_keeps_each_streams_order(streams: usize) {
     let Some(store) = common::try_store(common::config()).await else {
         return;
     };
-    let names: Vec<StreamId> = (0..200).map(|i| sid(&format!("w{i}"))).collect();
+    let names: Vec<StreamId> = (0..streams).map(|i| sid(&format!("w{i}"))).collect();
     let wide = names
         .iter()
         .map(|s| {
@@ -391,10 +401,10 @@ async fn a_wide_append_keeps_each_streams_order() {
     });
     let wide_append = store.append_multi(wide);
     let (results, _) = tokio::join!(wide_append, join_all(narrow));
-    assert_eq!(results.unwrap().len(), 200);
+    assert_eq!(results.unwrap().len(), streams);
 
     let log = read_after(&store, LogPosition::START, 500).await;
-    assert_eq!(log.len(), 260);
+    assert_eq!(log.len(), streams + 60);
     let mut heads: HashMap<&str, u64> = HashMap::new();
     for e in &log {
         let head = heads.entry(e.stream_id.as_str()).or_insert(0);
@@ -455,4 +465,128 @@ async fn long_reads_in_ranges_stop_at_an_open_transaction() {
     let ids: Vec<Uuid> = all.iter().map(|e| e.event_id).collect();
     assert_eq!(ids, [before, after].concat());
     base.drop_schema().await.unwrap();
+}
+
+/// While a wide append (300 streams) holds its streams, appends to other streams go on: each
+/// append locks only its own streams, whatever their number (up to
+/// `lock_streams`' bound of 1,000 streams, migrations/0006_wide_appends.sql).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wide_append_does_not_block_appends_to_other_streams() {
+    let Some(base) = common::try_store(common::config()).await else {
+        return;
+    };
+    let schema = base.schema().to_owned();
+    let hold = TestHooks {
+        in_transaction_delay: Some(Arc::new(|| Duration::from_millis(3000))),
+        ..TestHooks::default()
+    };
+    let slow = connect_to(&schema, hold, |c| c).await;
+    let wide: Vec<_> = (0..300)
+        .map(|i| {
+            StreamAppend::new(
+                sid(&format!("wide-{i}")),
+                ExpectedVersion::Any,
+                vec![new_event("Wide", json!({}))],
+            )
+        })
+        .collect();
+    let wide = tokio::spawn(async move { slow.append_multi(wide).await.unwrap() });
+    let holder = sleeping_writer(&base).await;
+    let started = Instant::now();
+    for i in 0..20 {
+        base.append(
+            &sid(&format!("narrow-{i}")),
+            ExpectedVersion::Any,
+            vec![new_event("Narrow", json!({}))],
+        )
+        .await
+        .unwrap();
+    }
+    let took = started.elapsed();
+    let still_holding: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep')",
+    )
+    .bind(holder)
+    .fetch_one(base.pool())
+    .await
+    .unwrap();
+    assert!(
+        still_holding && took < Duration::from_millis(2000),
+        "20 appends to other streams took {took:?} while the wide append held its streams"
+    );
+    assert_eq!(wide.await.unwrap().len(), 300);
+    assert_eq!(read_after(&base, LogPosition::START, 500).await.len(), 320);
+    base.drop_schema().await.unwrap();
+}
+
+/// What wide appends cost the others: one-stream appends by 8 tasks for a few seconds, alone
+/// and while a task appends to 200 streams at a time. Run by hand:
+/// `cargo test -p annals-postgres --test log_gaps -- --ignored --nocapture wide_append_cost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement, not a check"]
+async fn wide_append_cost() {
+    let Some(store) = common::try_store(common::config().with_max_connections(12)).await else {
+        return;
+    };
+    for wide in [false, true, false, true] {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let narrow: Vec<_> = (0..8)
+            .map(|t| {
+                let (store, stop) = (store.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let stream = sid(&format!("n-{t}-{}", n % 50));
+                        store
+                            .append(
+                                &stream,
+                                ExpectedVersion::Any,
+                                vec![new_event("N", json!({}))],
+                            )
+                            .await
+                            .unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let wides = wide.then(|| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let appends = (0..200)
+                        .map(|i| {
+                            StreamAppend::new(
+                                sid(&format!("w-{i}")),
+                                ExpectedVersion::Any,
+                                vec![new_event("W", json!({}))],
+                            )
+                        })
+                        .collect();
+                    store.append_multi(appends).await.unwrap();
+                    n += 1;
+                }
+                n
+            })
+        });
+        let seconds = 5.0;
+        tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for task in narrow {
+            total += task.await.unwrap();
+        }
+        let wides = match wides {
+            Some(task) => task.await.unwrap(),
+            None => 0,
+        };
+        println!(
+            "wide appends running: {wide}: one-stream appends {:.0}/s, 200-stream appends {:.1}/s",
+            total as f64 / seconds,
+            wides as f64 / seconds
+        );
+    }
+    store.drop_schema().await.unwrap();
 }

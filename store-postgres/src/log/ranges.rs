@@ -15,12 +15,15 @@
 //! with less read ahead.
 
 use annals::{LogPosition, RecordedEvent};
-use sqlx::PgPool;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 
 use crate::{
+    bounded::Db,
     copy,
-    error::{backend, internal},
+    error::internal,
     pages::{Page, PageSender, Sent},
     read::Names,
 };
@@ -57,16 +60,24 @@ struct Range {
 }
 
 impl Range {
+    /// Starts reading the range once `start` fires (or is dropped): a range read ahead waits
+    /// until the range before it holds its connection, so it never takes the connection that
+    /// range waits for (with a small pool, each would wait for the other until the acquire
+    /// timeout).
     fn spawn(
-        pool: &PgPool,
+        db: &Db,
         after: LogPosition,
         below: u64,
         page_size: usize,
         pages: usize,
+        start: Option<oneshot::Receiver<()>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(pages.max(1));
-        let pool = pool.clone();
+        let db = db.clone();
         let task = tokio::spawn(async move {
+            if let Some(start) = start {
+                let _ = start.await;
+            }
             let batch = copy::Batch::LogRange {
                 commit: after.commit,
                 sequence: after.sequence,
@@ -75,7 +86,7 @@ impl Range {
             let key = |e: &RecordedEvent| e.position;
             let mut names = Names::default();
             // A range has no limit (`Batch::LogRange` sets its own): 0 is not read.
-            copy::send_batch(&pool, batch, 0, &mut names, page_size, key, &tx).await
+            copy::send_batch(&db, batch, 0, &mut names, page_size, key, &tx).await
         });
         Self {
             pages: rx,
@@ -97,17 +108,22 @@ impl Drop for Range {
 /// Reads every event after `after` below the horizon as it is now, in ranges of about
 /// `rows` events, and sends them on to `tx` in order.
 pub(crate) async fn read(
-    pool: &PgPool,
+    db: &Db,
     after: LogPosition,
     mut density: f64,
     rows: usize,
     page_size: usize,
     tx: &PageSender,
 ) -> Sent<LogPosition> {
-    let horizon: Result<i64, sqlx::Error> =
-        sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(pool)
-            .await;
+    let horizon = db
+        .read("the log's horizon", async |c| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            )
+            .fetch_one(c)
+            .await
+        })
+        .await;
     let horizon = match horizon.map(u64::try_from) {
         Ok(Ok(horizon)) => horizon,
         Ok(Err(_)) => {
@@ -115,7 +131,7 @@ pub(crate) async fn read(
             return Sent::Stopped;
         }
         Err(error) => {
-            let _ = tx.send(Err(backend(error))).await;
+            let _ = tx.send(Err(error)).await;
             return Sent::Stopped;
         }
     };
@@ -128,18 +144,45 @@ pub(crate) async fn read(
     // Enough pages to hold one range's worth read ahead.
     let ahead = rows.div_ceil(page_size.max(1)) + 1;
     let end = |first: u64, density: f64| first.saturating_add(width(rows, density)).min(horizon);
-    let mut current = Range::spawn(pool, after, end(after.commit, density), page_size, ahead);
+    let mut current = Range::spawn(
+        db,
+        after,
+        end(after.commit, density),
+        page_size,
+        ahead,
+        None,
+    );
+    // With a pool of one connection, the next range could only wait for it: no read ahead.
+    let read_ahead = db.pool.options().get_max_connections() > 1;
     let (mut count, mut last) = (0usize, None);
     loop {
-        let next = (current.below < horizon).then(|| {
-            let from = current.below;
-            Range::spawn(pool, before_tx(from), end(from, density), page_size, ahead)
-        });
+        let (mut start, next) = match (current.below < horizon, read_ahead) {
+            (true, true) => {
+                let (start, wait) = oneshot::channel();
+                let from = current.below;
+                let next = Range::spawn(
+                    db,
+                    before_tx(from),
+                    end(from, density),
+                    page_size,
+                    ahead,
+                    Some(wait),
+                );
+                (Some(start), Some(next))
+            }
+            _ => (None, None),
+        };
         while let Some(page) = current.pages.recv().await {
+            // The current range has its connection (it sent a page, or failed): the next may
+            // take one now.
+            if let Some(start) = start.take() {
+                let _ = start.send(());
+            }
             if tx.send(page).await.is_err() {
                 return Sent::Stopped;
             }
         }
+        drop(start);
         match (&mut current.task).await {
             Ok(Sent::Done { rows: n, last: l }) => {
                 count += n;
@@ -162,6 +205,17 @@ pub(crate) async fn read(
         }
         match next {
             Some(next) => current = next,
+            None if current.below < horizon => {
+                let from = current.below;
+                current = Range::spawn(
+                    db,
+                    before_tx(from),
+                    end(from, density),
+                    page_size,
+                    ahead,
+                    None,
+                );
+            }
             None => return Sent::Done { rows: count, last },
         }
     }
