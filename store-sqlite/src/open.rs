@@ -187,7 +187,9 @@ impl SqliteEventStore {
 /// is spent.
 async fn switch_to_wal(writer: &SqlitePool, busy_timeout: Duration) -> Result<(), sqlx::Error> {
     let deadline = Instant::now() + busy_timeout;
-    let mut pause = Duration::from_millis(1);
+    // Jittered, so handles that collided once do not collide again in lockstep.
+    let backoff = annals::Backoff::new(Duration::from_millis(1), Duration::from_millis(25));
+    let mut attempt = 0u32;
     let mut conn = writer.acquire().await?;
     loop {
         let mode: Result<String, sqlx::Error> = sqlx::query_scalar("PRAGMA journal_mode = WAL")
@@ -200,9 +202,9 @@ async fn switch_to_wal(writer: &SqlitePool, busy_timeout: Duration) -> Result<()
                 }
                 return Ok(());
             }
-            Err(e) if is_busy(&e) && Instant::now() + pause < deadline => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(25));
+            Err(e) if is_busy(&e) && Instant::now() + backoff.ceiling(attempt) < deadline => {
+                tokio::time::sleep(backoff.delay(attempt)).await;
+                attempt = attempt.saturating_add(1);
             }
             Err(e) => return Err(e),
         }
