@@ -273,12 +273,12 @@ async fn decisions_on_two_aggregates_append_atomically() {
 }
 
 /// A store whose first `failures` appends fail with a transient error, half of them after
-/// the append committed (its answer lost on the way back).
-#[derive(Debug, Default)]
+/// the append committed (its answer lost on the way back). Clones share everything.
+#[derive(Debug, Clone, Default)]
 struct LosingAnswers {
     inner: InMemoryEventStore,
-    failures: AtomicUsize,
-    calls: AtomicUsize,
+    failures: std::sync::Arc<AtomicUsize>,
+    calls: std::sync::Arc<AtomicUsize>,
 }
 
 impl EventStore for LosingAnswers {
@@ -330,7 +330,7 @@ async fn transient_append_failures_are_retried_with_backoff_and_stored_once() {
         sync::{Arc, Mutex},
         time::Duration,
     };
-    let store = Arc::new(LosingAnswers::default());
+    let store = LosingAnswers::default();
     store.failures.store(4, Ordering::SeqCst);
     let waits = Arc::new(Mutex::new(Vec::new()));
     let seen = waits.clone();
@@ -342,7 +342,7 @@ async fn transient_append_failures_are_retried_with_backoff_and_stored_once() {
             seen.lock().unwrap().push(d);
             Box::pin(async move { tokio::time::sleep(d).await })
         });
-    let counters = Repository::<Counter, _>::new(ArcStore(store.clone())).with_retries(retries);
+    let counters = Repository::<Counter, _>::new(store.clone()).with_retries(retries);
     let ctx = CommandContext::new();
     let done = counters
         .execute("c", CounterCommand::Add(5), &ctx)
@@ -371,48 +371,10 @@ async fn transient_append_failures_are_retried_with_backoff_and_stored_once() {
 
     // Without transient retries the caller gets the transient error, classified.
     store.failures.store(1, Ordering::SeqCst);
-    let plain = Repository::<Counter, _>::new(ArcStore(store.clone()));
+    let plain = Repository::<Counter, _>::new(store.clone());
     let err = plain
         .execute("d", CounterCommand::Add(1), &ctx)
         .await
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
-}
-
-/// Shares one store between a test and a repository.
-#[derive(Debug, Clone)]
-struct ArcStore(std::sync::Arc<LosingAnswers>);
-
-impl EventStore for ArcStore {
-    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        self.0.append_multi(appends).await
-    }
-    fn read_stream<'a>(
-        &'a self,
-        stream: &StreamId,
-        read: StreamRead,
-    ) -> BoxStream<'a, Result<RecordedEvent>> {
-        self.0.read_stream(stream, read)
-    }
-    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.0.read_all(read)
-    }
-    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.0.subscribe(after)
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        self.0.stream_version(stream).await
-    }
-    async fn head_position(&self) -> Result<Option<LogPosition>> {
-        self.0.head_position().await
-    }
-    async fn store_id(&self) -> Result<uuid::Uuid> {
-        self.0.store_id().await
-    }
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.0.save_snapshot(snapshot).await
-    }
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        self.0.load_snapshot(stream).await
-    }
 }
