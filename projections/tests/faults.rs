@@ -368,3 +368,39 @@ async fn a_silent_store_shows_as_degraded_within_seconds() {
     runner.shutdown().await;
     cleanup_redis(&redis, &ns).await;
 }
+
+/// A reader of a silent Redis gets an error within its connection's reply bound, not after
+/// the kernel's TCP timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_a_silent_redis_gets_an_error_within_its_bound() {
+    let Some(redis) = redis().await else { return };
+    let ns = unique("t");
+    let proxy = proxy("127.0.0.1:6379").await;
+    let bound = Duration::from_millis(300);
+    let through_proxy =
+        RedisConnection::single_with_timeouts(&proxy.url, Duration::from_secs(2), bound)
+            .await
+            .unwrap();
+    let store = seeded_store(50).await;
+    let model = RedisReadModel::with_namespace(through_proxy, &ns, "balances").unwrap();
+    let runner = runner_with(
+        &store,
+        fast(),
+        Balances::new("balances"),
+        model.clone(),
+        ProjectionConfig::new(),
+    );
+    let head = store.head_position().await.unwrap().unwrap();
+    runner.wait_for("balances", head).await.unwrap();
+    let view = model.view().await.unwrap().unwrap();
+    proxy.silent.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let read = view.get("total").await;
+    let waited = started.elapsed();
+    assert!(read.is_err(), "{read:?}");
+    assert!(read.unwrap_err().is_transient());
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+    proxy.silent.store(false, Ordering::SeqCst);
+    drop(runner);
+    cleanup_redis(&redis, &ns).await;
+}

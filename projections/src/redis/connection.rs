@@ -33,17 +33,36 @@ impl std::fmt::Debug for RedisConnection {
 
 impl RedisConnection {
     /// Connects to one server (`redis://host:port/db`), reconnecting by itself after a drop.
-    /// Connecting times out after 5 s and a reply after 60 s (a timed-out batch may still
-    /// have been applied: the runner resumes from the stored checkpoint, so it is never
-    /// applied twice).
+    /// Connecting times out after 5 s and a reply after 10 s, so a silent network is an
+    /// error within seconds for readers too (a timed-out batch may still have been applied:
+    /// the runner resumes from the stored checkpoint, so it is never applied twice). See
+    /// [`RedisConnection::single_with_timeouts`] to choose them.
     ///
     /// # Errors
     /// [`Error::Redis`](crate::Error::Redis) when the url is invalid or the server is down.
     pub async fn single(url: &str) -> Result<Self> {
+        Self::single_with_timeouts(
+            url,
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(10),
+        )
+        .await
+    }
+
+    /// [`RedisConnection::single`] with its bounds: how long connecting may take, and how long
+    /// a reply.
+    ///
+    /// # Errors
+    /// [`Error::Redis`](crate::Error::Redis) when the url is invalid or the server is down.
+    pub async fn single_with_timeouts(
+        url: &str,
+        connect: std::time::Duration,
+        response: std::time::Duration,
+    ) -> Result<Self> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(60)))
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(response))
             .set_number_of_retries(2)
             .set_max_delay(std::time::Duration::from_secs(1));
         let manager = ConnectionManager::new_with_config(client, config).await?;
@@ -52,7 +71,8 @@ impl RedisConnection {
         })
     }
 
-    /// Connects to a Redis Cluster through any of its nodes.
+    /// Connects to a Redis Cluster through any of its nodes; connecting times out after 5 s
+    /// and a reply after 10 s, as for one server.
     ///
     /// # Errors
     /// [`Error::Redis`](crate::Error::Redis) when no node answers.
@@ -61,7 +81,10 @@ impl RedisConnection {
         I: IntoIterator<Item = T>,
         T: redis::IntoConnectionInfo,
     {
-        let client = redis::cluster::ClusterClient::new(nodes)?;
+        let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .response_timeout(std::time::Duration::from_secs(10))
+            .build()?;
         let connection = client.get_async_connection().await?;
         Ok(Self {
             inner: Inner::Cluster(connection),
