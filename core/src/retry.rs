@@ -47,7 +47,12 @@ impl Backoff {
     /// [`Backoff::ceiling`]: spread, so many failing callers do not retry in lockstep (a
     /// retry storm), yet never less than half the ceiling.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.ceiling(attempt);
+        Self::jittered(self.ceiling(attempt))
+    }
+
+    /// A wait drawn evenly from the upper half of `ceiling`: for any loop that waits and
+    /// looks again (polling, retrying), so many of them do not run in lockstep.
+    pub fn jittered(ceiling: Duration) -> Duration {
         let half = ceiling / 2;
         let spread = u64::try_from(ceiling.saturating_sub(half).as_nanos()).unwrap_or(u64::MAX);
         if spread == 0 {

@@ -205,8 +205,9 @@ async fn produce(
                     );
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                *waited += backoff;
+                let pause = annals::Backoff::jittered(backoff);
+                tokio::time::sleep(pause).await;
+                *waited += pause;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             AtEnd::Follow {
@@ -215,7 +216,7 @@ async fn produce(
             } => {
                 if found.waiting {
                     // Committed, but behind an older open transaction: look again soon.
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(annals::Backoff::jittered(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 } else {
                     backoff = MIN_BACKOFF;

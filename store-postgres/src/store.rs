@@ -325,8 +325,9 @@ impl EventStore for PgEventStore {
             if !waiting || waited >= self.inner.visibility_wait {
                 return Ok(last);
             }
-            tokio::time::sleep(backoff).await;
-            waited += backoff;
+            let pause = annals::Backoff::jittered(backoff);
+            tokio::time::sleep(pause).await;
+            waited += pause;
             backoff = (backoff * 2).min(Duration::from_millis(50));
         }
     }
