@@ -54,16 +54,7 @@ pub async fn inspect<S: EventStore, M: ReadModel>(store: &S, model: &M) -> Resul
         None => None,
     };
     let held_by = store.log_hold().await?;
-    let head = store.head_position().await?;
-    let lag = match head {
-        Some(h) if generations.current.is_some() => {
-            store
-                .count_events(checkpoint.unwrap_or_default(), h)
-                .await?
-        }
-        Some(h) => store.count_events(LogPosition::START, h).await?,
-        None => 0,
-    };
+    let (head, lag) = head_and_lag(store, checkpoint).await?;
     let dead_letters = model.dead_letters().await?.len() as u64;
     Ok(ReadModelStatus {
         name: model.projection().to_owned(),
@@ -77,6 +68,23 @@ pub async fn inspect<S: EventStore, M: ReadModel>(store: &S, model: &M) -> Resul
         dead_letters,
         measured_at: OffsetDateTime::now_utc(),
     })
+}
+
+/// The store's head and the events after `checkpoint` up to it: a follower's exact lag.
+pub(crate) async fn head_and_lag<S: EventStore>(
+    store: &S,
+    checkpoint: Option<LogPosition>,
+) -> annals::Result<(Option<LogPosition>, u64)> {
+    let head = store.head_position().await?;
+    let lag = match head {
+        Some(h) => {
+            store
+                .count_events(checkpoint.unwrap_or_default(), h)
+                .await?
+        }
+        None => 0,
+    };
+    Ok((head, lag))
 }
 
 impl fmt::Display for ReadModelStatus {

@@ -189,18 +189,8 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
                 if s.checkpoint >= Some(position) {
                     return Ok(());
                 }
-                match &s.state {
-                    ProjectionState::Stopped(reason) => {
-                        return Err(Error::Stopped(reason.clone()));
-                    }
-                    ProjectionState::Failed { error } => {
-                        return Err(Error::Failed {
-                            projection: name.to_owned(),
-                            error: error.clone(),
-                        });
-                    }
-                    ProjectionState::ShutDown => return Err(Error::Shutdown),
-                    _ => {}
+                if let Some(end) = ended(name, &s.state) {
+                    return Err(end);
                 }
             }
             status.changed().await.map_err(|_| Error::Shutdown)?;
@@ -269,18 +259,8 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
                     if s.generation.is_some() && s.rebuild.is_none() {
                         return Ok(());
                     }
-                    match &s.state {
-                        ProjectionState::Stopped(reason) => {
-                            return Err(Error::Stopped(reason.clone()));
-                        }
-                        ProjectionState::Failed { error } => {
-                            return Err(Error::Failed {
-                                projection: name.to_owned(),
-                                error: error.clone(),
-                            });
-                        }
-                        ProjectionState::ShutDown => return Err(Error::Shutdown),
-                        _ => {}
+                    if let Some(end) = ended(name, &s.state) {
+                        return Err(end);
                     }
                 }
                 status.changed().await.map_err(|_| Error::Shutdown)?;
@@ -390,5 +370,19 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
         }
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The error a waiter gets when a projection's state means it will not get further (stopped
+/// at an event, failed, shut down); `None` while it may.
+fn ended(name: &str, state: &ProjectionState) -> Option<Error> {
+    match state {
+        ProjectionState::Stopped(reason) => Some(Error::Stopped(reason.clone())),
+        ProjectionState::Failed { error } => Some(Error::Failed {
+            projection: name.to_owned(),
+            error: error.clone(),
+        }),
+        ProjectionState::ShutDown => Some(Error::Shutdown),
+        _ => None,
     }
 }

@@ -446,16 +446,9 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                             let _ = reply.send(None);
                         }
                     },
-                    BuildEvent::Switched { old, events, checkpoint, dead_letters, ack } => {
+                    BuildEvent::Switched { old, events, checkpoint, head, lag, dead_letters, ack } => {
                         if let Some((worker, started)) = building.take() {
                             let generation = worker.generation;
-                            let head = self.shared.status.borrow().head;
-                            let lag = if checkpoint >= head { 0 } else {
-                                match head {
-                                    Some(h) => self.shared.store.count_events(checkpoint.unwrap_or_default(), h).await.unwrap_or(u64::MAX),
-                                    None => 0,
-                                }
-                            };
                             self.shared.status.send_modify(|s| {
                                 s.generation = Some(generation);
                                 s.serve(checkpoint, head, lag);
@@ -560,16 +553,7 @@ async fn measure<P: Projection, S: EventStore + Clone + 'static>(shared: Shared<
         let checkpoint = shared.status.borrow().checkpoint;
         let measured = shared
             .bounded("measuring the lag", async {
-                let head = store.head_position().await?;
-                let lag = match head {
-                    Some(h) => {
-                        store
-                            .count_events(checkpoint.unwrap_or_default(), h)
-                            .await?
-                    }
-                    None => 0,
-                };
-                Ok((head, lag))
+                Ok(crate::runner::inspect::head_and_lag(store, checkpoint).await?)
             })
             .await;
         match measured {

@@ -70,6 +70,9 @@ pub(crate) enum BuildEvent {
         old: Option<Generation>,
         events: u64,
         checkpoint: Option<LogPosition>,
+        /// The head the status knew, and the events after `checkpoint` up to it.
+        head: Option<LogPosition>,
+        lag: u64,
         dead_letters: u64,
         ack: oneshot::Sender<()>,
     },
@@ -244,11 +247,15 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
                 progress.finish();
             }
             // The supervisor publishes the switch in the status, then lets this worker serve.
+            let head = shared.status.borrow().head.max(checkpoint);
+            let lag = self.count(checkpoint, head).await?;
             let (ack, acked) = oneshot::channel();
             let done = BuildEvent::Switched {
                 old,
                 events: self.read,
                 checkpoint,
+                head,
+                lag,
                 dead_letters: self.dead_letters,
                 ack,
             };
