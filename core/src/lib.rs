@@ -9,6 +9,8 @@
 //! - [`ExpectedVersion`], [`LogPosition`]: optimistic concurrency and the global log order.
 //! - [`DomainEvent`], [`UpcasterChain`]: typed events, their schema versions and upcasting.
 //! - [`Aggregate`], [`Repository`]: commands in, events out, snapshots by policy.
+//! - [`CommandContext::idempotent()`], [`derive_event_id`], [`derive_id`]: commands that a retry
+//!   never appends twice.
 //!
 //! # A complete aggregate
 //!
@@ -210,6 +212,7 @@ See the `annals-macros` documentation for every attribute.
 //! a concurrency conflict, and the store.
 
 mod aggregate;
+mod command_id;
 mod envelope;
 mod error;
 mod event;
@@ -226,6 +229,7 @@ mod version;
 pub mod testing;
 
 pub use aggregate::{Aggregate, SnapshotPolicy};
+pub use command_id::{derive_event_id, derive_id};
 pub use envelope::{
     AppendResult, Metadata, NewEvent, Payload, RecordedEvent, Snapshot, StreamAppend,
 };

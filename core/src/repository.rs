@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::{
     Aggregate, AppendResult, DomainEvent, Error, EventStore, ExpectedVersion, Metadata, NewEvent,
-    Payload, Result, Retries, Snapshot, StreamAppend, StreamId, StreamRead,
+    Payload, RecordedEvent, Result, Retries, Snapshot, StreamAppend, StreamId, StreamRead,
+    derive_event_id,
 };
 
 /// An aggregate's state and the stream version it includes.
@@ -26,13 +27,51 @@ pub struct Loaded<A> {
 }
 
 /// Identity of a command, carried into the metadata of every event it causes.
+///
+/// # Idempotent commands
+///
+/// By default ([`CommandContext::new`]) every attempt of a command gives its events fresh
+/// ids, so one context can serve several commands, and a caller that sends a command again
+/// after an ambiguous failure (a timeout, a connection lost after the commit) may store it
+/// twice. An idempotent context ([`CommandContext::idempotent`],
+/// [`CommandContext::with_command_id`]) names one command: its events get ids derived from
+/// the command id ([`derive_event_id`](crate::derive_event_id)), and
+/// [`Repository::execute`] never appends it twice to a stream; a retry is answered from the
+/// stored events, as the first call was, with [`Executed::already_applied`] set. Use a new
+/// command id for every command (reusing one on the same aggregate answers the later command
+/// with the earlier one's events).
+///
+/// ```
+/// use annals::{CommandContext, InMemoryEventStore, Repository};
+/// use annals::testing::{Counter, CounterCommand};
+///
+/// # futures::executor::block_on(async {
+/// let counters = Repository::<Counter, _>::new(InMemoryEventStore::new());
+/// // The id comes with the request (an idempotency key), so a resent request has it too.
+/// let ctx = CommandContext::idempotent(uuid::Uuid::now_v7());
+/// let first = counters.execute("c", CounterCommand::Add(5), &ctx).await?;
+/// let retry = counters.execute("c", CounterCommand::Add(5), &ctx).await?;
+/// assert!(!first.already_applied && retry.already_applied);
+/// assert_eq!(retry.append, first.append);
+/// assert_eq!(counters.load("c").await?.state.total, 5);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandContext {
-    /// The command's own id; becomes each event's causation id.
+    /// The command's own id; becomes each event's causation id unless
+    /// [`causation_id`](Self::causation_id) is set.
     pub command_id: Uuid,
+    /// Whether the events' ids are derived from `command_id`, so that the command is stored
+    /// at most once however often it is sent (see [idempotent commands](Self#idempotent-commands)).
+    /// False by default.
+    pub idempotent: bool,
     /// The id tying this command to the request that started it; kept on every event. When
     /// `None`, the command id is used, starting a new correlation.
     pub correlation_id: Option<Uuid>,
+    /// What caused this command (the event a reactor or saga reacted to, say); becomes each
+    /// event's causation id. When `None`, the command id is.
+    pub causation_id: Option<Uuid>,
     /// Application data copied into each event's metadata.
     pub custom: serde_json::Map<String, serde_json::Value>,
 }
@@ -44,18 +83,54 @@ impl Default for CommandContext {
 }
 
 impl CommandContext {
-    /// A context with a fresh v7 command id and no correlation.
+    /// A context with a fresh v7 command id, not idempotent, and no correlation.
     pub fn new() -> Self {
         Self {
             command_id: Uuid::now_v7(),
+            idempotent: false,
             correlation_id: None,
+            causation_id: None,
             custom: serde_json::Map::new(),
         }
+    }
+
+    /// The context of the idempotent command `command_id`: the same as
+    /// `CommandContext::new().with_command_id(command_id)`.
+    pub fn idempotent(command_id: Uuid) -> Self {
+        Self::new().with_command_id(command_id)
+    }
+
+    /// A context for a command caused by `event` (a reactor's or a saga's): it continues the
+    /// event's correlation (its correlation id, or its own id when it has none), has the
+    /// event as causation, and a fresh command id (not idempotent: add
+    /// [`with_command_id`](Self::with_command_id) with an id derived from the event, see
+    /// [`derive_id`](crate::derive_id)).
+    ///
+    /// `event` must carry its id and metadata: read it without
+    /// [`StreamRead::for_folding`].
+    pub fn caused_by(event: &RecordedEvent) -> Self {
+        Self::new()
+            .with_correlation_id(event.metadata.correlation_id.unwrap_or(event.event_id))
+            .with_causation_id(event.event_id)
+    }
+
+    /// Sets the command id and makes the context idempotent: every attempt of the command
+    /// gives its events the same ids, and the repository stores it at most once.
+    pub fn with_command_id(mut self, command_id: Uuid) -> Self {
+        self.command_id = command_id;
+        self.idempotent = true;
+        self
     }
 
     /// Continues the correlation of an earlier request or event.
     pub fn with_correlation_id(mut self, correlation_id: Uuid) -> Self {
         self.correlation_id = Some(correlation_id);
+        self
+    }
+
+    /// Sets the causation id of the events (instead of the command id).
+    pub fn with_causation_id(mut self, causation_id: Uuid) -> Self {
+        self.causation_id = Some(causation_id);
         self
     }
 
@@ -65,14 +140,20 @@ impl CommandContext {
         self
     }
 
-    /// The metadata of an event caused by this command, recorded now.
+    /// The metadata of an event caused by this command, recorded now: the correlation id (or
+    /// the command id), the causation id (or the command id), the time and the custom fields.
     pub fn metadata(&self) -> Metadata {
         Metadata {
             correlation_id: Some(self.correlation_id.unwrap_or(self.command_id)),
-            causation_id: Some(self.command_id),
+            causation_id: Some(self.causation_id.unwrap_or(self.command_id)),
             occurred_at: Some(OffsetDateTime::now_utc()),
             custom: self.custom.clone(),
         }
+    }
+
+    /// The command id, when the events' ids derive from it.
+    fn idempotency_key(&self) -> Option<Uuid> {
+        self.idempotent.then_some(self.command_id)
     }
 }
 
@@ -114,14 +195,23 @@ impl<E> CommandError<E> {
 /// What a command did: the events it appended and the state after them.
 #[derive(Debug, Clone)]
 pub struct Executed<A: Aggregate> {
-    /// The state after the new events.
+    /// The state after the new events (when `already_applied`, the current state).
     pub state: A,
-    /// The stream version after the new events.
+    /// The stream version after the new events (when `already_applied`, the current one).
     pub version: u64,
-    /// The new events (empty when the command changed nothing).
+    /// The new events (empty when the command changed nothing); when `already_applied`, the
+    /// command's stored events.
     pub events: Vec<A::Event>,
-    /// What the store reported, or `None` when there was nothing to append.
+    /// What the store reported, or `None` when there was nothing to append; when
+    /// `already_applied`, the positions and version of the command's stored events.
     pub append: Option<AppendResult>,
+    /// True when an idempotent command (see [`CommandContext::idempotent`]) was found stored
+    /// already, by an earlier call: it was not decided again and nothing was appended.
+    ///
+    /// An earlier call's events met at exactly the version this call expected (a cached
+    /// state one command behind, or a retry of the same append after a transient error)
+    /// are answered by the store as the first call was, and reported as appended (false).
+    pub already_applied: bool,
 }
 
 /// A decision not yet appended, for appends that span several aggregates atomically.
@@ -134,22 +224,138 @@ pub struct Decision<A: Aggregate> {
     pub stream: StreamId,
     /// The version the decision was made at; the append expects exactly it.
     pub version: u64,
-    /// The typed new events.
+    /// The typed new events; when `already_applied`, the command's stored events.
     pub events: Vec<A::Event>,
-    /// The same events encoded, with ids and metadata.
+    /// The same events encoded, with ids and metadata; empty when `already_applied`.
     pub new_events: Vec<NewEvent>,
-    /// The state after the new events.
+    /// The state after the new events (when `already_applied`, the current state).
     pub state: A,
+    /// True when the idempotent command (see [`CommandContext::idempotent`]) is stored in
+    /// this stream already: nothing new was decided.
+    pub already_applied: bool,
+    /// The command's stored events, as they were appended, when `already_applied`.
+    stored: Option<StreamAppend>,
 }
 
 impl<A: Aggregate> Decision<A> {
     /// This decision's part of a multi-stream append.
+    ///
+    /// For a decision [`already_applied`](Self::already_applied) it is the command's stored
+    /// events once more (same ids, type, schema version and payload, expecting the version
+    /// they were appended at): every store answers such an append with the original
+    /// [`AppendResult`] and writes nothing, so a retried multi-stream command whose
+    /// decisions are all already applied gets its original results back. (An append with no
+    /// events is refused by every store with [`Error::InvalidAppend`].) Mixed with new events
+    /// of the same command in another stream, the store refuses the append with
+    /// [`Error::IdempotencyConflict`]: the command was applied without them.
     pub fn to_append(&self) -> StreamAppend {
+        if let Some(stored) = &self.stored {
+            return stored.clone();
+        }
         StreamAppend::new(
             self.stream.clone(),
             ExpectedVersion::Exact(self.version),
             self.new_events.clone(),
         )
+    }
+}
+
+/// The events of an idempotent command found in its stream.
+struct Applied<A: Aggregate> {
+    events: Vec<A::Event>,
+    stored: Vec<RecordedEvent>,
+}
+
+impl<A: Aggregate> Applied<A> {
+    fn new() -> Self {
+        Self {
+            events: Vec::new(),
+            stored: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, recorded: RecordedEvent, event: A::Event) {
+        self.stored.push(recorded);
+        self.events.push(event);
+    }
+
+    /// The id the next event of the command has.
+    fn next_id(&self, command_id: Uuid, stream: &StreamId) -> Uuid {
+        derive_event_id(command_id, stream, event_index(self.stored.len()))
+    }
+
+    /// What the store answered when these events were appended.
+    fn result(&self) -> Option<AppendResult> {
+        let (first, last) = (self.stored.first()?, self.stored.last()?);
+        Some(AppendResult {
+            stream_version: last.stream_version,
+            first_position: first.position,
+            last_position: last.position,
+        })
+    }
+
+    fn executed(self, loaded: Loaded<A>) -> Executed<A> {
+        Executed {
+            append: self.result(),
+            state: loaded.state,
+            version: loaded.version,
+            events: self.events,
+            already_applied: true,
+        }
+    }
+
+    fn decision(self, stream: StreamId, loaded: Loaded<A>) -> Decision<A> {
+        let expected = self
+            .stored
+            .first()
+            .map_or(loaded.version, |e| e.stream_version - 1);
+        let replay = self
+            .stored
+            .into_iter()
+            .map(|e| NewEvent {
+                event_id: e.event_id,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                payload: e.payload,
+                metadata: e.metadata,
+            })
+            .collect();
+        Decision {
+            stored: Some(StreamAppend::new(
+                stream.clone(),
+                ExpectedVersion::Exact(expected),
+                replay,
+            )),
+            stream,
+            version: loaded.version,
+            events: self.events,
+            new_events: Vec::new(),
+            state: loaded.state,
+            already_applied: true,
+        }
+    }
+}
+
+/// The index of the `i`-th event of a command in [`derive_event_id`]. Stores refuse far
+/// fewer events per append than `u32::MAX`; past it the ids repeat and the append is refused.
+fn event_index(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// What loading an aggregate saw of an idempotent command.
+struct Tail<A: Aggregate> {
+    /// The load started from a snapshot: the events before it were not read.
+    from_snapshot: bool,
+    /// The command's events, when the events read hold them.
+    applied: Option<Applied<A>>,
+}
+
+impl<A: Aggregate> Tail<A> {
+    fn unread() -> Self {
+        Self {
+            from_snapshot: false,
+            applied: None,
+        }
     }
 }
 
@@ -262,6 +468,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     async fn load_stream(&self, stream: &StreamId) -> Result<Loaded<A>> {
+        Ok(self.load_tail(stream, None).await?.0)
+    }
+
+    /// Loads the aggregate; with the id of an idempotent command, also looks for the
+    /// command's events among the events read (which are then read with their ids).
+    async fn load_tail(
+        &self,
+        stream: &StreamId,
+        command_id: Option<Uuid>,
+    ) -> Result<(Loaded<A>, Tail<A>)> {
         let mut loaded = match self.store.load_snapshot(stream).await? {
             Some(snapshot) if snapshot.schema_version == A::SNAPSHOT_VERSION => {
                 match snapshot.payload.deserialize::<A>() {
@@ -286,20 +502,90 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             None => Loaded::default_state(),
         };
-        let mut events = self.store.read_stream(
-            stream,
-            StreamRead::forward_from(loaded.version + 1).for_folding(),
-        );
+        let mut tail = Tail {
+            from_snapshot: loaded.version > 0,
+            applied: None,
+        };
+        let read = StreamRead::forward_from(loaded.version + 1);
+        // Folding needs no ids, but finding the command's events does.
+        let read = if command_id.is_some() {
+            read
+        } else {
+            read.for_folding()
+        };
+        let mut events = self.store.read_stream(stream, read);
+        // Whether the events just read are the command's (they are consecutive).
+        let mut in_command = false;
         while let Some(recorded) = events.try_next().await? {
             let event = A::Event::decode(&recorded)?;
             loaded.state.apply(&event);
             loaded.version = recorded.stream_version;
+            let Some(command_id) = command_id else {
+                continue;
+            };
+            match &mut tail.applied {
+                None if recorded.event_id == derive_event_id(command_id, stream, 0) => {
+                    let mut applied = Applied::new();
+                    applied.push(recorded, event);
+                    tail.applied = Some(applied);
+                    in_command = true;
+                }
+                Some(applied)
+                    if in_command && recorded.event_id == applied.next_id(command_id, stream) =>
+                {
+                    applied.push(recorded, event);
+                }
+                _ => in_command = false,
+            }
         }
-        Ok(loaded)
+        Ok((loaded, tail))
+    }
+
+    /// Looks for the events of the idempotent command `command_id` anywhere in the stream,
+    /// newest first (one read of the stream when they are not there).
+    async fn find_applied(
+        &self,
+        stream: &StreamId,
+        command_id: Uuid,
+    ) -> Result<Option<Applied<A>>> {
+        let first_id = derive_event_id(command_id, stream, 0);
+        let mut start = None;
+        let mut backward = self.store.read_stream(stream, StreamRead::backward());
+        while let Some(recorded) = backward.try_next().await? {
+            if recorded.event_id == first_id {
+                start = Some(recorded.stream_version);
+                break;
+            }
+        }
+        drop(backward);
+        let Some(start) = start else {
+            return Ok(None);
+        };
+        let mut applied = Applied::new();
+        let mut forward = self.store.read_stream(
+            stream,
+            StreamRead::forward_from(start).with_page_size(COMMAND_PAGE),
+        );
+        while let Some(recorded) = forward.try_next().await? {
+            if recorded.event_id != applied.next_id(command_id, stream) {
+                break;
+            }
+            let event = A::Event::decode(&recorded)?;
+            applied.push(recorded, event);
+        }
+        Ok((!applied.stored.is_empty()).then_some(applied))
     }
 
     /// Loads the aggregate and decides a command without appending, for an atomic append
     /// across several aggregates (see [`Decision`]).
+    ///
+    /// With an idempotent context (see [`CommandContext::idempotent`]) the new events get ids
+    /// derived from the command id, the same at every attempt. When the command's events
+    /// are in the stream already the decision is [`Decision::already_applied`] and holds
+    /// them, without deciding again. Events older than the aggregate's snapshot are looked
+    /// up only when the command would be refused or would change nothing; otherwise the
+    /// append of the decision meets them: the store answers with the original result (same
+    /// payloads) or refuses with [`Error::IdempotencyConflict`].
     ///
     /// # Errors
     /// [`CommandError::Rejected`] when the aggregate refuses; store and decode failures.
@@ -310,24 +596,45 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         context: &CommandContext,
     ) -> Result<Decision<A>, CommandError<A::Error>> {
         let stream = self.stream_id(id)?;
-        let loaded = self.load_stream(&stream).await?;
-        Self::decide_on(stream, loaded, command, context)
+        let command_id = context.idempotency_key();
+        let (loaded, tail) = self.load_tail(&stream, command_id).await?;
+        if let Some(applied) = tail.applied {
+            return Ok(applied.decision(stream, loaded));
+        }
+        let outcome = loaded.state.handle(command);
+        // A refusal or a no-op may come from a state that already includes the command.
+        if let Some(command_id) = command_id
+            && tail.from_snapshot
+            && outcome.as_ref().map_or(true, Vec::is_empty)
+            && let Some(applied) = self.find_applied(&stream, command_id).await?
+        {
+            return Ok(applied.decision(stream, loaded));
+        }
+        let events = outcome.map_err(CommandError::Rejected)?;
+        Ok(Self::decision(stream, loaded, events, context)?)
     }
 
-    fn decide_on(
+    /// The decision to append `events` to the aggregate `loaded`.
+    fn decision(
         stream: StreamId,
         loaded: Loaded<A>,
-        command: A::Command,
+        events: Vec<A::Event>,
         context: &CommandContext,
-    ) -> Result<Decision<A>, CommandError<A::Error>> {
-        let events = loaded
-            .state
-            .handle(command)
-            .map_err(CommandError::Rejected)?;
+    ) -> Result<Decision<A>> {
         let metadata = context.metadata();
+        let command_id = context.idempotency_key();
         let new_events = events
             .iter()
-            .map(|e| Ok(e.to_new_event()?.with_metadata(metadata.clone())))
+            .enumerate()
+            .map(|(i, e)| {
+                let event = e.to_new_event()?.with_metadata(metadata.clone());
+                Ok(match command_id {
+                    Some(command_id) => {
+                        event.with_id(derive_event_id(command_id, &stream, event_index(i)))
+                    }
+                    None => event,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut state = loaded.state;
         for event in &events {
@@ -339,16 +646,28 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             events,
             new_events,
             state,
+            already_applied: false,
+            stored: None,
         })
     }
 
     /// Runs a command: load (or take from the cache), handle, append expecting the loaded
     /// version, snapshot when the policy says so.
     ///
+    /// With an idempotent context (see [`CommandContext::idempotent`]) the command is
+    /// appended at most once, however often it is executed: when its events are found in
+    /// the stream (among the events loaded, or, when the store shows that they are older
+    /// than the snapshot, by reading the stream backward) the command is not decided again,
+    /// and the answer is [`Executed::already_applied`], with the stored events and their
+    /// positions. So a retry after an ambiguous failure is answered as the first call was,
+    /// even when the new state would refuse the command.
+    ///
     /// # Errors
     /// [`CommandError::Rejected`] when the aggregate refuses (nothing is appended);
     /// [`CommandError::Conflict`] when the aggregate kept changing through every retry;
-    /// [`CommandError::Store`] for store failures and decode errors.
+    /// [`CommandError::Store`] for store failures and decode errors, and
+    /// [`Error::IdempotencyConflict`] when an idempotent command's id was used before for
+    /// other events.
     pub async fn execute(
         &self,
         id: &str,
@@ -359,8 +678,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         A::Command: Clone,
     {
         let stream = self.stream_id(id)?;
+        let command_id = context.idempotency_key();
         let mut conflicts = 0u32;
         let mut use_cache = true;
+        // Set when an append showed that the idempotent command may be stored already: the
+        // next load looks for its events, and answers with this error if they are not there.
+        let mut look_up: Option<Error> = None;
         loop {
             let cached = if use_cache {
                 self.cached(&stream)
@@ -368,37 +691,73 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 None
             };
             let from_cache = cached.is_some();
-            let loaded = match cached {
-                Some(loaded) => loaded,
-                None => self.load_stream(&stream).await?,
+            let (loaded, tail) = match cached {
+                Some(loaded) => (loaded, Tail::unread()),
+                None => self.load_tail(&stream, command_id).await?,
             };
-            let decided = Self::decide_on(stream.clone(), loaded, command.clone(), context);
-            // Only an append checks the cached version. A rejection or a no-op decided on a
-            // cached state may come from a stale one: decide again on the stored state.
-            let stale_risk = match &decided {
-                Err(CommandError::Rejected(_)) => true,
-                Ok(decision) => decision.events.is_empty(),
-                Err(_) => false,
-            };
-            if from_cache && stale_risk {
-                self.forget(&stream);
-                use_cache = false;
-                continue;
+            if let Some(applied) = tail.applied {
+                self.remember(&stream, &loaded.state, loaded.version);
+                return Ok(applied.executed(loaded));
             }
-            let decision = decided?;
-            if decision.events.is_empty() {
+            if let Some(error) = look_up.take() {
+                // `look_up` is only set for idempotent commands and then skips the cache.
+                if let Some(command_id) = command_id
+                    && tail.from_snapshot
+                    && let Some(applied) = self.find_applied(&stream, command_id).await?
+                {
+                    self.remember(&stream, &loaded.state, loaded.version);
+                    return Ok(applied.executed(loaded));
+                }
+                return Err(error.into());
+            }
+            let outcome = loaded.state.handle(command.clone());
+            // Only an append checks the cached version. A rejection or a no-op decided on a
+            // cached state may come from a stale one: decide again on the stored state. On
+            // a state loaded from a snapshot, it may come from the command's own events.
+            if outcome.as_ref().map_or(true, Vec::is_empty) {
+                if from_cache {
+                    self.forget(&stream);
+                    use_cache = false;
+                    continue;
+                }
+                if let Some(command_id) = command_id
+                    && tail.from_snapshot
+                    && let Some(applied) = self.find_applied(&stream, command_id).await?
+                {
+                    self.remember(&stream, &loaded.state, loaded.version);
+                    return Ok(applied.executed(loaded));
+                }
+            }
+            let events = outcome.map_err(CommandError::Rejected)?;
+            if events.is_empty() {
                 return Ok(Executed {
-                    state: decision.state,
-                    version: decision.version,
+                    state: loaded.state,
+                    version: loaded.version,
                     events: Vec::new(),
                     append: None,
+                    already_applied: false,
                 });
             }
+            let decision = Self::decision(stream.clone(), loaded, events, context)?;
             let expected = ExpectedVersion::Exact(decision.version);
+            let count = decision.new_events.len() as u64;
             match self
                 .append_retrying(&stream, expected, decision.new_events)
                 .await
             {
+                // A fresh append ends `count` versions after the expected one. Any other
+                // result is the store's answer to a retry: the original result of this
+                // command's events, stored before the state it was decided on.
+                Ok(result)
+                    if command_id.is_some()
+                        && result.stream_version != expected_end(decision.version, count) =>
+                {
+                    self.forget(&stream);
+                    use_cache = false;
+                    look_up = Some(Error::IdempotencyConflict {
+                        event_id: derive_event_id(context.command_id, &stream, 0),
+                    });
+                }
                 Ok(result) => {
                     self.remember(&stream, &decision.state, result.stream_version);
                     self.snapshot_if_due(&stream, &decision.state, decision.version, &result)
@@ -408,7 +767,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         version: result.stream_version,
                         events: decision.events,
                         append: Some(result),
+                        already_applied: false,
                     });
+                }
+                // Some of this command's ids are stored, with other content: it was applied
+                // on another state (its events are older than the snapshot or the cached
+                // state), or the id was used for another command.
+                Err(error @ Error::IdempotencyConflict { .. }) if command_id.is_some() => {
+                    self.forget(&stream);
+                    use_cache = false;
+                    look_up = Some(error);
                 }
                 Err(Error::Conflict {
                     stream,
@@ -518,6 +886,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
     }
 }
+
+/// The version a fresh append of `count` events expecting `version` ends at.
+fn expected_end(version: u64, count: u64) -> u64 {
+    version.saturating_add(count)
+}
+
+/// Events fetched per round trip when reading one command's events.
+const COMMAND_PAGE: usize = 64;
 
 impl<A: Default> Loaded<A> {
     fn default_state() -> Self {

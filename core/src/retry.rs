@@ -134,8 +134,19 @@ impl Retries {
         self
     }
 
-    /// Waits before retry number `attempt`, if a sleep is set.
-    pub(crate) async fn wait(&self, attempt: u32) {
+    /// How many times a conflicting command is decided again.
+    pub fn max_conflicts(&self) -> u32 {
+        self.conflicts
+    }
+
+    /// How many times an append that failed transiently is sent again.
+    pub fn max_transient(&self) -> u32 {
+        self.transient
+    }
+
+    /// Waits before retry number `attempt` (0 is the first retry), if a sleep is set: for
+    /// callers that run their own retry loop under these settings.
+    pub async fn wait(&self, attempt: u32) {
         if let Some(sleep) = &self.sleep {
             sleep(self.backoff.delay(attempt)).await;
         }
