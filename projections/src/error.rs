@@ -113,6 +113,13 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// A rebuild was asked of a reactor: its effects are commands in the event store, so
+    /// replaying it from the start rebuilds nothing (they are stored once already).
+    #[error("{name} is a reactor: it has no read model to rebuild")]
+    NotRebuildable {
+        /// The reactor's name.
+        name: String,
+    },
     /// The projection's name differs from the name its read model was opened for.
     #[error("projection {projection} was given the read model of {model}")]
     ModelMismatch {

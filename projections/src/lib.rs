@@ -5,8 +5,10 @@ mod lease;
 mod memory;
 mod model;
 mod projection;
+mod reactor;
 #[cfg(feature = "redis")]
 mod redis;
+pub mod resilience;
 mod runner;
 #[cfg(feature = "tantivy")]
 mod tantivy;
@@ -22,10 +24,22 @@ pub use model::{
     lookups::{LookupError, LookupKeys, Lookups},
 };
 pub use projection::{EventFilter, Projection, check_name};
+pub use reactor::{
+    Reaction, Reactor,
+    clock::{Clock, ManualClock, SystemClock},
+    deadline::{
+        DEADLINE_CATEGORY, DEADLINE_TIMER, Deadline, DeadlineCommand, DeadlineEvent, DeadlineInfo,
+        DeadlineRefused, DeadlineState, Deadlines,
+    },
+    saga::{Observed, Saga},
+};
 #[cfg(feature = "redis")]
 pub use redis::{
     DEAD_LETTER_KEY, LOOKUP_KEY, RedisBatch, RedisConnection, RedisReadModel, RedisView,
     RedisWriter,
+};
+pub use resilience::{
+    BreakerState, CallError, Dependency, DependencyConfig, DependencyStatus, Retryable,
 };
 pub use runner::ProjectionRunner;
 pub use runner::config::{ProjectionConfig, RebuildReport, RunnerConfig, StoreChange};

@@ -147,6 +147,13 @@ impl EventFilter {
         self
     }
 
+    /// Either filter: an event passes when `self` or `other` lets it through (a saga that
+    /// wants some types of one aggregate and others of another).
+    #[must_use]
+    pub fn or(self, other: EventFilter) -> Self {
+        Self::custom(move |event| self.wants(event) || other.wants(event))
+    }
+
     /// Whether the filter lets `event` through.
     pub fn wants(&self, event: &RecordedEvent) -> bool {
         self.categories

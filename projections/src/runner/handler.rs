@@ -3,9 +3,11 @@
 use std::panic::AssertUnwindSafe;
 
 use annals::RecordedEvent;
+use futures::FutureExt;
 
 use crate::{
-    FailurePolicy, Projection, ProjectionState, ReadModel, WriteBatch, runner::worker::Shared,
+    FailurePolicy, ProjectionState, ReadModel, WriteBatch,
+    runner::{consumer::Consumer, worker::Shared},
 };
 
 /// What the policy decided for an event whose handler failed.
@@ -17,7 +19,7 @@ pub(crate) enum Failure {
 }
 
 /// Calls the handler under the failure policy.
-pub(crate) async fn call<P: Projection, S>(
+pub(crate) async fn call<P: Consumer, S>(
     shared: &Shared<P, S>,
     event: &RecordedEvent,
     batch: &mut <P::Model as ReadModel>::Batch,
@@ -26,7 +28,7 @@ pub(crate) async fn call<P: Projection, S>(
     let mut attempt = 0u32;
     loop {
         let projection = &shared.projection;
-        let Err(error) = call_once(projection.as_ref(), event, batch) else {
+        let Err(error) = call_once(projection.as_ref(), event, batch).await else {
             return Ok(());
         };
         attempt += 1;
@@ -65,14 +67,16 @@ pub(crate) async fn call<P: Projection, S>(
 
 /// Calls the handler once; on an error or a panic, rolls back what it added (data and
 /// lookups) and returns the error's text.
-pub(crate) fn call_once<P: Projection>(
+pub(crate) async fn call_once<P: Consumer>(
     projection: &P,
     event: &RecordedEvent,
     batch: &mut <P::Model as ReadModel>::Batch,
 ) -> Result<(), String> {
     let savepoint = batch.savepoint();
     let lookups = batch.lookups().savepoint();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| projection.handle(event, batch)));
+    let outcome = AssertUnwindSafe(projection.handle(event, batch))
+        .catch_unwind()
+        .await;
     let error = match outcome {
         Ok(Ok(())) => return Ok(()),
         Ok(Err(e)) => error_chain(e.as_ref()),

@@ -5,6 +5,7 @@
 //! checkpoint (`worker.rs`), the handler runs under the failure policy (`handler.rs`).
 
 pub(crate) mod config;
+pub(crate) mod consumer;
 pub(crate) mod handler;
 pub(crate) mod inspect;
 pub(crate) mod policy;
@@ -28,6 +29,7 @@ use crate::{
     Error, InMemoryLeases, LeaseStore, Projection, ProjectionConfig, ProjectionState,
     ProjectionStatus, ReadModel, RebuildReport, Result, RunnerConfig,
     projection::check_name,
+    runner::consumer::{Consumer, Projected},
     runner::supervisor::{Command, Supervisor},
     runner::worker::{LetterAction, Shared},
 };
@@ -52,6 +54,20 @@ pub struct ProjectionRunner<S> {
 struct Handle {
     status: watch::Receiver<ProjectionStatus>,
     commands: mpsc::Sender<Command>,
+    /// False for consumers whose effects leave the read model (reactors): replaying them
+    /// from the start is not a rebuild.
+    rebuildable: bool,
+    /// The outside dependencies it calls, for the status.
+    dependencies: Vec<crate::resilience::Dependency>,
+}
+
+impl Handle {
+    /// The status now, with the dependencies' guards as they are now.
+    fn status(&self) -> ProjectionStatus {
+        let mut status = self.status.borrow().clone();
+        status.dependencies = self.dependencies.iter().map(|d| d.status()).collect();
+        status
+    }
 }
 
 impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
@@ -96,8 +112,20 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
         model: P::Model,
         config: ProjectionConfig,
     ) -> Result<()> {
-        let name = projection.name().to_owned();
+        self.add_consumer(Projected(projection), model, config, true)
+    }
+
+    /// Starts any consumer of the engine (a projection, a reactor) into `model`.
+    pub(crate) fn add_consumer<C: Consumer>(
+        &self,
+        consumer: C,
+        model: C::Model,
+        config: ProjectionConfig,
+        rebuildable: bool,
+    ) -> Result<()> {
+        let name = consumer.name().to_owned();
         check_name(&name)?;
+        let dependencies = consumer.dependencies();
         if model.projection() != name {
             return Err(Error::ModelMismatch {
                 projection: name,
@@ -113,7 +141,7 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let supervisor = Supervisor {
             shared: Shared {
-                projection: Arc::new(projection),
+                projection: Arc::new(consumer),
                 model: Arc::new(model),
                 store: self.store.clone(),
                 config: Arc::new(config),
@@ -136,9 +164,30 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
             Handle {
                 status: status_rx,
                 commands: commands_tx,
+                rebuildable,
+                dependencies,
             },
         );
         Ok(())
+    }
+
+    /// Runs `task` beside the consumers: aborted when the runner is dropped, awaited by
+    /// [`shutdown`](ProjectionRunner::shutdown) (so it must end once its consumer shuts down).
+    pub(crate) fn spawn(
+        &self,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spawn_on(task, &runtime);
+        Ok(())
+    }
+
+    /// The store this runner follows.
+    pub fn store(&self) -> &S {
+        &self.store
     }
 
     fn handle(&self, name: &str) -> Result<Handle> {
@@ -154,16 +203,13 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
 
     /// The status of one projection.
     pub fn status(&self, name: &str) -> Option<ProjectionStatus> {
-        self.handle(name).ok().map(|h| h.status.borrow().clone())
+        self.handle(name).ok().map(|h| h.status())
     }
 
     /// The status of every projection, by name.
     pub fn statuses(&self) -> Vec<ProjectionStatus> {
         let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-        handles
-            .values()
-            .map(|h| h.status.borrow().clone())
-            .collect()
+        handles.values().map(Handle::status).collect()
     }
 
     /// A receiver that sees every status change of one projection.
@@ -334,6 +380,11 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
     /// [`FailurePolicy::Stop`](crate::FailurePolicy::Stop), [`Error::Shutdown`],
     /// [`Error::UnknownProjection`].
     pub async fn rebuild(&self, name: &str) -> Result<RebuildReport> {
+        if !self.handle(name)?.rebuildable {
+            return Err(Error::NotRebuildable {
+                name: name.to_owned(),
+            });
+        }
         let (tx, rx) = oneshot::channel();
         self.send(name, Command::Rebuild(tx)).await?;
         rx.await.map_err(|_| Error::Shutdown)?

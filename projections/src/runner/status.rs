@@ -43,6 +43,11 @@ pub struct ProjectionStatus {
     pub dead_letters: u64,
     /// The rebuild under way, if any.
     pub rebuild: Option<RebuildProgress>,
+    /// The outside dependencies a reactor calls, as their guards see them now (circuit
+    /// breaker, calls in flight, failures); filled by
+    /// [`ProjectionRunner::status`](crate::ProjectionRunner::status) and
+    /// [`statuses`](crate::ProjectionRunner::statuses), empty for projections.
+    pub dependencies: Vec<crate::resilience::DependencyStatus>,
 }
 
 /// A projection that cannot reach what it needs.
@@ -68,6 +73,7 @@ impl ProjectionStatus {
             degraded: None,
             dead_letters: 0,
             rebuild: None,
+            dependencies: Vec::new(),
         }
     }
 
@@ -160,6 +166,9 @@ impl fmt::Display for ProjectionStatus {
         }
         if let Some(d) = &self.degraded {
             write!(f, ", degraded since {}: {}", d.since, d.error)?;
+        }
+        for dependency in &self.dependencies {
+            write!(f, "; {dependency}")?;
         }
         Ok(())
     }

@@ -14,9 +14,10 @@ use tokio::{
 use uuid::Uuid;
 
 use crate::{
-    Error, Fence, Generation, LeaseStore, Projection, ProjectionState, ReadModel, RebuildProgress,
+    Error, Fence, Generation, LeaseStore, ProjectionState, ReadModel, RebuildProgress,
     RebuildReport, Result, RunnerConfig, StoreChange,
     lease::LeaseGuard,
+    runner::consumer::Consumer,
     runner::worker::{BuildEvent, LetterAction, LetterRequest, Role, Shared, Worker},
 };
 
@@ -44,7 +45,7 @@ struct Serving {
     letters: mpsc::Sender<LetterRequest>,
 }
 
-pub(crate) struct Supervisor<P: Projection, S> {
+pub(crate) struct Supervisor<P: Consumer, S> {
     pub(crate) shared: Shared<P, S>,
     pub(crate) leases: Arc<dyn LeaseStore>,
     pub(crate) runner: Arc<RunnerConfig>,
@@ -63,7 +64,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
+impl<P: Consumer, S: EventStore + Clone + 'static> Supervisor<P, S> {
     fn name(&self) -> &str {
         self.shared.projection.name()
     }
@@ -262,6 +263,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
     /// Marks a build as under way in the status before its worker starts, so no reader of the
     /// status sees "caught up, no rebuild" while a pending generation is still to be built.
     fn announce_build(&self, generation: Generation) {
+        let building = self.shared.building_state();
         self.shared.status.send_modify(|s| {
             if s.rebuild.is_none_or(|r| r.generation != generation) {
                 s.rebuild = Some(RebuildProgress {
@@ -272,7 +274,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
                     seconds_left: None,
                 });
             }
-            s.state = ProjectionState::Rebuilding;
+            s.state = building;
         });
     }
 
@@ -529,7 +531,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Supervisor<P, S> {
 /// [`RunnerConfig::status_interval`](crate::RunnerConfig::status_interval): the head, the
 /// exact lag, what holds the log back; an unreachable or silent store shows as degraded
 /// within one I/O bound.
-async fn measure<P: Projection, S: EventStore + Clone + 'static>(shared: Shared<P, S>) {
+async fn measure<P: Consumer, S: EventStore + Clone + 'static>(shared: Shared<P, S>) {
     loop {
         tokio::time::sleep(shared.runner.status_interval).await;
         let store = &shared.store;
@@ -565,7 +567,7 @@ async fn measure<P: Projection, S: EventStore + Clone + 'static>(shared: Shared<
     }
 }
 
-fn degrade<P: Projection, S>(shared: &Shared<P, S>, e: &Error) {
+fn degrade<P: Consumer, S>(shared: &Shared<P, S>, e: &Error) {
     let error = crate::runner::handler::error_chain(e);
     tracing::warn!(
         projection = shared.projection.name(),

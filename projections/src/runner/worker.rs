@@ -9,15 +9,16 @@ use uuid::Uuid;
 
 use crate::{
     DeadLetter, Durability, Error, EventFilter, Generation, GenerationWriter, LookupKeys,
-    Projection, ProjectionConfig, ProjectionState, ProjectionStatus, ReadModel, Result,
-    RunnerConfig, StopReason, WriteBatch,
+    ProjectionConfig, ProjectionState, ProjectionStatus, ReadModel, Result, RunnerConfig,
+    StopReason, WriteBatch,
     lease::LeaseGuard,
+    runner::consumer::Consumer,
     runner::handler::{self, Failure},
     runner::progress::Progress,
 };
 
 /// What every worker of one projection shares.
-pub(crate) struct Shared<P: Projection, S> {
+pub(crate) struct Shared<P: Consumer, S> {
     pub(crate) projection: Arc<P>,
     pub(crate) model: Arc<P::Model>,
     pub(crate) store: S,
@@ -26,7 +27,7 @@ pub(crate) struct Shared<P: Projection, S> {
     pub(crate) status: watch::Sender<ProjectionStatus>,
 }
 
-impl<P: Projection, S: Clone> Clone for Shared<P, S> {
+impl<P: Consumer, S: Clone> Clone for Shared<P, S> {
     fn clone(&self) -> Self {
         Self {
             projection: self.projection.clone(),
@@ -39,7 +40,17 @@ impl<P: Projection, S: Clone> Clone for Shared<P, S> {
     }
 }
 
-impl<P: Projection, S> Shared<P, S> {
+impl<P: Consumer, S> Shared<P, S> {
+    /// The state a build shows: rebuilding, or catching up for a consumer whose builds are
+    /// only catch-ups (a reactor).
+    pub(crate) fn building_state(&self) -> ProjectionState {
+        if self.projection.builds_models() {
+            ProjectionState::Rebuilding
+        } else {
+            ProjectionState::CatchingUp
+        }
+    }
+
     /// Runs `future` under the runner's I/O bound: a silent read model or store becomes a
     /// transient [`Error::IoTimeout`] instead of a wait without end.
     pub(crate) async fn bounded<T>(
@@ -101,7 +112,7 @@ pub(crate) type LetterRequest = (Uuid, LetterAction, oneshot::Sender<Result<()>>
 /// The most lookup values a worker keeps between batches.
 const LOOKUP_CACHE: usize = 1_000_000;
 
-pub(crate) struct Worker<P: Projection, S> {
+pub(crate) struct Worker<P: Consumer, S> {
     shared: Shared<P, S>,
     guard: LeaseGuard,
     generation: Generation,
@@ -124,7 +135,7 @@ pub(crate) struct Worker<P: Projection, S> {
     filter: EventFilter,
 }
 
-impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
+impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
     pub(crate) fn new(
         shared: Shared<P, S>,
         guard: LeaseGuard,
@@ -212,7 +223,7 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
                 self.progress = Some(progress);
                 shared.status.send_modify(|s| {
                     s.rebuild = Some(snapshot);
-                    s.state = ProjectionState::Rebuilding;
+                    s.state = shared.building_state();
                 });
             }
         }
@@ -413,7 +424,9 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
             let event = self.parked_event(&letter).await?;
             self.load_lookups(writer, std::slice::from_ref(&event), &mut batch)
                 .await?;
-            if let Err(error) = handler::call_once(shared.projection.as_ref(), &event, &mut batch) {
+            if let Err(error) =
+                handler::call_once(shared.projection.as_ref(), &event, &mut batch).await
+            {
                 return Err(Error::Stopped(Box::new(StopReason::new(
                     &name, &event, error,
                 ))));
@@ -619,10 +632,11 @@ impl<P: Projection, S: EventStore + Clone + 'static> Worker<P, S> {
             return;
         }
         let dead_letters = self.dead_letters;
+        let building = self.shared.building_state();
         self.shared.status.send_modify(|s| {
             if matches!(s.state, ProjectionState::Retrying { .. }) {
                 s.state = if s.rebuild.is_some() {
-                    ProjectionState::Rebuilding
+                    building
                 } else {
                     ProjectionState::Running
                 };

@@ -16,6 +16,10 @@
 //!
 //! [`read_model_conformance_tests!`]: crate::read_model_conformance_tests
 
+mod saga;
+
+pub use saga::{SagaTest, Then};
+
 use std::{
     collections::BTreeMap,
     future::Future,
