@@ -84,7 +84,12 @@ impl Backend {
             return crate::demo::run(&cli.data_dir).await;
         }
         match Self::choose(&cli)? {
-            Self::Embedded => run(embedded_app(&cli.data_dir).await?, cli.command).await,
+            Self::Embedded => {
+                let app = embedded_app(&cli.data_dir)
+                    .await?
+                    .with_lease_ttl(cli.lease_ttl);
+                run(app, cli.command).await
+            }
             Self::Server {
                 database_url,
                 redis_url,
@@ -103,9 +108,17 @@ impl Backend {
                         namespace: cli.redis_prefix.clone(),
                     },
                     search_root: cli.data_dir.join(format!("search-{}", cli.pg_schema)),
-                    leases: LedgerLeases::Postgres(leases),
+                    leases: LedgerLeases::Postgres {
+                        leases,
+                        pool: store.pool().clone(),
+                        schema: cli.pg_schema.clone(),
+                    },
                 };
-                run(App::new(store, read), cli.command).await
+                run(
+                    App::new(store, read).with_lease_ttl(cli.lease_ttl),
+                    cli.command,
+                )
+                .await
             }
         }
     }

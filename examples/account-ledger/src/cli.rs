@@ -46,6 +46,10 @@ pub struct Cli {
         default_value = "ledger"
     )]
     pub redis_prefix: String,
+    /// How long a process's claim on a read model or reactor outlives it when it dies
+    /// without letting go (killed), in seconds: another process takes over after that.
+    #[arg(long, global = true, env = "LEDGER_LEASE_TTL", default_value = "5", value_parser = seconds)]
+    pub lease_ttl: std::time::Duration,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -73,6 +77,15 @@ pub enum Rebuild {
 
 /// An account id: a letter or digit, then letters, digits, `-`, `_` and `.`, at most 64
 /// characters (so `..`, `.hidden` or `-x` are refused).
+fn seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 3600.0 => Ok(std::time::Duration::from_secs_f64(secs)),
+        _ => Err(format!(
+            "bad duration {s:?}: seconds, more than 0 and at most 3600, like 5 or 0.5"
+        )),
+    }
+}
+
 fn account_id(s: &str) -> Result<String, String> {
     let ok = s.len() <= 64
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -160,7 +173,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         memo_file: Option<PathBuf>,
     },
-    /// Pay out to an outside bank (a saga: reversed if the bank refuses).
+    /// Record a payout to an outside bank; `ledger work` asks the bank and settles it (or
+    /// reverses it if the bank refuses).
     Payout {
         /// The debited account.
         #[arg(value_parser = account_id)]
@@ -237,8 +251,18 @@ pub enum Command {
         #[arg(value_enum)]
         model: Rebuild,
     },
-    /// Each read model's position and how far it is behind the store.
+    /// Each read model's and reactor's position and how far it is behind the store, and
+    /// the payouts waiting for the bank.
     Status,
+    /// Work the reactors: ask the bank for each recorded payout and settle or reverse it.
+    Work {
+        /// Stop once every payout recorded so far is answered (otherwise run until Ctrl-C).
+        #[arg(long)]
+        once: bool,
+        /// How long the simulated bank takes to answer, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        bank_latency_ms: u64,
+    },
     /// Generate random but plausible activity, for load.
     Seed {
         /// Accounts to open.

@@ -66,6 +66,8 @@ const SCRIPT: &[&[&str]] = &[
         "gym membership",
         "--bank-fails",
     ],
+    &["status"],
+    &["work", "--once"],
     &["freeze", "bob", "--reason", "card reported stolen"],
     &["deposit", "bob", "5.00"],
     &["seed", "--accounts", "20", "--events", "300"],

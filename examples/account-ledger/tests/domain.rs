@@ -3,8 +3,8 @@
 
 use account_ledger::{
     domain::{
-        Account, AccountCommand as C, AccountError as Why, AccountEvent as E, BankAnswer, Ledger,
-        LedgerError, SimulatedBank, run_payout,
+        Account, AccountCommand as C, AccountError as Why, AccountEvent as E, Ledger, LedgerError,
+        Payouts, SimulatedBank, bank_dependency, pending_payouts, start_payout,
     },
     money::{Currency, Money},
 };
@@ -331,47 +331,76 @@ async fn a_refused_transfer_appends_nothing() {
 #[tokio::test]
 async fn the_payout_saga_settles_or_compensates() {
     let ledger = ledger_with(&[("a", "EUR", 1_000)]).await;
-    let ok = run_payout(
-        &ledger,
-        &SimulatedBank::default(),
-        "a",
-        "DE89 1234",
-        300,
-        "bill",
-    )
-    .await
-    .unwrap();
-    assert!(matches!(ok.answer, BankAnswer::Paid(_)));
+    let ok = start_payout(&ledger, "a", "DE89 1234", 300, "bill", false)
+        .await
+        .unwrap();
     assert_eq!(ok.outcome.account.balance, 700);
-    let refused = run_payout(
-        &ledger,
-        &SimulatedBank { fail: true },
-        "a",
-        "DE89 1234",
-        200,
-        "gym",
-    )
-    .await
-    .unwrap();
-    assert!(matches!(refused.answer, BankAnswer::Refused(_)));
-    assert_eq!(refused.outcome.account.balance, 700);
-    assert!(refused.outcome.account.pending_payouts.is_empty());
-    let types: Vec<String> = ledger
+    let refused = start_payout(&ledger, "a", "DE89 1234", 200, "gym", true)
+        .await
+        .unwrap();
+    // Recorded, not yet answered: both wait for the bank, their money out of the balance.
+    assert_eq!(refused.outcome.account.balance, 500);
+    assert_eq!(pending_payouts(ledger.store()).await.unwrap().len(), 2);
+
+    let runner = annals_projections::ProjectionRunner::new(ledger.store().clone());
+    let reactor = Payouts::new(ledger.clone(), SimulatedBank::default(), bank_dependency());
+    runner
+        .add_reactor(
+            reactor,
+            annals_projections::MemoryReadModel::<()>::new("payouts").unwrap(),
+            annals_projections::ProjectionConfig::new(),
+        )
+        .unwrap();
+    runner
+        .catch_up(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let status = runner.status("payouts").unwrap();
+    assert_eq!(
+        status.dependencies.len(),
+        1,
+        "the bank's guards show in the status"
+    );
+    assert_eq!(status.dependencies[0].calls, 2);
+    runner.shutdown().await;
+
+    let account = ledger.account("a").await.unwrap();
+    assert_eq!(
+        account.balance, 700,
+        "paid 3.00, the refused 2.00 came back"
+    );
+    assert!(account.pending_payouts.is_empty());
+    assert!(pending_payouts(ledger.store()).await.unwrap().is_empty());
+    let events: Vec<annals::RecordedEvent> = ledger
         .store()
         .read_all(LogRead::from_start())
-        .map_ok(|e| e.event_type.to_string())
         .try_collect()
         .await
         .unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(
         &types[types.len() - 4..],
         [
             "PayoutStarted",
-            "PayoutSettled",
             "PayoutStarted",
+            "PayoutSettled",
             "PayoutReversed"
         ]
     );
+    // Each answer continues its payout's correlation and names the start as its cause.
+    for (answer, start) in [
+        (events.len() - 2, events.len() - 4),
+        (events.len() - 1, events.len() - 3),
+    ] {
+        assert_eq!(
+            events[answer].metadata.correlation_id,
+            events[start].metadata.correlation_id
+        );
+        assert_eq!(
+            events[answer].metadata.causation_id,
+            Some(events[start].event_id)
+        );
+    }
 }
 
 #[tokio::test]

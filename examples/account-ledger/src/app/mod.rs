@@ -13,7 +13,7 @@ use annals::{CommandContext, EventStore};
 
 use crate::{
     cli::Command,
-    domain::{AccountCommand, BankAnswer, Ledger, LedgerError, SimulatedBank, run_payout},
+    domain::{AccountCommand, Ledger, LedgerError, SimulatedBank, start_payout},
     money::{Money, MoneyError, format_amount, parse_amount},
     projections::{Filter, ReadError},
 };
@@ -196,6 +196,12 @@ impl<S: EventStore + Clone + 'static> App<S> {
         }
     }
 
+    /// Sets how long this process's leases outlive it if it is killed (default 5 s).
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.read.set_lease_ttl(ttl);
+        self
+    }
+
     /// The ledger.
     pub fn ledger(&self) -> &Ledger<S> {
         &self.ledger
@@ -305,19 +311,28 @@ impl<S: EventStore + Clone + 'static> App<S> {
             } => {
                 let memo = memo_text(memo, memo_file)?;
                 let amount = parse_amount(&amount)?;
-                let bank = SimulatedBank { fail: bank_fails };
-                let r = run_payout(&self.ledger, &bank, &account, &to, amount, &memo).await?;
-                let a = r.outcome.account;
-                match r.answer {
-                    BankAnswer::Paid(reference) => say!(
-                        "paid {} from {account} to {to} (bank reference {reference}); balance {}",
-                        money(amount, &a),
-                        money(a.balance, &a)
-                    ),
-                    BankAnswer::Refused(reason) => say!(
-                        "the bank refused the payout ({reason}); compensated with PayoutReversed, {account} is back at {}",
-                        money(a.balance, &a)
-                    ),
+                let started =
+                    start_payout(&self.ledger, &account, &to, amount, &memo, bank_fails).await?;
+                let a = started.outcome.account;
+                say!(
+                    "payout {} recorded: {} left {account} for {to} and waits for the bank (`ledger work` asks it; `ledger status` lists pending payouts); balance {}",
+                    started.payout_id,
+                    money(amount, &a),
+                    money(a.balance, &a)
+                );
+            }
+            Command::Work {
+                once,
+                bank_latency_ms,
+            } => {
+                let bank = SimulatedBank {
+                    latency: std::time::Duration::from_millis(bank_latency_ms),
+                };
+                if !once {
+                    eprintln!("working the reactors until Ctrl-C");
+                }
+                for status in self.read.work(&self.ledger, bank, once).await? {
+                    say!("{status}");
                 }
             }
             Command::Freeze { account, reason } => {

@@ -150,6 +150,21 @@ impl<S: EventStore + Clone + 'static> App<S> {
             Some(h) => say!("store head: {h}"),
             None => say!("store head: empty"),
         }
+        let pending = crate::domain::pending_payouts(self.ledger.store()).await?;
+        if pending.is_empty() {
+            say!("payouts waiting for the bank: none");
+        } else {
+            say!("payouts waiting for the bank: {}", pending.len());
+            for p in &pending {
+                say!(
+                    "  {} from {}: {} to {}",
+                    p.payout_id,
+                    p.account,
+                    crate::money::format_amount(p.amount),
+                    p.beneficiary
+                );
+            }
+        }
         for line in lines {
             match line {
                 StatusLine::Status(status, in_process) => {

@@ -11,14 +11,15 @@ use std::{
 
 use annals::{EventStore, LogPosition};
 use annals_projections::{
-    Generation, MemoryReadModel, ProgressDisplay, ProjectionConfig, ProjectionRunner,
-    ProjectionState, ProjectionStatus, RebuildReport, RedisConnection, RedisReadModel,
-    RunnerConfig, StoreChange, TantivyReadModel,
+    Backoff, FailurePolicy, Generation, MemoryReadModel, ProgressDisplay, ProjectionConfig,
+    ProjectionRunner, ProjectionState, ProjectionStatus, RebuildReport, RedisConnection,
+    RedisReadModel, RunnerConfig, StoreChange, TantivyReadModel,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
+use crate::domain::{Ledger, PAYOUTS, Payouts, SimulatedBank, bank_dependency};
 use crate::projections::{
     AccountDoc, BALANCES, Balances, Fields, Filter, Hit, LedgerLeases, MemoryBalances, ReadError,
     RedisBalances, SEARCH, SearchProjection, open_index, search,
@@ -65,8 +66,11 @@ pub(super) struct ReadSide<S> {
     runner: OnceCell<ProjectionRunner<S>>,
     balances: OnceCell<BalancesModel>,
     search: OnceCell<(TantivyReadModel, Fields)>,
+    reactors: OnceCell<()>,
     /// Whether the in-process balances have been reported as built.
     replayed: AtomicBool,
+    /// How long the runner's leases outlive a killed process.
+    lease_ttl: Duration,
 }
 
 impl<S> std::fmt::Debug for ReadSide<S> {
@@ -121,8 +125,14 @@ impl<S: EventStore + Clone + 'static> ReadSide<S> {
             runner: OnceCell::new(),
             balances: OnceCell::new(),
             search: OnceCell::new(),
+            reactors: OnceCell::new(),
             replayed: AtomicBool::new(false),
+            lease_ttl: Duration::from_secs(5),
         }
+    }
+
+    pub(super) fn set_lease_ttl(&mut self, ttl: Duration) {
+        self.lease_ttl = ttl;
     }
 
     async fn runner(&self) -> Result<&ProjectionRunner<S>, ReadError> {
@@ -133,7 +143,9 @@ impl<S: EventStore + Clone + 'static> ReadSide<S> {
                     ProjectionRunner::new(self.store.clone())
                         .with_leases(self.config.leases.clone())
                         .with_config(
-                            RunnerConfig::new().with_lease_poll(Duration::from_millis(100)),
+                            RunnerConfig::new()
+                                .with_lease_poll(Duration::from_millis(100))
+                                .with_lease_ttl(self.lease_ttl),
                         ),
                 )
             })
@@ -192,6 +204,64 @@ impl<S: EventStore + Clone + 'static> ReadSide<S> {
                 Ok((model, fields))
             })
             .await
+    }
+
+    /// Starts the reactors (the payout saga's bank step) in this process's runner, their
+    /// checkpoints kept beside the leases.
+    async fn start_reactors(
+        &self,
+        ledger: &Ledger<S>,
+        bank: SimulatedBank,
+    ) -> Result<&ProjectionRunner<S>, ReadError> {
+        let runner = self.runner().await?;
+        self.reactors
+            .get_or_try_init(|| async {
+                // The bank's own guards retry a call; a step that still fails is retried
+                // here with backoff, then parked (and shown in the status) rather than
+                // holding up every payout behind it.
+                let config = Self::projection_config().with_policy(FailurePolicy::Retry {
+                    attempts: 5,
+                    backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+                    then: Box::new(FailurePolicy::DeadLetter),
+                });
+                let payouts = Payouts::new(ledger.clone(), bank, bank_dependency());
+                self.config
+                    .leases
+                    .add_reactor(runner, payouts, config)
+                    .await?;
+                Ok::<_, ReadError>(())
+            })
+            .await?;
+        Ok(runner)
+    }
+
+    /// Works the reactors: with `once`, until they have handled the log up to its head as
+    /// it is now; otherwise until Ctrl-C. Returns their statuses.
+    ///
+    /// # Errors
+    /// Runner and store failures; a reactor that stops.
+    pub(super) async fn work(
+        &self,
+        ledger: &Ledger<S>,
+        bank: SimulatedBank,
+        once: bool,
+    ) -> Result<Vec<ProjectionStatus>, ReadError> {
+        let runner = self.start_reactors(ledger, bank).await?;
+        if once {
+            runner.catch_up(QUERY_TIMEOUT).await?;
+            // Reaching the head comes a moment before the state says "running".
+            let mut status = runner.watch(PAYOUTS)?;
+            let settled = status.wait_for(|s| {
+                !matches!(
+                    s.state,
+                    ProjectionState::Starting | ProjectionState::CatchingUp
+                )
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(2), settled).await;
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        Ok(runner.status(PAYOUTS).into_iter().collect())
     }
 
     /// Brings projection `name` up to the store's head as it is now; returns that head.

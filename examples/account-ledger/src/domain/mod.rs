@@ -11,4 +11,7 @@ pub use account::{Account, Status};
 pub use command::{AccountCommand, AccountError};
 pub use events::AccountEvent;
 pub use ledger::{Ledger, LedgerError, Outcome, account_of};
-pub use payout::{BankAnswer, PayoutResult, SimulatedBank, run_payout};
+pub use payout::{
+    BankAnswer, BankUnreachable, PAYOUTS, Payouts, PendingPayout, SIMULATE_REFUSAL, SimulatedBank,
+    StartedPayout, bank_dependency, pending_payouts, start_payout,
+};

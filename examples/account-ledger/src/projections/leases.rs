@@ -13,16 +13,24 @@
 
 use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
 
-use annals_projections::{Fence, InMemoryLeases, LeaseStore, Result};
-use annals_projections_sql::{PgLeases, SqliteLeases};
+use annals::EventStore;
+use annals_projections::{
+    Fence, InMemoryLeases, LeaseStore, ProjectionConfig, ProjectionRunner, Reactor, Result,
+};
+use annals_projections_sql::{PgLeases, PgTables, SqlSchema, SqliteLeases, SqliteTables};
 use futures::future::BoxFuture;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{
+    PgPool, SqlitePool,
+    sqlite::{SqliteConnectOptions, SqlitePoolOptions},
+};
 
 /// The leases of the two modes.
 #[derive(Debug, Clone)]
 pub enum LedgerLeases {
     /// A table in the SQLite file (embedded mode); `local` projections stay in process.
     Sqlite {
+        /// The store's file.
+        pool: SqlitePool,
         /// The shared leases.
         leases: SqliteLeases,
         /// Projections whose read model lives in this process.
@@ -31,7 +39,14 @@ pub enum LedgerLeases {
         memory: InMemoryLeases,
     },
     /// A table in the PostgreSQL schema (server mode).
-    Postgres(PgLeases),
+    Postgres {
+        /// The leases.
+        leases: PgLeases,
+        /// The store's pool.
+        pool: PgPool,
+        /// The ledger's schema.
+        schema: String,
+    },
 }
 
 impl LedgerLeases {
@@ -54,7 +69,8 @@ impl LedgerLeases {
             .await
             .map_err(annals_projections_sql::SqlError::from)?;
         Ok(Self::Sqlite {
-            leases: SqliteLeases::new(pool),
+            leases: SqliteLeases::new(pool.clone()),
+            pool,
             local: Arc::new(local.into_iter().map(Into::into).collect()),
             memory: InMemoryLeases::new(),
         })
@@ -67,7 +83,38 @@ impl LedgerLeases {
     pub async fn prepare(&self) -> Result<()> {
         match self {
             Self::Sqlite { leases, .. } => leases.migrate().await,
-            Self::Postgres(pg) => pg.migrate().await,
+            Self::Postgres { leases, .. } => leases.migrate().await,
+        }
+    }
+
+    /// Starts `reactor` in `runner`, its checkpoint kept beside the leases (a table in the
+    /// SQLite file, or in the PostgreSQL schema), so a new process resumes where the last
+    /// one committed.
+    ///
+    /// # Errors
+    /// The checkpoint table cannot be created; as `ProjectionRunner::add_reactor`.
+    pub async fn add_reactor<S, R>(
+        &self,
+        runner: &ProjectionRunner<S>,
+        reactor: R,
+        config: ProjectionConfig,
+    ) -> Result<()>
+    where
+        S: EventStore + Clone + 'static,
+        R: Reactor<S>,
+    {
+        let name = reactor.name().to_owned();
+        match self {
+            Self::Sqlite { pool, .. } => {
+                let checkpoints = SqliteTables::new(pool.clone(), &name, SqlSchema::new())?;
+                checkpoints.migrate().await?;
+                runner.add_reactor(reactor, checkpoints, config)
+            }
+            Self::Postgres { pool, schema, .. } => {
+                let checkpoints = PgTables::new(pool.clone(), schema, &name, SqlSchema::new())?;
+                checkpoints.migrate().await?;
+                runner.add_reactor(reactor, checkpoints, config)
+            }
         }
     }
 
@@ -75,7 +122,7 @@ impl LedgerLeases {
         match self {
             Self::Sqlite { local, memory, .. } if local.contains(projection) => memory,
             Self::Sqlite { leases, .. } => leases,
-            Self::Postgres(p) => p,
+            Self::Postgres { leases, .. } => leases,
         }
     }
 }
