@@ -14,6 +14,7 @@ const SCENARIOS: &[&str] = &[
     "pg.command.1",
     "pg.command.8",
     "pg.command.64",
+    "pg.reactor",
     "pg.replay",
     "pg.load",
     "pg.load.snapshot",

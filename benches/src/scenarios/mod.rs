@@ -7,6 +7,7 @@ mod pg_store;
 mod projection;
 mod projection_run;
 mod projection_sql;
+mod reactor;
 mod sqlite;
 mod sqlite_store;
 
@@ -38,6 +39,7 @@ async fn typed_replay<S: EventStore>(store: &S, events: u64) -> BenchResult<f64>
 
 const ISSUE3: &str = "issue 3 (PostgreSQL store)";
 const ISSUE15: &str = "issue 15 (read models)";
+const REACTORS: &str = "reactor issue (one command per event)";
 
 const fn target(min_ratio: f64, source: &'static str) -> Option<Target> {
     Some(Target { min_ratio, source })
@@ -116,6 +118,14 @@ pub(crate) fn all() -> Vec<Scenario> {
             target(2.0, ISSUE3),
             "the same, 64 concurrent tasks",
             "raw single-row INSERT transactions, 64 connections"
+        ),
+        scenario!(
+            "pg.reactor",
+            "postgres",
+            reactor::reactor,
+            target(0.5, REACTORS),
+            "a reactor (PgTables checkpoint, default batch) answering each of 10,000 trigger events by one idempotent command on another aggregate (load+decide+append), from add_reactor until catch_up returns",
+            "the same commands by Repository::execute (uncached, plain context), 1 task"
         ),
         scenario!(
             "pg.replay",

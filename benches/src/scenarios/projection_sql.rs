@@ -91,7 +91,7 @@ async fn check(model: &PgTables, batches: &[Batch]) -> BenchResult<()> {
 }
 
 /// Drops the namespace's schemas (its metadata and every generation).
-async fn drop_namespace(pool: &PgPool, namespace: &str) -> BenchResult<()> {
+pub(crate) async fn drop_namespace(pool: &PgPool, namespace: &str) -> BenchResult<()> {
     let names: Vec<(String,)> =
         sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
             .bind(namespace)
