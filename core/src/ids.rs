@@ -168,6 +168,19 @@ impl StreamId {
     pub fn category(&self) -> &str {
         self.0.split_once('-').map_or(&self.0, |(c, _)| c)
     }
+
+    /// The part after the category: the aggregate id of
+    /// [`StreamId::for_aggregate`]`(type, id)`, everything after the first `-` (empty when
+    /// there is none).
+    ///
+    /// ```
+    /// use annals::StreamId;
+    /// assert_eq!(StreamId::new("account-alice-2").unwrap().instance(), "alice-2");
+    /// assert_eq!(StreamId::new("settings").unwrap().instance(), "");
+    /// ```
+    pub fn instance(&self) -> &str {
+        self.0.split_once('-').map_or("", |(_, id)| id)
+    }
 }
 
 #[cfg(test)]

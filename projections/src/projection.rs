@@ -69,6 +69,19 @@ pub struct EventFilter {
     custom: Option<Predicate>,
 }
 
+/// The names of `new` that `old` allows (all of them when `old` sets no bound).
+fn narrow<I, T>(old: Option<BTreeSet<String>>, new: I) -> BTreeSet<String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<String>,
+{
+    let new = new.into_iter().map(Into::into);
+    match old {
+        None => new.collect(),
+        Some(old) => new.filter(|n| old.contains(n)).collect(),
+    }
+}
+
 /// A filter's own test of an event.
 type Predicate = Arc<dyn Fn(&RecordedEvent) -> bool + Send + Sync>;
 
@@ -111,29 +124,28 @@ impl EventFilter {
         Self::all().and(predicate)
     }
 
-    /// Narrows the filter to these type names (added to any set before).
+    /// Narrows the filter to these type names: an event must have one of them, and pass what
+    /// the filter asked before (`aggregate::<Order>().and_types(["Placed"])` is the order's
+    /// `Placed` events only).
     #[must_use]
     pub fn and_types<I, T>(mut self, types: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        self.types
-            .get_or_insert_with(BTreeSet::new)
-            .extend(types.into_iter().map(Into::into));
+        self.types = Some(narrow(self.types.take(), types));
         self
     }
 
-    /// Narrows the filter to these stream categories (added to any set before).
+    /// Narrows the filter to these stream categories: an event's stream must be in one of
+    /// them, and pass what the filter asked before.
     #[must_use]
     pub fn and_categories<I, T>(mut self, categories: I) -> Self
     where
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        self.categories
-            .get_or_insert_with(BTreeSet::new)
-            .extend(categories.into_iter().map(Into::into));
+        self.categories = Some(narrow(self.categories.take(), categories));
         self
     }
 
@@ -247,5 +259,12 @@ mod tests {
         assert!(!orders.wants(&event("payment-7", "Created")));
         assert!(!orders.wants(&event("order-7", "Paid")));
         assert!(EventFilter::categories(["order"]).wants(&event("order", "Paid")));
+        // Narrowing never widens: types after types keep only the common ones.
+        let placed = EventFilter::types(["Placed", "Paid"]).and_types(["Placed", "Shipped"]);
+        assert!(placed.wants(&event("order-1", "Placed")));
+        assert!(!placed.wants(&event("order-1", "Paid")));
+        assert!(!placed.wants(&event("order-1", "Shipped")));
+        let only = EventFilter::categories(["order", "payment"]).and_categories(["order"]);
+        assert!(only.wants(&event("order-1", "X")) && !only.wants(&event("payment-1", "X")));
     }
 }

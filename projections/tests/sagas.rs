@@ -139,12 +139,12 @@ impl<S: EventStore + Clone + 'static> Saga<S> for Dunner {
             match event {
                 DunningEvent::Watching { .. } => {
                     self.deadlines
-                        .schedule(reaction, "dunning", key, "payment", WEEK)
+                        .schedule(reaction, key, "payment", WEEK)
                         .await?;
                 }
                 DunningEvent::Settled => {
                     self.deadlines
-                        .cancel(reaction, "dunning", key, "payment")
+                        .cancel(reaction, key, "payment")
                         .await?;
                 }
                 DunningEvent::Overdue => {

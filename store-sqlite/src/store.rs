@@ -87,6 +87,14 @@ async fn detached<T: Send + 'static>(
 }
 
 impl SqliteEventStore {
+    /// The store's one write connection, for read models, checkpoints and leases kept in the
+    /// same file (`SqliteTables`, `SqliteLeases` of `annals-projections-sql`): their writes
+    /// then queue behind this process's appends instead of contending for the file's lock
+    /// from a second pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.shared.writer
+    }
+
     /// The limits this store checks before any I/O.
     pub fn limits(&self) -> Limits {
         self.shared.limits

@@ -295,20 +295,21 @@ impl Deadlines {
         self.timers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Schedules the deadline `name` of `saga`'s instance `key`, due `after` from now (by
-    /// this clock), as the reaction's next command. Scheduling a deadline that exists
-    /// already (pending, fired or cancelled) changes nothing.
+    /// Schedules the deadline `name` of instance `key` of the saga (or reactor) reacting,
+    /// due `after` from now (by this clock), as the reaction's next command. Scheduling a
+    /// deadline that exists already (pending, fired or cancelled) changes nothing.
     ///
     /// # Errors
     /// The store's errors.
     pub async fn schedule<S: EventStore + Clone>(
         &self,
         reaction: &mut Reaction<'_, S>,
-        saga: &str,
         key: &str,
         name: &str,
         after: Duration,
     ) -> Result<(), BoxError> {
+        let saga = reaction.reactor().to_owned();
+        let saga = saga.as_str();
         let info = DeadlineInfo {
             saga: saga.to_owned(),
             key: key.to_owned(),
@@ -323,19 +324,18 @@ impl Deadlines {
         Ok(())
     }
 
-    /// Cancels the deadline `name` of `saga`'s instance `key`, as the reaction's next
-    /// command; nothing happens when it is not pending.
+    /// Cancels the deadline `name` of instance `key` of the saga (or reactor) reacting, as
+    /// the reaction's next command; nothing happens when it is not pending.
     ///
     /// # Errors
     /// The store's errors.
     pub async fn cancel<S: EventStore + Clone>(
         &self,
         reaction: &mut Reaction<'_, S>,
-        saga: &str,
         key: &str,
         name: &str,
     ) -> Result<(), BoxError> {
-        let id = Self::id(saga, key, name).simple().to_string();
+        let id = Self::id(reaction.reactor(), key, name).simple().to_string();
         let repository = Repository::<Deadline, S>::new(reaction.store().clone());
         reaction
             .execute(&repository, &id, DeadlineCommand::Cancel)

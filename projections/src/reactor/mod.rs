@@ -123,6 +123,11 @@ impl<'a, S: EventStore> Reaction<'a, S> {
         }
     }
 
+    /// The name of the reactor (or saga) reacting.
+    pub fn reactor(&self) -> &str {
+        self.reactor
+    }
+
     /// The event being reacted to.
     pub fn event(&self) -> &RecordedEvent {
         self.event

@@ -61,16 +61,7 @@ impl Then {
         self.events
             .iter()
             .filter(|e| e.stream_id.category() == A::TYPE)
-            .map(|e| {
-                let id = e
-                    .stream_id
-                    .as_str()
-                    .strip_prefix(A::TYPE)
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .unwrap_or("")
-                    .to_owned();
-                Ok((id, A::Event::decode(e)?))
-            })
+            .map(|e| Ok((e.stream_id.instance().to_owned(), A::Event::decode(e)?)))
             .collect()
     }
 
@@ -120,7 +111,8 @@ impl SagaTest {
         &self.runner
     }
 
-    /// Runs `saga` in the test (several sagas and reactors may run together).
+    /// Runs `saga` in the test (several sagas and reactors may run together), stopping at
+    /// the first failing event.
     ///
     /// # Errors
     /// As [`ProjectionRunner::add_saga`].
@@ -129,13 +121,24 @@ impl SagaTest {
         G: Saga<InMemoryEventStore>,
         <G::State as Aggregate>::Command: Clone + Sync,
     {
+        self.saga_with(saga, ProjectionConfig::new())
+    }
+
+    /// Runs `saga` with `config` (a failure policy that retries, say).
+    ///
+    /// # Errors
+    /// As [`ProjectionRunner::add_saga`].
+    pub fn saga_with<G>(&mut self, saga: G, config: ProjectionConfig) -> Result<&mut Self, BoxError>
+    where
+        G: Saga<InMemoryEventStore>,
+        <G::State as Aggregate>::Command: Clone + Sync,
+    {
         let checkpoints = MemoryReadModel::<()>::new(saga.name())?;
-        self.runner
-            .add_saga(saga, checkpoints, ProjectionConfig::new())?;
+        self.runner.add_saga(saga, checkpoints, config)?;
         Ok(self)
     }
 
-    /// Runs `reactor` in the test.
+    /// Runs `reactor` in the test, stopping at the first failing event.
     ///
     /// # Errors
     /// As [`ProjectionRunner::add_reactor`].
@@ -143,9 +146,20 @@ impl SagaTest {
         &mut self,
         reactor: R,
     ) -> Result<&mut Self, BoxError> {
+        self.reactor_with(reactor, ProjectionConfig::new())
+    }
+
+    /// Runs `reactor` with `config`.
+    ///
+    /// # Errors
+    /// As [`ProjectionRunner::add_reactor`].
+    pub fn reactor_with<R: Reactor<InMemoryEventStore>>(
+        &mut self,
+        reactor: R,
+        config: ProjectionConfig,
+    ) -> Result<&mut Self, BoxError> {
         let checkpoints = MemoryReadModel::<()>::new(reactor.name())?;
-        self.runner
-            .add_reactor(reactor, checkpoints, ProjectionConfig::new())?;
+        self.runner.add_reactor(reactor, checkpoints, config)?;
         Ok(self)
     }
 

@@ -331,7 +331,10 @@ impl<S: EventStore + Clone + 'static> App<S> {
                 if !once {
                     eprintln!("working the reactors until Ctrl-C");
                 }
-                for status in self.read.work(&self.ledger, bank, once).await? {
+                let before = self.ledger.store().head_position().await?;
+                let statuses = self.read.work(&self.ledger, bank, once).await?;
+                self.print_answered(before).await?;
+                for status in statuses {
                     say!("{status}");
                 }
             }

@@ -178,4 +178,35 @@ impl<S: EventStore + Clone + 'static> App<S> {
         }
         Ok(())
     }
+
+    /// Prints the payouts answered after `before` (by the reactor this process ran).
+    pub(super) async fn print_answered(
+        &self,
+        before: Option<annals::LogPosition>,
+    ) -> Result<(), AppError> {
+        use futures::TryStreamExt;
+        let read = annals::LogRead::after(before.unwrap_or(annals::LogPosition::START));
+        let mut events = self.ledger.store().read_all(read);
+        while let Some(event) = events.try_next().await? {
+            if event.stream_id.category() != "account" {
+                continue;
+            }
+            let account = crate::domain::account_of(&event.stream_id);
+            match annals::DomainEvent::decode(&event)? {
+                crate::domain::AccountEvent::PayoutSettled { payout_id } => {
+                    say!("payout {payout_id} from {account}: the bank paid it; settled");
+                }
+                crate::domain::AccountEvent::PayoutReversed {
+                    payout_id,
+                    amount,
+                    reason,
+                } => say!(
+                    "payout {payout_id} from {account}: the bank refused it ({reason}); compensated with PayoutReversed, {} back",
+                    crate::money::format_amount(amount)
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
