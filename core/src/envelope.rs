@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{Error, EventType, LogPosition, Result, StreamId};
+use crate::{Error, EventType, LogPosition, Result, StreamId, TraceContext};
 
 /// A JSON document kept as the exact text it was written as.
 ///
@@ -105,6 +105,18 @@ pub struct Metadata {
     /// Free JSON the application adds (user id, tenant, request path, ...).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub custom: serde_json::Map<String, serde_json::Value>,
+    /// The W3C trace context of the span that appended the event (for a command run by a
+    /// [`Repository`](crate::Repository), the command's span), continued by whoever handles
+    /// the event: projections, reactors, publishers and, through the message headers,
+    /// consumers. Stored as `"trace": {"traceparent": "...", "tracestate": "..."}`; absent in
+    /// metadata stored before it existed, and dropped on read when a stored value is not a
+    /// valid context (never failing the event). See [`crate::trace`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::trace::deserialize_lenient"
+    )]
+    pub trace: Option<TraceContext>,
 }
 
 impl Metadata {
@@ -114,6 +126,7 @@ impl Metadata {
             && self.causation_id.is_none()
             && self.occurred_at.is_none()
             && self.custom.is_empty()
+            && self.trace.is_none()
     }
 
     /// The metadata as compact JSON text, as stores keep it.

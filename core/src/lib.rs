@@ -11,6 +11,8 @@
 //! - [`Aggregate`], [`Repository`]: commands in, events out, snapshots by policy.
 //! - [`CommandContext::idempotent()`], [`derive_event_id`], [`derive_id`]: commands that a retry
 //!   never appends twice.
+//! - [`TraceContext`]: the W3C trace context a command's events carry, so that one trace runs
+//!   from the command to every projection, reaction and consumer (see [`trace`]).
 //!
 //! # A complete aggregate
 //!
@@ -222,6 +224,7 @@ mod memory;
 mod repository;
 mod retry;
 mod store;
+pub mod trace;
 mod upcast;
 mod version;
 
@@ -241,6 +244,7 @@ pub use memory::InMemoryEventStore;
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
 pub use retry::{Backoff, Retries, Sleep};
 pub use store::{DEFAULT_PAGE_SIZE, Direction, EventStore, LogHold, LogRead, StreamRead};
+pub use trace::{SpanId, TraceContext, TraceContextError, TraceId};
 pub use upcast::{Upcaster, UpcasterChain, UpcasterChainBuilder};
 pub use version::{ExpectedVersion, LogPosition};
 

@@ -9,12 +9,13 @@ use std::{
 
 use futures::TryStreamExt;
 use time::OffsetDateTime;
+use tracing::{Instrument, Span, field::Empty};
 use uuid::Uuid;
 
 use crate::{
     Aggregate, AppendResult, DomainEvent, Error, EventStore, ExpectedVersion, Metadata, NewEvent,
     Payload, RecordedEvent, Result, Retries, Snapshot, StreamAppend, StreamId, StreamRead,
-    derive_event_id,
+    TraceContext, derive_event_id,
 };
 
 /// An aggregate's state and the stream version it includes.
@@ -74,6 +75,11 @@ pub struct CommandContext {
     pub causation_id: Option<Uuid>,
     /// Application data copied into each event's metadata.
     pub custom: serde_json::Map<String, serde_json::Value>,
+    /// The W3C trace context this command continues (an incoming request's `traceparent`,
+    /// the event a reaction handles): the command's span becomes its child, in its trace.
+    /// When `None`, the command starts a new trace (with the `opentelemetry` feature, it
+    /// continues the current span's). See [`crate::trace`].
+    pub trace: Option<TraceContext>,
 }
 
 impl Default for CommandContext {
@@ -91,6 +97,7 @@ impl CommandContext {
             correlation_id: None,
             causation_id: None,
             custom: serde_json::Map::new(),
+            trace: None,
         }
     }
 
@@ -101,7 +108,8 @@ impl CommandContext {
     }
 
     /// A context for a command caused by `event` (a reactor's or a saga's): it continues the
-    /// event's correlation (its correlation id, or its own id when it has none), has the
+    /// event's correlation (its correlation id, or its own id when it has none) and its
+    /// trace (the command's span is a child of the span that appended `event`), has the
     /// event as causation, and a fresh command id (not idempotent: add
     /// [`with_command_id`](Self::with_command_id) with an id derived from the event, see
     /// [`derive_id`](crate::derive_id)).
@@ -109,9 +117,13 @@ impl CommandContext {
     /// `event` must carry its id and metadata: read it without
     /// [`StreamRead::for_folding`].
     pub fn caused_by(event: &RecordedEvent) -> Self {
-        Self::new()
+        let context = Self::new()
             .with_correlation_id(event.metadata.correlation_id.unwrap_or(event.event_id))
-            .with_causation_id(event.event_id)
+            .with_causation_id(event.event_id);
+        match &event.metadata.trace {
+            Some(trace) => context.with_trace(trace.clone()),
+            None => context,
+        }
     }
 
     /// Sets the command id and makes the context idempotent: every attempt of the command
@@ -140,15 +152,48 @@ impl CommandContext {
         self
     }
 
+    /// Continues the trace of `parent` (parsed from an incoming request's `traceparent` with
+    /// [`TraceContext::from_headers`], say): the command's span becomes its child.
+    pub fn with_trace(mut self, parent: TraceContext) -> Self {
+        self.trace = Some(parent);
+        self
+    }
+
     /// The metadata of an event caused by this command, recorded now: the correlation id (or
-    /// the command id), the causation id (or the command id), the time and the custom fields.
+    /// the command id), the causation id (or the command id), the time, the custom fields
+    /// and the trace context this command continues. (The [`Repository`] replaces the trace
+    /// context with the one of the command's own span.)
     pub fn metadata(&self) -> Metadata {
         Metadata {
             correlation_id: Some(self.correlation_id.unwrap_or(self.command_id)),
             causation_id: Some(self.causation_id.unwrap_or(self.command_id)),
             occurred_at: Some(OffsetDateTime::now_utc()),
             custom: self.custom.clone(),
+            trace: self.trace.clone(),
         }
+    }
+
+    /// The span of this command on `stream` (`annals.command`, at info: one per command),
+    /// with its W3C context, a child of [`trace`](Self::trace).
+    fn span(&self, aggregate: &'static str, stream: &StreamId) -> (Span, TraceContext) {
+        let span = tracing::info_span!(
+            "annals.command",
+            aggregate,
+            stream = %stream,
+            command_id = %self.command_id,
+            correlation_id = %self.correlation_id.unwrap_or(self.command_id),
+            causation_id = %self.causation_id.unwrap_or(self.command_id),
+            idempotent = self.idempotent,
+            trace_id = Empty,
+            span_id = Empty,
+            parent_span_id = Empty,
+            version = Empty,
+            events = Empty,
+            position = Empty,
+            already_applied = Empty,
+        );
+        let trace = TraceContext::for_span(&span, self.trace.as_ref());
+        (span, trace)
     }
 
     /// The command id, when the events' ids derive from it.
@@ -478,6 +523,28 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         stream: &StreamId,
         command_id: Option<Uuid>,
     ) -> Result<(Loaded<A>, Tail<A>)> {
+        let span = tracing::debug_span!(
+            "annals.load",
+            aggregate = A::TYPE,
+            stream = %stream,
+            snapshot = Empty,
+            version = Empty,
+        );
+        let loaded = self
+            .read_tail(stream, command_id, &span)
+            .instrument(span.clone())
+            .await?;
+        span.record("version", loaded.0.version);
+        Ok(loaded)
+    }
+
+    /// [`load_tail`](Self::load_tail) within its span.
+    async fn read_tail(
+        &self,
+        stream: &StreamId,
+        command_id: Option<Uuid>,
+        span: &Span,
+    ) -> Result<(Loaded<A>, Tail<A>)> {
         let mut loaded = match self.store.load_snapshot(stream).await? {
             Some(snapshot) if snapshot.schema_version == A::SNAPSHOT_VERSION => {
                 match snapshot.payload.deserialize::<A>() {
@@ -502,6 +569,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             None => Loaded::default_state(),
         };
+        if loaded.version > 0 {
+            span.record("snapshot", loaded.version);
+        }
         let mut tail = Tail {
             from_snapshot: loaded.version > 0,
             applied: None,
@@ -596,6 +666,27 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         context: &CommandContext,
     ) -> Result<Decision<A>, CommandError<A::Error>> {
         let stream = self.stream_id(id)?;
+        let (span, trace) = context.span(A::TYPE, &stream);
+        let decided = self
+            .decide_traced(stream, command, context, &trace)
+            .instrument(span.clone())
+            .await;
+        if let Ok(decision) = &decided {
+            span.record("version", decision.version);
+            span.record("events", decision.events.len());
+            span.record("already_applied", decision.already_applied);
+        }
+        decided
+    }
+
+    /// [`decide`](Self::decide) within the command's span, whose context is `trace`.
+    async fn decide_traced(
+        &self,
+        stream: StreamId,
+        command: A::Command,
+        context: &CommandContext,
+        trace: &TraceContext,
+    ) -> Result<Decision<A>, CommandError<A::Error>> {
         let command_id = context.idempotency_key();
         let (loaded, tail) = self.load_tail(&stream, command_id).await?;
         if let Some(applied) = tail.applied {
@@ -611,17 +702,20 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             return Ok(applied.decision(stream, loaded));
         }
         let events = outcome.map_err(CommandError::Rejected)?;
-        Ok(Self::decision(stream, loaded, events, context)?)
+        Ok(Self::decision(stream, loaded, events, context, trace)?)
     }
 
-    /// The decision to append `events` to the aggregate `loaded`.
+    /// The decision to append `events` to the aggregate `loaded`, by the command whose span
+    /// has the context `trace`.
     fn decision(
         stream: StreamId,
         loaded: Loaded<A>,
         events: Vec<A::Event>,
         context: &CommandContext,
+        trace: &TraceContext,
     ) -> Result<Decision<A>> {
-        let metadata = context.metadata();
+        let mut metadata = context.metadata();
+        metadata.trace = Some(trace.clone());
         let command_id = context.idempotency_key();
         let new_events = events
             .iter()
@@ -678,6 +772,43 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         A::Command: Clone,
     {
         let stream = self.stream_id(id)?;
+        let (span, trace) = context.span(A::TYPE, &stream);
+        let executed = self
+            .execute_traced(stream, command, context, &trace)
+            .instrument(span.clone())
+            .await;
+        match &executed {
+            Ok(executed) => {
+                span.record("version", executed.version);
+                span.record("events", executed.events.len());
+                span.record("already_applied", executed.already_applied);
+                if let Some(append) = &executed.append {
+                    span.record("position", tracing::field::display(append.last_position));
+                }
+            }
+            Err(error) => {
+                let _in_span = span.enter();
+                match error {
+                    CommandError::Rejected(_) => tracing::debug!("command rejected"),
+                    CommandError::Conflict { .. } => tracing::debug!("command conflicted"),
+                    CommandError::Store(error) => tracing::debug!(%error, "command failed"),
+                }
+            }
+        }
+        executed
+    }
+
+    /// [`execute`](Self::execute) within the command's span, whose context is `trace`.
+    async fn execute_traced(
+        &self,
+        stream: StreamId,
+        command: A::Command,
+        context: &CommandContext,
+        trace: &TraceContext,
+    ) -> Result<Executed<A>, CommandError<A::Error>>
+    where
+        A::Command: Clone,
+    {
         let command_id = context.idempotency_key();
         let mut conflicts = 0u32;
         let mut use_cache = true;
@@ -738,7 +869,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     already_applied: false,
                 });
             }
-            let decision = Self::decision(stream.clone(), loaded, events, context)?;
+            let decision = Self::decision(stream.clone(), loaded, events, context, trace)?;
             let expected = ExpectedVersion::Exact(decision.version);
             let count = decision.new_events.len() as u64;
             match self
@@ -759,6 +890,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     });
                 }
                 Ok(result) => {
+                    tracing::debug!(
+                        version = result.stream_version,
+                        events = count,
+                        first = %result.first_position,
+                        last = %result.last_position,
+                        "appended"
+                    );
                     self.remember(&stream, &decision.state, result.stream_version);
                     self.snapshot_if_due(&stream, &decision.state, decision.version, &result)
                         .await;
@@ -818,17 +956,32 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, Error> {
-        let mut attempt = 0u32;
-        loop {
-            match self.store.append(stream, expected, events.clone()).await {
-                Err(e) if e.is_transient() && attempt < self.retries.transient => {
-                    tracing::debug!(stream = %stream, attempt, error = %e, "transient append failure, retrying");
-                    self.retries.wait(attempt).await;
-                    attempt += 1;
+        let span = tracing::debug_span!(
+            "annals.append",
+            stream = %stream,
+            expected = %expected,
+            events = events.len(),
+            position = Empty,
+        );
+        let appended = async {
+            let mut attempt = 0u32;
+            loop {
+                match self.store.append(stream, expected, events.clone()).await {
+                    Err(e) if e.is_transient() && attempt < self.retries.transient => {
+                        tracing::debug!(stream = %stream, attempt, error = %e, "transient append failure, retrying");
+                        self.retries.wait(attempt).await;
+                        attempt += 1;
+                    }
+                    other => return other,
                 }
-                other => return other,
             }
         }
+        .instrument(span.clone())
+        .await;
+        if let Ok(result) = &appended {
+            span.record("position", tracing::field::display(result.last_position));
+        }
+        appended
     }
 
     async fn snapshot_if_due(

@@ -9,6 +9,7 @@ use annals::{
 use futures::stream::BoxStream;
 use sqlx::sqlite::SqlitePool;
 use tokio::sync::watch;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Error;
@@ -86,6 +87,46 @@ async fn detached<T: Send + 'static>(
     }
 }
 
+/// The store's name in spans.
+const STORE: &str = "sqlite";
+
+/// The span of one append call (`annals.store.append`, at debug): its first stream, event
+/// type and correlation, how many streams and events; the positions are recorded when it
+/// commits.
+fn append_span(appends: &[StreamAppend]) -> tracing::Span {
+    let first = appends.first();
+    let event = first.and_then(|a| a.events.first());
+    tracing::debug_span!(
+        "annals.store.append",
+        store = STORE,
+        stream = first.map(|a| a.stream.as_str()),
+        streams = appends.len(),
+        events = appends.iter().map(|a| a.events.len()).sum::<usize>(),
+        event_type = event.map(|e| e.event_type.as_str()),
+        correlation_id = event
+            .and_then(|e| e.metadata.correlation_id)
+            .map(tracing::field::display),
+        causation_id = event
+            .and_then(|e| e.metadata.causation_id)
+            .map(tracing::field::display),
+        first_position = tracing::field::Empty,
+        position = tracing::field::Empty,
+    )
+}
+
+/// Records the positions an append committed at on its span.
+fn record_positions(span: &tracing::Span, results: &annals::Result<Vec<AppendResult>>) {
+    if let Ok(results) = results
+        && let (Some(first), Some(last)) = (results.first(), results.last())
+    {
+        span.record(
+            "first_position",
+            tracing::field::display(first.first_position),
+        );
+        span.record("position", tracing::field::display(last.last_position));
+    }
+}
+
 impl SqliteEventStore {
     /// The store's one write connection, for read models, checkpoints and leases kept in the
     /// same file (`SqliteTables`, `SqliteLeases` of `annals-projections-sql`): their writes
@@ -104,8 +145,12 @@ impl SqliteEventStore {
 impl EventStore for SqliteEventStore {
     async fn append_multi(&self, appends: Vec<StreamAppend>) -> annals::Result<Vec<AppendResult>> {
         self.shared.limits.check(&appends)?;
+        let span = append_span(&appends);
         let shared = Arc::clone(&self.shared);
-        detached(async move { crate::append::append(&shared, appends).await }).await
+        let write = async move { crate::append::append(&shared, appends).await };
+        let results = detached(write.instrument(span.clone())).await;
+        record_positions(&span, &results);
+        results
     }
 
     fn read_stream<'a>(

@@ -56,6 +56,7 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
         causation_id: Some(Uuid::now_v7()),
         occurred_at: Some(OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time")),
         custom: serde_json::Map::new(),
+        trace: Some(crate::TraceContext::new_root()),
     };
     metadata.custom.insert("user".into(), json!("ada"));
     let batch: Vec<NewEvent> = events(3)

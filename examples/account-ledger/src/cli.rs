@@ -50,6 +50,12 @@ pub struct Cli {
     /// without letting go (killed), in seconds: another process takes over after that.
     #[arg(long, global = true, env = "LEDGER_LEASE_TTL", default_value = "5", value_parser = seconds)]
     pub lease_ttl: std::time::Duration,
+    /// More log output on stderr from Annals and the ledger: -v info, -vv debug (commands,
+    /// loads, appends, batches and reactions as spans, a line when each closes), -vvv trace
+    /// (every event handled). RUST_LOG adds directives on top, and wins where both name a
+    /// target (RUST_LOG=annals_sqlite=trace,sqlx=info).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -279,9 +285,143 @@ pub enum Command {
     Demo,
 }
 
+/// The crates whose level `-v` raises.
+const OWN_CRATES: [&str; 6] = [
+    "annals",
+    "annals_postgres",
+    "annals_sqlite",
+    "annals_projections",
+    "annals_projections_sql",
+    "account_ledger",
+];
+
+/// The log filter: warnings from everything, `-v` raising Annals and the ledger to info,
+/// debug, trace; then the directives of `RUST_LOG`, which win where both name a target.
+fn log_filter(verbose: u8, rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let own = match verbose {
+        0 => None,
+        1 => Some("info"),
+        2 => Some("debug"),
+        _ => Some("trace"),
+    };
+    let mut directives = vec!["warn".to_owned()];
+    if let Some(level) = own {
+        directives.extend(OWN_CRATES.iter().map(|c| format!("{c}={level}")));
+    }
+    if let Some(rust_log) = rust_log.filter(|s| !s.trim().is_empty()) {
+        directives.push(rust_log.to_owned());
+    }
+    tracing_subscriber::EnvFilter::builder().parse_lossy(directives.join(","))
+}
+
+/// What must live as long as the program for its spans to be exported (with the `otlp`
+/// feature: the exporter, flushed when this is dropped).
+struct Telemetry {
+    #[cfg(feature = "otlp")]
+    _flush: Option<otlp::Flush>,
+}
+
+/// Installs the `tracing` subscriber: human-readable lines on stderr, filtered by
+/// [`log_filter`]; with `-vv` and more, a line when each span closes (with its duration).
+/// With the `otlp` feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported
+/// over OTLP.
+fn install_subscriber(verbose: u8) -> Telemetry {
+    use std::io::IsTerminal;
+    use tracing_subscriber::{fmt::format::FmtSpan, prelude::*};
+
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_span_events(if verbose >= 2 {
+            FmtSpan::CLOSE
+        } else {
+            FmtSpan::NONE
+        })
+        .with_filter(log_filter(verbose, rust_log.as_deref()));
+    #[cfg(feature = "otlp")]
+    {
+        let (otel, flush) = otlp::layer(rust_log.as_deref());
+        let installed = tracing_subscriber::registry()
+            .with(fmt)
+            .with(otel)
+            .try_init();
+        Telemetry {
+            _flush: installed.ok().and(flush),
+        }
+    }
+    #[cfg(not(feature = "otlp"))]
+    {
+        // Fails only when a subscriber is installed already; that one stays.
+        let _ = tracing_subscriber::registry().with(fmt).try_init();
+        Telemetry {}
+    }
+}
+
+/// OTLP export of spans (feature `otlp`).
+#[cfg(feature = "otlp")]
+mod otlp {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::{Layer, registry::LookupSpan};
+
+    /// Flushes and shuts the exporter down when dropped.
+    pub(super) struct Flush(SdkTracerProvider);
+
+    impl Drop for Flush {
+        fn drop(&mut self) {
+            if let Err(error) = self.0.shutdown() {
+                eprintln!("warning: exporting the last spans failed: {error}");
+            }
+        }
+    }
+
+    /// The OpenTelemetry layer, exporting to `OTEL_EXPORTER_OTLP_ENDPOINT` (HTTP, protobuf)
+    /// at debug for Annals and the ledger (or as `RUST_LOG` says); none when the variable is
+    /// unset or the exporter cannot be built.
+    pub(super) fn layer<S>(
+        rust_log: Option<&str>,
+    ) -> (Option<impl Layer<S> + Send + Sync>, Option<Flush>)
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+    {
+        let Some(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty())
+        else {
+            return (None, None);
+        };
+        let exporter = match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+            .build()
+        {
+            Ok(exporter) => exporter,
+            Err(error) => {
+                eprintln!("warning: no OTLP export: {error}");
+                return (None, None);
+            }
+        };
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("ledger")
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("account-ledger");
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(super::log_filter(2, rust_log));
+        (Some(layer), Some(Flush(provider)))
+    }
+}
+
 /// Parses the arguments, runs the command, and prints any error as a person-readable line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _telemetry = install_subscriber(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -8,8 +8,9 @@ use std::{future::Future, marker::PhantomData};
 
 use annals::{
     Aggregate, AppendResult, BoxError, CommandContext, CommandError, Error as StoreError,
-    EventStore, Executed, RecordedEvent, Repository, Retries, StreamAppend,
+    EventStore, Executed, RecordedEvent, Repository, Retries, StreamAppend, TraceContext,
 };
+use tracing::{Instrument, field::Empty};
 use uuid::Uuid;
 
 use crate::{
@@ -110,17 +111,28 @@ pub struct Reaction<'a, S> {
     store: &'a S,
     event: &'a RecordedEvent,
     step: u32,
+    trace: Option<TraceContext>,
 }
 
 impl<'a, S: EventStore> Reaction<'a, S> {
-    /// A reaction of `reactor` to `event` (the runner makes these; tests may too).
+    /// A reaction of `reactor` to `event` (the runner makes these; tests may too). Its
+    /// commands continue the event's trace context, if it has one.
     pub fn new(reactor: &'a str, store: &'a S, event: &'a RecordedEvent) -> Self {
         Self {
             reactor,
             store,
             event,
             step: 0,
+            trace: event.metadata.trace.clone(),
         }
+    }
+
+    /// Sets the trace context of the span the reaction runs in; the commands it issues are
+    /// its children. The runner sets the context of its `annals.reaction` span, a child of
+    /// the event's.
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(trace);
+        self
     }
 
     /// The name of the reactor (or saga) reacting.
@@ -131,6 +143,12 @@ impl<'a, S: EventStore> Reaction<'a, S> {
     /// The event being reacted to.
     pub fn event(&self) -> &RecordedEvent {
         self.event
+    }
+
+    /// The W3C trace context the reaction runs in (see [`with_trace`](Self::with_trace)):
+    /// pass [`TraceContext::child`]'s `traceparent` to the outside services it calls.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_ref()
     }
 
     /// The event store.
@@ -163,10 +181,15 @@ impl<'a, S: EventStore> Reaction<'a, S> {
 
     /// The context of the next command: an idempotent command whose id is the next
     /// [`effect_id`](Reaction::effect_id), continuing the trigger's correlation (its
-    /// correlation id, or its own id when it has none), with the trigger as causation.
+    /// correlation id, or its own id when it has none), with the trigger as causation, in the
+    /// reaction's trace (the command's span is a child of the reaction's).
     pub fn command(&mut self) -> CommandContext {
         let id = self.effect_id();
-        CommandContext::caused_by(self.event).with_command_id(id)
+        let context = CommandContext::caused_by(self.event).with_command_id(id);
+        match &self.trace {
+            Some(trace) => context.with_trace(trace.clone()),
+            None => context,
+        }
     }
 
     /// Runs `command` on the aggregate `id` with the next step's context
@@ -282,9 +305,34 @@ where
         event: &RecordedEvent,
         _batch: &mut <M as ReadModel>::Batch,
     ) -> Result<(), BoxError> {
-        let mut reaction = Reaction::new(&self.name, &self.store, event);
-        self.reactor.react(event, &mut reaction).await
+        let span = reaction_span(&self.name, event);
+        // Always made: the commands of the reaction carry it, subscriber or not.
+        let trace = TraceContext::for_span(&span, event.metadata.trace.as_ref());
+        let mut reaction = Reaction::new(&self.name, &self.store, event).with_trace(trace);
+        self.reactor
+            .react(event, &mut reaction)
+            .instrument(span)
+            .await
     }
+}
+
+/// The span of one reaction (`annals.reaction`, at debug): the reactor and the triggering
+/// event's stream, position, type, id, correlation and causation. Its parent is the event's
+/// trace context (a new trace for an event without one).
+fn reaction_span(reactor: &str, event: &RecordedEvent) -> tracing::Span {
+    tracing::debug_span!(
+        "annals.reaction",
+        reactor,
+        stream = %event.stream_id,
+        position = %event.position,
+        event_type = %event.event_type,
+        event_id = %event.event_id,
+        correlation_id = event.metadata.correlation_id.map(tracing::field::display),
+        causation_id = event.metadata.causation_id.map(tracing::field::display),
+        trace_id = Empty,
+        span_id = Empty,
+        parent_span_id = Empty,
+    )
 }
 
 impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {

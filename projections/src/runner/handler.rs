@@ -2,8 +2,9 @@
 
 use std::panic::AssertUnwindSafe;
 
-use annals::RecordedEvent;
+use annals::{RecordedEvent, TraceContext};
 use futures::FutureExt;
+use tracing::{Instrument, field::Empty};
 
 use crate::{
     FailurePolicy, ProjectionState, ReadModel, WriteBatch,
@@ -18,8 +19,45 @@ pub(crate) enum Failure {
     Stop(String),
 }
 
-/// Calls the handler under the failure policy.
+/// Calls the handler under the failure policy, within the event's span (see
+/// [`event_span`]).
 pub(crate) async fn call<P: Consumer, S>(
+    shared: &Shared<P, S>,
+    event: &RecordedEvent,
+    batch: &mut <P::Model as ReadModel>::Batch,
+) -> Result<(), Failure> {
+    let span = event_span(shared.projection.name(), event);
+    call_with_policy(shared, event, batch)
+        .instrument(span)
+        .await
+}
+
+/// The span of handling one event (`annals.handle`, at trace: one per event on the hot
+/// path), a child of the event's trace context: the consumer, the event's stream, position,
+/// type, id, correlation and causation.
+pub(crate) fn event_span(consumer: &str, event: &RecordedEvent) -> tracing::Span {
+    let span = tracing::trace_span!(
+        "annals.handle",
+        consumer,
+        stream = %event.stream_id,
+        position = %event.position,
+        event_type = %event.event_type,
+        event_id = %event.event_id,
+        correlation_id = event.metadata.correlation_id.map(tracing::field::display),
+        causation_id = event.metadata.causation_id.map(tracing::field::display),
+        trace_id = Empty,
+        span_id = Empty,
+        parent_span_id = Empty,
+    );
+    if !span.is_disabled()
+        && let Some(trace) = &event.metadata.trace
+    {
+        TraceContext::for_span(&span, Some(trace));
+    }
+    span
+}
+
+async fn call_with_policy<P: Consumer, S>(
     shared: &Shared<P, S>,
     event: &RecordedEvent,
     batch: &mut <P::Model as ReadModel>::Batch,

@@ -2,9 +2,10 @@
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
-use annals::{EventStore, LogPosition, LogRead, RecordedEvent, StreamId, StreamRead};
+use annals::{EventStore, LogPosition, LogRead, RecordedEvent, StreamId, StreamRead, TraceContext};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, field::Empty};
 use uuid::Uuid;
 
 use crate::{
@@ -539,8 +540,23 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
         self.lookups.extend(changes);
     }
 
-    /// Hands a run of events to the projection and writes the batch with its checkpoint.
+    /// Hands a run of events to the projection and writes the batch with its checkpoint,
+    /// within the batch's span (see [`batch_span`]).
     async fn process(
+        &mut self,
+        writer: &mut <P::Model as ReadModel>::Writer,
+        events: Vec<RecordedEvent>,
+        from: Option<LogPosition>,
+        durability: Durability,
+    ) -> Result<Option<LogPosition>> {
+        let span = batch_span(self.shared.projection.name(), self.generation, &events);
+        self.process_batch(writer, events, from, durability)
+            .instrument(span)
+            .await
+    }
+
+    /// [`process`](Self::process) within the batch's span.
+    async fn process_batch(
         &mut self,
         writer: &mut <P::Model as ReadModel>::Writer,
         events: Vec<RecordedEvent>,
@@ -645,6 +661,52 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
             s.dead_letters = dead_letters;
         });
     }
+}
+
+/// Most trace contexts a batch's span is linked to (OpenTelemetry span links).
+const MAX_BATCH_LINKS: usize = 32;
+
+/// The span of one batch (`annals.projection.batch`, at debug): the projection, generation,
+/// number of events and their positions. When the batch's traced events all belong to one
+/// trace (a live batch of one command's events), the span continues it: its parent is the
+/// first one's context. Otherwise it is linked to (up to [`MAX_BATCH_LINKS`] of) their
+/// contexts, with the `opentelemetry` feature. Nothing is looked at when the span is off.
+fn batch_span(projection: &str, generation: Generation, events: &[RecordedEvent]) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "annals.projection.batch",
+        projection,
+        generation = generation.0,
+        events = events.len(),
+        first = events.first().map(|e| tracing::field::display(e.position)),
+        position = events.last().map(|e| tracing::field::display(e.position)),
+        trace_id = Empty,
+        span_id = Empty,
+        parent_span_id = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    let mut traces = events.iter().filter_map(|e| e.metadata.trace.as_ref());
+    let Some(first) = traces.next() else {
+        return span;
+    };
+    if traces.clone().all(|t| t.trace_id() == first.trace_id()) {
+        TraceContext::for_span(&span, Some(first));
+    } else {
+        let mut linked: Vec<&TraceContext> = vec![first];
+        for trace in traces {
+            if linked.len() >= MAX_BATCH_LINKS {
+                break;
+            }
+            if !linked.iter().any(|l| l.trace_id() == trace.trace_id()) {
+                linked.push(trace);
+            }
+        }
+        for trace in linked {
+            trace.link(&span);
+        }
+    }
+    span
 }
 
 /// The lookup writes of a batch, owned (the batch itself goes to the writer).
