@@ -1,6 +1,7 @@
 # Bringing up the services the tests need. Sourced by scripts/test and scripts/demo.
 # PostgreSQL on 127.0.0.1:5432 (trust auth, users root and postgres, database test), Redis on
-# 127.0.0.1:6379, and a 3-node Redis Cluster on 127.0.0.1:7101-7103 for the cluster tests.
+# 127.0.0.1:6379, a 3-node Redis Cluster on 127.0.0.1:7101-7103 for the cluster tests, NATS with
+# JetStream on 127.0.0.1:4222 and RabbitMQ on 127.0.0.1:5672 (guest/guest) for the publishers.
 
 die() {
   printf '\nerror: %s\n' "$1" >&2
@@ -117,4 +118,40 @@ ensure_redis_cluster() {
     "the Redis Cluster on 127.0.0.1:7101-7103 did not form" \
     "check /tmp/annals-redis-cluster/*/redis.log; kill stale redis-server processes on those ports"
   echo "Redis Cluster: ready at $REDIS_CLUSTER_URLS"
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# NATS with JetStream on 127.0.0.1:4222, for the publisher tests (annals-brokers).
+ensure_nats() {
+  export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+  [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null || apt_install nats-server || true
+  local bin
+  bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  if ! port_up 4222 && [ -x "$bin" ]; then
+    echo "starting NATS (JetStream)"
+    as_root mkdir -p /var/lib/nats-server
+    as_root start-stop-daemon --start --oknodo --background --exec "$bin" -- \
+      -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log || true
+    for _ in $(seq 1 30); do port_up 4222 && break; sleep 0.5; done
+  fi
+  port_up 4222 || die "NATS is not reachable on 127.0.0.1:4222" \
+    "install and start it (apt-get install nats-server; nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server), or set NATS_URL"
+  echo "NATS: ready at $NATS_URL"
+}
+
+# RabbitMQ on 127.0.0.1:5672 (guest/guest), for the publisher tests (annals-brokers).
+ensure_rabbitmq() {
+  export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server || true
+  if ! port_up 5672 && command -v rabbitmq-server >/dev/null; then
+    echo "starting RabbitMQ"
+    as_root rabbitmq-server -detached || true
+    # The node takes several seconds to boot before it listens.
+    for _ in $(seq 1 90); do port_up 5672 && break; sleep 1; done
+  fi
+  port_up 5672 || die "RabbitMQ is not reachable on 127.0.0.1:5672" \
+    "install and start it (apt-get install rabbitmq-server; rabbitmq-server -detached), or set AMQP_URL"
+  echo "RabbitMQ: ready at $AMQP_URL"
 }

@@ -143,9 +143,7 @@ impl<S: EventStore + Clone + 'static> Saga<S> for Dunner {
                         .await?;
                 }
                 DunningEvent::Settled => {
-                    self.deadlines
-                        .cancel(reaction, key, "payment")
-                        .await?;
+                    self.deadlines.cancel(reaction, key, "payment").await?;
                 }
                 DunningEvent::Overdue => {
                     reaction
