@@ -70,7 +70,11 @@ impl BrokerError {
     /// [`Error::Failed`]: annals_projections::Error::Failed
     pub fn into_runner_error(self, projection: &str) -> annals_projections::Error {
         if self.is_transient() {
-            annals_projections::Error::Io(std::io::Error::other(self))
+            annals_projections::Error::Target {
+                target: "the message broker".to_owned(),
+                source: Box::new(self),
+                transient: true,
+            }
         } else {
             annals_projections::Error::Failed {
                 projection: projection.to_owned(),

@@ -113,6 +113,18 @@ pub enum Error {
         /// The name.
         name: String,
     },
+    /// What a read model writes to failed: a message broker, a custom target's backend.
+    /// `transient` says whether the runner retries (with backoff, shown as retrying).
+    #[error("{target}: {source}")]
+    Target {
+        /// What failed (`NATS JetStream at 127.0.0.1:4222`).
+        target: String,
+        /// Why.
+        #[source]
+        source: annals::BoxError,
+        /// Whether trying again may help.
+        transient: bool,
+    },
     /// A rebuild was asked of a reactor: its effects are commands in the event store, so
     /// replaying it from the start rebuilds nothing (they are stored once already).
     #[error("{name} is a reactor: it has no read model to rebuild")]
@@ -238,6 +250,7 @@ impl Error {
                 tantivy::TantivyError::LockFailure(..) | tantivy::TantivyError::IoError(..)
             ),
             Self::Io(_) | Self::CheckpointMoved { .. } | Self::IoTimeout { .. } => true,
+            Self::Target { transient, .. } => *transient,
             _ => false,
         }
     }

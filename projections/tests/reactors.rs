@@ -285,8 +285,13 @@ async fn a_reactor_aborted_at_random_points_stores_every_effect_once() {
     let mut rng = rand::rng();
     for _ in 0..20 {
         let runner = quick_runner(&store, &leases);
+        // Several streams at once: a crash leaves effects after the checkpoint behind.
         runner
-            .add_reactor(billing(&store), checkpoints.clone(), config())
+            .add_reactor(
+                billing(&store),
+                checkpoints.clone(),
+                config().with_concurrency(3),
+            )
             .unwrap();
         // Orders keep arriving while the reactor runs.
         place_orders(&store, placed, 5).await;
@@ -322,7 +327,7 @@ async fn two_owners_racing_store_every_effect_once() {
     b.add_reactor(
         billing(&store),
         MemoryReadModel::<()>::new("billing").unwrap(),
-        config(),
+        config().with_concurrency(4),
     )
     .unwrap();
     place_orders(&store, 80, 20).await;
@@ -402,4 +407,89 @@ async fn a_failed_reaction_retried_does_not_repeat_its_first_command() {
     runner.catch_up(Duration::from_secs(30)).await.unwrap();
     runner.shutdown().await;
     assert_exactly_once(&store, 12).await;
+}
+
+/// Billing, with the reaction to one order held at a gate until the test opens it.
+struct Gated<S> {
+    billing: Billing<S>,
+    blocked: String,
+    gate: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl<S: EventStore + Clone + 'static> Reactor<S> for Gated<S> {
+    fn name(&self) -> &str {
+        "billing"
+    }
+
+    fn filter(&self) -> EventFilter {
+        self.billing.filter()
+    }
+
+    async fn react(
+        &self,
+        event: &RecordedEvent,
+        reaction: &mut Reaction<'_, S>,
+    ) -> Result<(), BoxError> {
+        if event.stream_id.as_str() == self.blocked {
+            self.gate.notified().await;
+        }
+        self.billing.react(event, reaction).await
+    }
+}
+
+async fn charges<S: EventStore>(store: &S) -> usize {
+    let events: Vec<RecordedEvent> = store
+        .read_all(LogRead::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    events
+        .iter()
+        .filter(|e| e.event_type.as_str() == "Charged")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_stream_does_not_hold_up_the_others() {
+    let store = InMemoryEventStore::new();
+    place_orders(&store, 0, 10).await;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let reactor = Gated {
+        billing: billing(&store),
+        blocked: "order-o0".to_owned(),
+        gate: gate.clone(),
+    };
+    let runner = ProjectionRunner::new(store.clone());
+    runner
+        .add_reactor(
+            reactor,
+            MemoryReadModel::<()>::new("billing").unwrap(),
+            // One batch holds all ten: a batch is handled whole before the next one starts.
+            config().with_concurrency(4).with_batch_size(100),
+        )
+        .unwrap();
+    // The nine other orders are charged while the first one waits at its gate.
+    let others = tokio::time::timeout(Duration::from_secs(20), async {
+        while charges(&store).await < 9 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(others.is_ok(), "the other streams waited for the slow one");
+    // The checkpoint cannot pass the event still being handled.
+    let status = runner.status("billing").unwrap();
+    let first = store
+        .read_all(LogRead::from_start())
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()[0]
+        .position;
+    assert!(
+        status.checkpoint < Some(first) || status.checkpoint.is_none(),
+        "{status}"
+    );
+    gate.notify_one();
+    runner.catch_up(Duration::from_secs(30)).await.unwrap();
+    runner.shutdown().await;
+    assert_exactly_once(&store, 10).await;
 }

@@ -300,6 +300,10 @@ where
         false
     }
 
+    fn detached(&self) -> bool {
+        true
+    }
+
     async fn handle(
         &self,
         event: &RecordedEvent,

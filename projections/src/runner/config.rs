@@ -19,6 +19,13 @@ pub struct ProjectionConfig {
     /// What to do when the read model was built from another event store than the one it
     /// follows (the store was recreated), or its checkpoint lies beyond the store's end.
     pub on_store_change: StoreChange,
+    /// How many events a reactor (or saga) handles at once: events of different streams, each
+    /// stream's still one at a time and in log order (default 1). A slow call to the outside
+    /// world then holds up only its own stream within a batch (the next batch starts when
+    /// the slowest event of this one is done: bound slow calls with a
+    /// [`Dependency`](crate::resilience::Dependency) timeout). Projections handle one event
+    /// at a time whatever this says (their handlers are synchronous and cheap).
+    pub concurrency: usize,
 }
 
 /// What a projection does when its read model belongs to another event store: the store was
@@ -46,6 +53,7 @@ impl Default for ProjectionConfig {
             page_size: 5_000,
             progress: ProgressDisplay::Auto,
             on_store_change: StoreChange::Stop,
+            concurrency: 1,
         }
     }
 }
@@ -59,6 +67,13 @@ impl ProjectionConfig {
     /// Sets the failure policy.
     pub fn with_policy(mut self, policy: FailurePolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Sets how many events a reactor handles at once (at least 1; see
+    /// [`ProjectionConfig::concurrency`]).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
         self
     }
 

@@ -37,6 +37,12 @@ pub(crate) trait Consumer: Send + Sync + 'static {
         true
     }
 
+    /// True when its handler never touches the batch (a reactor: its effects are commands),
+    /// so events of different streams may be handled at once.
+    fn detached(&self) -> bool {
+        false
+    }
+
     /// The outside dependencies it calls, shown in its status.
     fn dependencies(&self) -> Vec<Dependency> {
         Vec::new()

@@ -391,12 +391,15 @@ impl<S: EventStore + Clone + 'static> ProjectionRunner<S> {
     }
 
     /// Starts a stopped or failed projection again from its checkpoint (after a fix, or to
-    /// try a failing event once more).
+    /// try a failing event once more). Returns once the status no longer reports the stop, so
+    /// a `wait_for` right after it waits for the new run.
     ///
     /// # Errors
     /// [`Error::UnknownProjection`], [`Error::Shutdown`].
     pub async fn restart(&self, name: &str) -> Result<()> {
-        self.send(name, Command::Restart).await
+        let (tx, rx) = oneshot::channel();
+        self.send(name, Command::Restart(tx)).await?;
+        rx.await.map_err(|_| Error::Shutdown)
     }
 
     async fn send(&self, name: &str, command: Command) -> Result<()> {

@@ -25,7 +25,8 @@ use crate::{
 #[derive(Debug)]
 pub(crate) enum Command {
     Rebuild(oneshot::Sender<Result<RebuildReport>>),
-    Restart,
+    /// Start again after a stop; answered once the state no longer says stopped.
+    Restart(oneshot::Sender<()>),
     Letter(Uuid, LetterAction, oneshot::Sender<Result<()>>),
     Shutdown,
 }
@@ -230,7 +231,9 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Supervisor<P, S> {
                         self.waiters.push(reply);
                         self.rebuild_requested = true;
                     }
-                    Some(Command::Restart) => {}
+                    Some(Command::Restart(reply)) => {
+                        let _ = reply.send(());
+                    }
                     Some(Command::Letter(.., reply)) => {
                         let _ = reply.send(Err(Error::Shutdown));
                     }
@@ -244,7 +247,12 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Supervisor<P, S> {
     async fn wait_for_restart(&mut self) -> bool {
         loop {
             match self.commands.recv().await {
-                Some(Command::Restart) => return true,
+                Some(Command::Restart(reply)) => {
+                    // Waiters that look right after `restart` returns must not see the stop.
+                    self.set_state(ProjectionState::Starting);
+                    let _ = reply.send(());
+                    return true;
+                }
                 Some(Command::Rebuild(reply)) => {
                     self.waiters.push(reply);
                     self.rebuild_requested = true;
@@ -489,7 +497,9 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Supervisor<P, S> {
                             building = Some((worker, Instant::now()));
                         }
                     }
-                    Some(Command::Restart) => {}
+                    Some(Command::Restart(reply)) => {
+                        let _ = reply.send(());
+                    }
                     Some(Command::Letter(event_id, action, reply)) => match &serving {
                         Some(worker) if handover.is_none() => {
                             if let Err(mpsc::error::TrySendError::Full((.., reply)) | mpsc::error::TrySendError::Closed((.., reply))) = worker.letters.try_send((event_id, action, reply)) {

@@ -564,6 +564,11 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
         durability: Durability,
     ) -> Result<Option<LogPosition>> {
         let shared = self.shared.clone();
+        if shared.config.concurrency > 1 && shared.projection.detached() {
+            return self
+                .process_concurrently(writer, events, from, durability)
+                .await;
+        }
         let mut batch = writer.batch();
         self.load_lookups(writer, &events, &mut batch).await?;
         let mut through = None;
@@ -625,6 +630,104 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
         Ok(Some(through))
     }
 
+    /// [`process_batch`](Self::process_batch) for a consumer whose handler leaves the batch
+    /// alone (a reactor): the events of different streams are handled at once, up to
+    /// `ProjectionConfig::concurrency`, each stream's in log order. The checkpoint moves past
+    /// an event only when every event before it was handled (or parked); events after a
+    /// stop that were handled anyway are handled again later, which a reactor's idempotent
+    /// commands make harmless.
+    async fn process_concurrently(
+        &mut self,
+        writer: &mut <P::Model as ReadModel>::Writer,
+        events: Vec<RecordedEvent>,
+        from: Option<LogPosition>,
+        durability: Durability,
+    ) -> Result<Option<LogPosition>> {
+        let shared = self.shared.clone();
+        // The wanted events, grouped by stream in log order.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut by_stream: HashMap<&str, usize> = HashMap::new();
+        for (i, event) in events.iter().enumerate() {
+            if self.filter.wants(event) {
+                let group = *by_stream
+                    .entry(event.stream_id.as_str())
+                    .or_insert_with(|| {
+                        groups.push(Vec::new());
+                        groups.len() - 1
+                    });
+                groups[group].push(i);
+            }
+        }
+        let mut scratch: Vec<_> = groups.iter().map(|_| writer.batch()).collect();
+        let mut waiting = groups.into_iter().zip(scratch.iter_mut());
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut outcomes = Vec::with_capacity(events.len());
+        loop {
+            while running.len() < shared.config.concurrency {
+                let Some((group, batch)) = waiting.next() else {
+                    break;
+                };
+                running.push(handle_stream(&shared, &events, group, batch));
+            }
+            match running.next().await {
+                Some(out) => outcomes.extend(out),
+                None => break,
+            }
+        }
+        drop(running);
+        drop(scratch);
+        outcomes.sort_by_key(|(i, _)| *i);
+        let mut batch = writer.batch();
+        let mut parked = 0u64;
+        let mut stop = None;
+        for (i, outcome) in outcomes {
+            let event = &events[i];
+            match outcome {
+                Ok(()) => {}
+                Err(Failure::Park(error, attempts)) => {
+                    let name = shared.projection.name();
+                    tracing::warn!(projection = name, position = %event.position, event_id = %event.event_id, event_type = %event.event_type, error, "event parked in the dead-letter list");
+                    batch.park(DeadLetter::new(name, event, error, attempts));
+                    parked += 1;
+                }
+                Err(Failure::Stop(error)) => {
+                    stop = Some((i, error));
+                    break;
+                }
+            }
+        }
+        // Everything before the first stop is handled; the checkpoint goes that far.
+        let handled = stop.as_ref().map_or(events.len(), |(i, _)| *i);
+        let through = handled.checked_sub(1).map(|last| events[last].position);
+        if let Some(through) = through {
+            self.guard.check()?;
+            let durability = if stop.is_some() {
+                Durability::Now
+            } else {
+                durability
+            };
+            self.pending(through, handled as u64);
+            let done = shared
+                .bounded(
+                    "writing to the read model",
+                    writer.write(batch, through, durability),
+                )
+                .await?;
+            self.dead_letters += parked;
+            self.committed(done);
+        }
+        let Some((i, error)) = stop else {
+            return Ok(through.or(from));
+        };
+        let reason = StopReason::new(shared.projection.name(), &events[i], error);
+        tracing::error!(%reason, "projection stopped");
+        let flushed = shared
+            .bounded("flushing the read model", writer.flush())
+            .await?;
+        self.committed(flushed);
+        Err(Error::Stopped(Box::new(reason)))
+    }
+
     /// Notes a write through `through` covering `events` log events.
     fn pending(&mut self, through: LogPosition, events: u64) {
         self.uncommitted.push((through, events));
@@ -661,6 +764,26 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
             s.dead_letters = dead_letters;
         });
     }
+}
+
+/// Handles one stream's events of a batch in order, under the failure policy; stops at the
+/// first event the policy stops at. Returns each handled event's index and outcome.
+async fn handle_stream<P: Consumer, S>(
+    shared: &Shared<P, S>,
+    events: &[RecordedEvent],
+    group: Vec<usize>,
+    batch: &mut <P::Model as ReadModel>::Batch,
+) -> Vec<(usize, std::result::Result<(), Failure>)> {
+    let mut out = Vec::with_capacity(group.len());
+    for i in group {
+        let outcome = handler::call(shared, &events[i], batch).await;
+        let stop = matches!(outcome, Err(Failure::Stop(_)));
+        out.push((i, outcome));
+        if stop {
+            break;
+        }
+    }
+    out
 }
 
 /// Most trace contexts a batch's span is linked to (OpenTelemetry span links).
