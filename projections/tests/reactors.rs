@@ -493,3 +493,116 @@ async fn a_slow_stream_does_not_hold_up_the_others() {
     runner.shutdown().await;
     assert_exactly_once(&store, 10).await;
 }
+
+/// Pays each order out of the customer's wallet into the shop's in one atomic append over
+/// both wallets (`execute_multi`).
+struct Settlement<S> {
+    wallets: Repository<Wallet, S>,
+}
+
+impl<S: EventStore + Clone + 'static> Reactor<S> for Settlement<S> {
+    fn name(&self) -> &str {
+        "settlement"
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::aggregate::<Order>().and_types(["Placed"])
+    }
+
+    async fn react(
+        &self,
+        event: &RecordedEvent,
+        reaction: &mut Reaction<'_, S>,
+    ) -> Result<(), BoxError> {
+        let OrderEvent::Placed { customer, amount } = OrderEvent::decode(event)? else {
+            return Ok(());
+        };
+        let order = event.stream_id.to_string();
+        let retries = Retries::none()
+            .conflicts(50)
+            .with_sleep(|d| Box::pin(tokio::time::sleep(d)));
+        let wallets = &self.wallets;
+        reaction
+            .execute_multi(&retries, |context| {
+                let (order, customer) = (order.clone(), customer.clone());
+                async move {
+                    let debit = Charge {
+                        order: order.clone(),
+                        amount,
+                    };
+                    let credit = Charge {
+                        order,
+                        amount: -amount,
+                    };
+                    let from = wallets.decide(&customer, debit, &context).await?;
+                    let to = wallets.decide("shop", credit, &context).await?;
+                    Ok(vec![from.to_append(), to.to_append()])
+                }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_on_two_aggregates_appends_both_once() {
+    let store = InMemoryEventStore::new();
+    place_orders(&store, 0, 30).await;
+    let settle = || Settlement {
+        wallets: Repository::new(store.clone()),
+    };
+    // Two owners racing, each from its own checkpoint, both on the shop's wallet: conflicts
+    // are decided again, repeats are answered from the store.
+    let a = ProjectionRunner::new(store.clone());
+    let b = ProjectionRunner::new(store.clone());
+    for runner in [&a, &b] {
+        runner
+            .add_reactor(
+                settle(),
+                MemoryReadModel::<()>::new("settlement").unwrap(),
+                config().with_concurrency(3),
+            )
+            .unwrap();
+    }
+    let (ra, rb) = tokio::join!(
+        a.catch_up(Duration::from_secs(60)),
+        b.catch_up(Duration::from_secs(60))
+    );
+    ra.unwrap();
+    rb.unwrap();
+    a.shutdown().await;
+    b.shutdown().await;
+    let events: Vec<RecordedEvent> = store
+        .read_all(LogRead::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    let charges: Vec<&RecordedEvent> = events
+        .iter()
+        .filter(|e| e.event_type.as_str() == "Charged")
+        .collect();
+    assert_eq!(charges.len(), 60, "one debit and one credit per order");
+    // Each pair went in one append: adjacent in the log, same command (causation).
+    let mut by_cause: HashMap<uuid::Uuid, Vec<&RecordedEvent>> = HashMap::new();
+    for c in &charges {
+        by_cause
+            .entry(c.metadata.causation_id.unwrap())
+            .or_default()
+            .push(c);
+    }
+    assert_eq!(by_cause.len(), 30);
+    for pair in by_cause.values() {
+        assert_eq!(pair.len(), 2);
+        // One append: consecutive in the log (nothing commits between them in memory).
+        assert_eq!(
+            pair[0].position.sequence + 1,
+            pair[1].position.sequence,
+            "one append"
+        );
+        assert_ne!(pair[0].stream_id, pair[1].stream_id);
+    }
+    let wallets = Repository::<Wallet, _>::new(store.clone());
+    let shop = wallets.load("shop").await.unwrap().state.spent;
+    let total: i64 = (0..30).map(|i| 10 + i as i64).sum();
+    assert_eq!(shop, -total, "the shop received every order once");
+}
