@@ -7,7 +7,10 @@ use crate::DomainEvent;
 /// When the [`Repository`](crate::Repository) saves a snapshot of an aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SnapshotPolicy {
-    /// Never: the aggregate is always rebuilt from all its events.
+    /// Never: the aggregate is always rebuilt from all its events. The
+    /// [`Repository`](crate::Repository) then does not even look for a snapshot (a load is one
+    /// read of the stream): a snapshot saved by hand or under an earlier policy is ignored,
+    /// which is correct, since a snapshot is only a cache of the events.
     Never,
     /// Whenever an append crosses a multiple of this many events (100: after version 100,
     /// 200, ...).
@@ -15,6 +18,12 @@ pub enum SnapshotPolicy {
 }
 
 impl SnapshotPolicy {
+    /// Whether the aggregate keeps snapshots at all: false for [`SnapshotPolicy::Never`]
+    /// (and `EveryNEvents(0)`), whose loads then never look for one.
+    pub fn keeps_snapshots(self) -> bool {
+        !matches!(self, Self::Never | Self::EveryNEvents(0))
+    }
+
     /// Whether moving a stream from version `before` to `after` calls for a snapshot.
     pub fn due(self, before: u64, after: u64) -> bool {
         match self {
@@ -77,5 +86,8 @@ mod tests {
         assert!(!p.due(100, 150));
         assert!(!SnapshotPolicy::Never.due(0, 1000));
         assert!(!SnapshotPolicy::EveryNEvents(0).due(0, 1000));
+        assert!(p.keeps_snapshots());
+        assert!(!SnapshotPolicy::Never.keeps_snapshots());
+        assert!(!SnapshotPolicy::EveryNEvents(0).keeps_snapshots());
     }
 }

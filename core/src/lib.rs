@@ -243,7 +243,9 @@ pub use limits::Limits;
 pub use memory::InMemoryEventStore;
 pub use repository::{CommandContext, CommandError, Decision, Executed, Loaded, Repository};
 pub use retry::{Backoff, Retries, Sleep};
-pub use store::{DEFAULT_PAGE_SIZE, Direction, EventStore, LogHold, LogRead, StreamRead};
+pub use store::{
+    AggregateRead, DEFAULT_PAGE_SIZE, Direction, EventStore, LogHold, LogRead, StreamRead,
+};
 pub use trace::{SpanId, TraceContext, TraceContextError, TraceId};
 pub use upcast::{Upcaster, UpcasterChain, UpcasterChainBuilder};
 pub use version::{ExpectedVersion, LogPosition};

@@ -13,9 +13,9 @@ use tracing::{Instrument, Span, field::Empty};
 use uuid::Uuid;
 
 use crate::{
-    Aggregate, AppendResult, DomainEvent, Error, EventStore, ExpectedVersion, Metadata, NewEvent,
-    Payload, RecordedEvent, Result, Retries, Snapshot, StreamAppend, StreamId, StreamRead,
-    TraceContext, derive_event_id,
+    Aggregate, AggregateRead, AppendResult, DomainEvent, Error, EventStore, ExpectedVersion,
+    Metadata, NewEvent, Payload, RecordedEvent, Result, Retries, Snapshot, StreamAppend, StreamId,
+    StreamRead, TraceContext, derive_event_id,
 };
 
 /// An aggregate's state and the stream version it includes.
@@ -501,10 +501,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         StreamId::for_aggregate(A::TYPE, id)
     }
 
-    /// Loads an aggregate from its latest usable snapshot plus the events after it.
+    /// Loads an aggregate from its latest usable snapshot plus the events after it, read
+    /// together ([`EventStore::read_aggregate`]: one round trip in the PostgreSQL store).
     ///
     /// A snapshot of another schema version, or one that does not decode, is ignored and the
-    /// aggregate is rebuilt from its first event.
+    /// aggregate is rebuilt from its first event. An aggregate whose
+    /// [`SnapshotPolicy`](crate::SnapshotPolicy) keeps no snapshots
+    /// ([`Never`](crate::SnapshotPolicy::Never), the default) is always rebuilt from its
+    /// events, and no snapshot is looked for.
     ///
     /// # Errors
     /// Store failures and decode errors of stored events.
@@ -545,19 +549,42 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         command_id: Option<Uuid>,
         span: &Span,
     ) -> Result<(Loaded<A>, Tail<A>)> {
-        let mut loaded = match self.store.load_snapshot(stream).await? {
+        // Folding needs no ids, but finding the command's events does.
+        let read = if command_id.is_some() {
+            StreamRead::forward()
+        } else {
+            StreamRead::forward().for_folding()
+        };
+        // An aggregate that keeps no snapshots has none to look for: one read, not two.
+        let snapshot_version = A::SNAPSHOT_POLICY
+            .keeps_snapshots()
+            .then_some(A::SNAPSHOT_VERSION);
+        let AggregateRead { snapshot, events } = self
+            .store
+            .read_aggregate(stream, snapshot_version, read)
+            .await?;
+        let (mut loaded, mut events) = match snapshot {
             Some(snapshot) if snapshot.schema_version == A::SNAPSHOT_VERSION => {
                 match snapshot.payload.deserialize::<A>() {
-                    Ok(state) => Loaded {
-                        state,
-                        version: snapshot.stream_version,
-                    },
+                    Ok(state) => (
+                        Loaded {
+                            state,
+                            version: snapshot.stream_version,
+                        },
+                        events,
+                    ),
                     Err(error) => {
                         tracing::warn!(%stream, %error, "ignoring a snapshot that does not decode");
-                        Loaded::default_state()
+                        drop(events);
+                        (
+                            Loaded::default_state(),
+                            self.store.read_stream(stream, read),
+                        )
                     }
                 }
             }
+            // Stores return only snapshots of the version asked for; should one not, its
+            // events were read after it: read them all.
             Some(snapshot) => {
                 tracing::debug!(
                     %stream,
@@ -565,9 +592,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     current = A::SNAPSHOT_VERSION,
                     "ignoring a snapshot of another schema version"
                 );
-                Loaded::default_state()
+                drop(events);
+                (
+                    Loaded::default_state(),
+                    self.store.read_stream(stream, read),
+                )
             }
-            None => Loaded::default_state(),
+            None => (Loaded::default_state(), events),
         };
         if loaded.version > 0 {
             span.record("snapshot", loaded.version);
@@ -576,14 +607,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             from_snapshot: loaded.version > 0,
             applied: None,
         };
-        let read = StreamRead::forward_from(loaded.version + 1);
-        // Folding needs no ids, but finding the command's events does.
-        let read = if command_id.is_some() {
-            read
-        } else {
-            read.for_folding()
-        };
-        let mut events = self.store.read_stream(stream, read);
         // Whether the events just read are the command's (they are consecutive).
         let mut in_command = false;
         while let Some(recorded) = events.try_next().await? {
@@ -898,8 +921,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         "appended"
                     );
                     self.remember(&stream, &decision.state, result.stream_version);
-                    self.snapshot_if_due(&stream, &decision.state, decision.version, &result)
+                    // Boxed: a store's snapshot write may be a large future, which every
+                    // command's future would otherwise hold (and copy when moved).
+                    if A::SNAPSHOT_POLICY.due(decision.version, result.stream_version) {
+                        Box::pin(self.snapshot_if_due(
+                            &stream,
+                            &decision.state,
+                            decision.version,
+                            &result,
+                        ))
                         .await;
+                    }
                     return Ok(Executed {
                         state: decision.state,
                         version: result.stream_version,

@@ -168,6 +168,25 @@ impl LogRead {
     }
 }
 
+/// What [`EventStore::read_aggregate`] found: the snapshot to start from, if any, and the
+/// stream's events after it.
+pub struct AggregateRead<'a> {
+    /// The stream's latest snapshot, when one was asked for and it has the schema version
+    /// asked for.
+    pub snapshot: Option<Snapshot>,
+    /// The stream's events after the snapshot (or from the read's first version when there
+    /// is none), in pages.
+    pub events: BoxStream<'a, Result<RecordedEvent>>,
+}
+
+impl std::fmt::Debug for AggregateRead<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AggregateRead")
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An append-only event store with optimistic concurrency, idempotent appends, a gap-free
 /// global log and snapshots.
 ///
@@ -228,6 +247,44 @@ pub trait EventStore: Send + Sync {
         stream: &StreamId,
         read: StreamRead,
     ) -> BoxStream<'a, Result<RecordedEvent>>;
+
+    /// Reads what loading an aggregate needs: its stream's latest snapshot, when
+    /// `snapshot_version` is `Some` and that snapshot has this schema version, and the
+    /// stream's events after it, read as `read` says (forward; from `read.from`, or from the
+    /// version after the snapshot when that is later).
+    ///
+    /// The default makes the two calls, [`load_snapshot`](Self::load_snapshot) (only with a
+    /// `snapshot_version`) then [`read_stream`](Self::read_stream); a store may answer both
+    /// in one round trip (the PostgreSQL store does). [`Repository`](crate::Repository)
+    /// loads aggregates through it, asking for no snapshot when the aggregate's
+    /// [`SnapshotPolicy`](crate::SnapshotPolicy) keeps none.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) when the snapshot (or, in a store that reads
+    /// them at once, the first events) cannot be read; the events read later report their
+    /// errors in the stream.
+    fn read_aggregate<'a>(
+        &'a self,
+        stream: &StreamId,
+        snapshot_version: Option<u32>,
+        read: StreamRead,
+    ) -> impl Future<Output = Result<AggregateRead<'a>>> + Send + 'a {
+        let stream = stream.clone();
+        async move {
+            let snapshot = match snapshot_version {
+                Some(version) => self
+                    .load_snapshot(&stream)
+                    .await?
+                    .filter(|s| s.schema_version == version),
+                None => None,
+            };
+            let from = snapshot.as_ref().map_or(read.from, |s| {
+                read.from.max(s.stream_version.saturating_add(1))
+            });
+            let events = self.read_stream(&stream, StreamRead { from, ..read });
+            Ok(AggregateRead { snapshot, events })
+        }
+    }
 
     /// Reads the global log after a position, in pages, up to the end visible when each page
     /// is read.

@@ -378,3 +378,104 @@ async fn transient_append_failures_are_retried_with_backoff_and_stored_once() {
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 }
+
+/// A counter that keeps no snapshots (the default policy).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Unsnapshotted(Counter);
+
+impl annals::Aggregate for Unsnapshotted {
+    const TYPE: &'static str = "counter";
+    type Event = CounterEvent;
+    type Command = CounterCommand;
+    type Error = annals::testing::CounterError;
+
+    fn handle(
+        &self,
+        command: CounterCommand,
+    ) -> std::result::Result<Vec<CounterEvent>, Self::Error> {
+        self.0.handle(command)
+    }
+
+    fn apply(&mut self, event: &CounterEvent) {
+        self.0.apply(event);
+    }
+}
+
+/// The in-memory store, counting the snapshot reads it is asked for.
+#[derive(Debug, Default)]
+struct CountingSnapshots {
+    inner: InMemoryEventStore,
+    snapshot_reads: AtomicUsize,
+}
+
+impl EventStore for CountingSnapshots {
+    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        self.inner.append_multi(appends).await
+    }
+    fn read_stream<'a>(
+        &'a self,
+        stream: &StreamId,
+        read: StreamRead,
+    ) -> BoxStream<'a, Result<RecordedEvent>> {
+        self.inner.read_stream(stream, read)
+    }
+    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
+        self.inner.read_all(read)
+    }
+    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
+        self.inner.subscribe(after)
+    }
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        self.inner.stream_version(stream).await
+    }
+    async fn head_position(&self) -> Result<Option<LogPosition>> {
+        self.inner.head_position().await
+    }
+    async fn store_id(&self) -> Result<uuid::Uuid> {
+        self.inner.store_id().await
+    }
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.inner.save_snapshot(snapshot).await
+    }
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        self.snapshot_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load_snapshot(stream).await
+    }
+}
+
+#[tokio::test]
+async fn an_aggregate_that_keeps_no_snapshots_never_reads_one() {
+    let repo = Repository::<Unsnapshotted, _>::new(CountingSnapshots::default());
+    let ctx = CommandContext::new();
+    for amount in 1..=6 {
+        repo.execute("n", CounterCommand::Add(amount), &ctx)
+            .await
+            .unwrap();
+    }
+    // A snapshot saved by hand (or under an earlier policy) is only a cache: ignored.
+    let stream = repo.stream_id("n").unwrap();
+    repo.store()
+        .save_snapshot(Snapshot {
+            stream_id: stream.clone(),
+            stream_version: 6,
+            schema_version: 1,
+            payload: annals::Payload::from_serialize(&json!({ "total": 1000, "events": 6 }))
+                .unwrap(),
+            taken_at: time::OffsetDateTime::now_utc(),
+        })
+        .await
+        .unwrap();
+    let loaded = repo.load("n").await.unwrap();
+    assert_eq!((loaded.state.0.total, loaded.version), (21, 6));
+    assert_eq!(repo.store().snapshot_reads.load(Ordering::SeqCst), 0);
+
+    // An aggregate with a policy reads snapshot and tail (here, through the default
+    // `read_aggregate`: one snapshot read per load).
+    let counters = Repository::<Counter, _>::new(CountingSnapshots::default());
+    counters
+        .execute("c", CounterCommand::Add(1), &ctx)
+        .await
+        .unwrap();
+    counters.load("c").await.unwrap();
+    assert_eq!(counters.store().snapshot_reads.load(Ordering::SeqCst), 2);
+}

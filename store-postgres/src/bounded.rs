@@ -8,17 +8,107 @@
 //!
 //! [`PgConfig::with_io_timeout`]: crate::PgConfig::with_io_timeout
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use sqlx::{PgPool, pool::PoolConnection, postgres::PgConnection};
+use sqlx::{PgPool, Postgres, pool::PoolConnection, postgres::PgConnection};
 
-use crate::error::{Error, Failure};
+use crate::{
+    error::{Error, Failure, is_connection_lost},
+    single::Privileges,
+};
 
 /// The store's pool with the bound of its waits.
 #[derive(Debug, Clone)]
 pub(crate) struct Db {
     pub(crate) pool: PgPool,
     pub(crate) timeout: Duration,
+    /// Pooled connections kept checked out between statements (see [`Lanes`]).
+    pub(crate) lanes: Arc<Lanes>,
+    /// Whether appends go as plain statements or through the append functions.
+    pub(crate) privileges: Arc<Privileges>,
+}
+
+/// A few pooled connections kept checked out between the store's short statements (appends,
+/// loads, look-ups), so that a statement takes one without the pool's checkout and gives it
+/// back without the round trip with which the pool tests every connection returned to it
+/// (sqlx pings each one, on a task of its own). They stay counted in the pool's size, so the
+/// store never holds more connections than the pool allows; at most a quarter of them (at
+/// least one) wait here, so the pool keeps connections for every other use.
+///
+/// A connection goes back to a lane only after its statement answered on a live connection;
+/// a statement dropped mid-way, or one that failed on a dead connection, returns its
+/// connection to the pool instead (which tests it), or closes it when it got no answer in
+/// time.
+#[derive(Debug)]
+pub(crate) struct Lanes {
+    idle: Mutex<Vec<PoolConnection<Postgres>>>,
+    max_connections: u32,
+    cap: usize,
+    /// Dropped with the lanes: ends the task that gives them back when the pool closes.
+    _dropped: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Lanes {
+    /// Lanes for `pool` of `max_connections`: a quarter of them (none below four). When the
+    /// pool is closed ([`PgPool::close`] waits for every checked-out connection), the idle
+    /// lane connections go back to it at once.
+    pub(crate) fn new(pool: &PgPool, max_connections: u32) -> Arc<Self> {
+        let (dropped, gone) = tokio::sync::oneshot::channel();
+        let lanes = Arc::new(Self {
+            idle: Mutex::new(Vec::new()),
+            max_connections,
+            cap: usize::try_from(max_connections / 4).unwrap_or(0),
+            _dropped: dropped,
+        });
+        let weak = Arc::downgrade(&lanes);
+        let closing = pool.close_event();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = closing => {
+                    if let Some(lanes) = weak.upgrade() {
+                        lanes.release();
+                    }
+                }
+                _ = gone => {}
+            }
+        });
+        lanes
+    }
+
+    /// An idle lane connection, if any.
+    pub(crate) fn take(&self) -> Option<PoolConnection<Postgres>> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    /// Keeps `conn` for the next statement, or gives it back to the pool when the lanes are
+    /// full, when the pool has no connection left to give (someone may wait for one), or
+    /// when the pool is closing.
+    fn keep(&self, conn: PoolConnection<Postgres>, pool: &PgPool) {
+        if pool.is_closed() || (pool.size() >= self.max_connections && pool.num_idle() == 0) {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() < self.cap {
+            idle.push(conn);
+        }
+    }
+
+    /// Gives every idle lane connection back to the pool, which tests each (after the server
+    /// may have closed them all: a restart, `pg_terminate_backend`).
+    pub(crate) fn release(&self) {
+        let idle = self
+            .idle
+            .lock()
+            .map(|mut idle| std::mem::take(&mut *idle))
+            .unwrap_or_default();
+        drop(idle);
+    }
 }
 
 impl Db {
@@ -51,11 +141,50 @@ impl Db {
         maybe_committed: bool,
         statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, Failure> {
-        let mut conn = self.pool.acquire().await?;
-        let answer = tokio::time::timeout(self.timeout, statement(&mut conn)).await;
-        finish(conn, answer, || {
-            timed_out(operation, self.timeout, maybe_committed)
-        })
+        let conn = self.acquire().await?;
+        self.run_on(conn, operation, maybe_committed, statement)
+            .await
+    }
+
+    async fn run_on<T>(
+        &self,
+        mut conn: PoolConnection<Postgres>,
+        operation: &'static str,
+        maybe_committed: bool,
+        statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout(self.timeout, statement(&mut conn)).await {
+            Ok(result) => {
+                // Answered on a live connection: keep it in a lane for the next statement.
+                // Otherwise it goes back to the pool, which tests it.
+                let live = match &result {
+                    Ok(_) => true,
+                    Err(error @ sqlx::Error::Database(_)) => !is_connection_lost(error),
+                    Err(_) => false,
+                };
+                if live {
+                    self.lanes.keep(conn, &self.pool);
+                }
+                Ok(result?)
+            }
+            Err(_) => {
+                close(conn);
+                Err(Failure::TimedOut(timed_out(
+                    operation,
+                    self.timeout,
+                    maybe_committed,
+                )))
+            }
+        }
+    }
+
+    /// A connection for a statement the caller runs itself (a long read): an idle lane's, or
+    /// a pooled one.
+    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        match self.lanes.take() {
+            Some(conn) => Ok(conn),
+            None => self.pool.acquire().await,
+        }
     }
 
     /// [`Db::run`] as the store contract's error.
@@ -86,21 +215,6 @@ pub(crate) fn timed_out(operation: &'static str, after: Duration, maybe_committe
         operation,
         after,
         maybe_committed,
-    }
-}
-
-/// The answer of a bounded statement; its connection closed when there was none in time.
-fn finish<T>(
-    conn: PoolConnection<sqlx::Postgres>,
-    answer: Result<Result<T, sqlx::Error>, tokio::time::error::Elapsed>,
-    error: impl FnOnce() -> Error,
-) -> Result<T, Failure> {
-    match answer {
-        Ok(result) => Ok(result?),
-        Err(_) => {
-            close(conn);
-            Err(Failure::TimedOut(error()))
-        }
     }
 }
 

@@ -130,7 +130,7 @@ impl PgConfig {
             schema: "annals".to_owned(),
             limits: Limits::default(),
             max_connections: 10,
-            writers: 4,
+            writers: 2,
             max_group_requests: 256,
             max_group_events: 20_000,
             poll_interval: Duration::from_millis(500),
@@ -172,8 +172,9 @@ impl PgConfig {
         self
     }
 
-    /// How many group-commit writers run at once (default 4): while one group commits, the
-    /// next one gathers and starts. Each holds a pooled connection while it writes.
+    /// How many group-commit writers run at once (default 2; it was 4 until 2 measured best
+    /// at 8 and 64 tasks, see BENCHMARKS.md): while one group commits, the next one gathers
+    /// and starts. Each holds a pooled connection while it writes.
     pub fn with_writers(mut self, writers: usize) -> Self {
         self.writers = writers.max(1);
         self

@@ -1,5 +1,5 @@
-//! The direct path: a lone call to one stream, made while no call waits for the writers,
-//! runs the single-stream statement ([`crate::single`]) on the caller's own task instead of
+//! The direct path: a call to one stream, made while no other call holds the direct
+//! connection, runs the single-stream statement ([`crate::single`]) on the caller's own task instead of
 //! handing it to a writer and waiting for the answer (two task hand-offs, a pool checkout and
 //! the pool's release ping per command).
 //!
@@ -28,7 +28,9 @@ use crate::{
 /// The connection the direct path uses, when no caller holds it.
 ///
 /// There is at most one: while a caller holds it, concurrent callers go to the writers,
-/// whose group commit serves many callers better than one connection each.
+/// whose group commit serves many callers better than one connection each. (Eight tasks
+/// each committing on a connection of their own measured no better than this: see
+/// BENCHMARKS.md, 2026-12-06, issue 19.)
 #[derive(Default)]
 pub(crate) struct Direct {
     idle: Mutex<Option<PgConnection>>,
@@ -47,15 +49,15 @@ impl Direct {
         append: &StreamAppend,
         metadata: &[Option<String>],
     ) -> annals::Result<Option<AppendResult>> {
-        let pool = &db.pool;
         let held = self.idle.lock().ok().and_then(|mut idle| idle.take());
         let mut conn = match held {
             Some(conn) => conn,
             // Another caller holds the direct connection: concurrency is up, let the
             // writers group this append with the others.
             None if self.exists.swap(true, Ordering::AcqRel) => return Ok(None),
-            // Only an idle pooled connection: never wait here while the writers need one.
-            None => match pool.try_acquire() {
+            // Only an idle connection (a lane's, or the pool's): never wait here while the
+            // writers need one.
+            None => match db.lanes.take().or_else(|| db.pool.try_acquire()) {
                 Some(pooled) => pooled.detach(),
                 None => {
                     self.exists.store(false, Ordering::Release);
@@ -71,7 +73,10 @@ impl Direct {
         };
         // Out of time, the connection is dropped with the claim (closed, its socket shut).
         let stored = match db
-            .within("an append", single::append(&mut conn, append, metadata))
+            .within(
+                "an append",
+                single::append(&mut conn, append, metadata, &db.privileges),
+            )
             .await
         {
             Ok(stored) => stored,

@@ -3,6 +3,7 @@
 //! # Performance
 #![doc = include_str!("../PERFORMANCE.md")]
 
+mod aggregate;
 mod batch;
 mod bounded;
 mod config;
@@ -12,6 +13,7 @@ mod error;
 mod group;
 mod idempotency;
 mod info;
+mod loads;
 mod log;
 mod pages;
 mod probe;

@@ -144,7 +144,7 @@ async fn produce(
             full_pages = 0;
         } else {
             let before = after;
-            let Some(conn) = pages::connection(&db.pool, &tx).await else {
+            let Some(conn) = pages::connection(&db, &tx).await else {
                 return;
             };
             // The connection goes back to the pool (or is closed) before any wait.

@@ -6,11 +6,11 @@
 
 use annals::RecordedEvent;
 use futures::{
-    StreamExt, future,
+    FutureExt, StreamExt, future,
     stream::{self, BoxStream},
 };
 use sqlx::{
-    PgPool, Postgres,
+    Postgres,
     pool::PoolConnection,
     postgres::{PgArguments, PgRow},
     query::Query,
@@ -36,8 +36,8 @@ pub(crate) fn batch_rows(page_size: usize) -> usize {
 /// A query on an acquired connection streams its rows through one layer of sqlx's row
 /// stream fewer than a query on the pool, which wraps the connection's stream in one of its
 /// own: about 5 % of a replay's time.
-pub(crate) async fn connection(pool: &PgPool, tx: &PageSender) -> Option<PoolConnection<Postgres>> {
-    match pool.acquire().await {
+pub(crate) async fn connection(db: &Db, tx: &PageSender) -> Option<PoolConnection<Postgres>> {
+    match db.acquire().await {
         Ok(conn) => Some(conn),
         Err(error) => {
             let _ = tx.send(Err(backend(error))).await;
@@ -94,7 +94,13 @@ async fn send_query_rows<K>(
     let mut count = 0usize;
     let mut last = None;
     loop {
-        let row = match db.within("a read", rows.next()).await {
+        // Rows already in the socket's buffer need no bound: only a wait for the server is
+        // bounded (see `copy.rs`).
+        let row = match rows.next().now_or_never() {
+            Some(row) => Ok(row),
+            None => db.within("a read", rows.next()).await,
+        };
+        let row = match row {
             Ok(row) => row,
             Err(error) => {
                 *timed_out = true;

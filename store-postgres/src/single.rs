@@ -1,11 +1,22 @@
 //! The fast path of a group holding one call to one stream (the common command): one
-//! statement (the `append_stream` function), the stream's advisory lock taken, its row
-//! upserted or updated with the expected-version check in its `WHERE`, and the events inserted
-//! only if that row was written. Anything else (a conflict, a stored event id) falls back to `append_group`, which
+//! statement, the stream's advisory lock taken, its row upserted or updated with the
+//! expected-version check in its `WHERE`, and the events inserted only if that row was
+//! written. Anything else (a conflict, a stored event id) falls back to `append_group`, which
 //! gives the exact answer.
+//!
+//! The statement is the `append_stream` function (migration 0005), which runs as its owner so
+//! that an application role may append without any right to write the tables, or, for a role
+//! that may write them itself (the owner, usually), the same statements sent plain
+//! ([`Privileges`]): the function's `SET search_path`, saved and restored on every call, and
+//! its PL/pgSQL cost about a fifth of the server's time for a one-event append, for nothing
+//! such a role needs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use annals::{ExpectedVersion, StreamAppend};
-use sqlx::PgExecutor;
+use sqlx::postgres::PgConnection;
+
+use crate::error::sql_state;
 
 /// The one-stream append: `append_stream` (migrations/0005_least_privilege.sql) takes the
 /// log's lock (shared) and the stream's first, before anything takes the transaction's id, as
@@ -16,31 +27,178 @@ use sqlx::PgExecutor;
 const APPEND_STREAM: &str =
     "SELECT o_version, o_seq, o_tx FROM append_stream($1, $2, $3, $4, $5, $6, $7, $8)";
 
+/// The plain statements' start, up to the stream statement `s`: the log's lock (shared) and
+/// the stream's come first, before anything takes the transaction's id, as `append_stream`
+/// takes them; `l` reads from `g` and `s` from `l`, so they run in that order.
+macro_rules! locked_stream {
+    () => {
+        "WITH g AS (SELECT pg_advisory_xact_lock_shared(stream_lock_key(''))), \
+         l AS (SELECT pg_advisory_xact_lock(stream_lock_key($1)) FROM g), s AS ("
+    };
+}
+
+/// `append_stream`'s body as one statement, events bound as arrays.
+macro_rules! append_many {
+    ($stream:literal) => {
+        concat!(
+            locked_stream!(),
+            $stream,
+            "), ins AS (\
+             INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
+               schema_version, payload, metadata) \
+             SELECT pg_current_xact_id()::text::bigint, $1, s.version - $2 + u.pos, \
+               u.id, u.t, u.sv, u.p, u.m \
+             FROM s, unnest($4::uuid[], $5::text[], $6::int[], $7::text[], $8::text[]) \
+               WITH ORDINALITY AS u(id, t, sv, p, m, pos) \
+             RETURNING sequence, tx) \
+             SELECT (SELECT version FROM s), \
+               coalesce((SELECT array_agg(sequence ORDER BY sequence) FROM ins), '{}'), \
+               coalesce((SELECT min(tx) FROM ins), 0), $3::bigint"
+        )
+    };
+}
+
+/// One event: the same with scalar parameters (no arrays, `unnest` or ordinality for the
+/// most common command).
+macro_rules! append_one {
+    ($stream:literal) => {
+        concat!(
+            locked_stream!(),
+            $stream,
+            "), ins AS (\
+             INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
+               schema_version, payload, metadata) \
+             SELECT pg_current_xact_id()::text::bigint, $1, s.version, \
+               $4::uuid, $5::text, $6::int, $7::text, $8::text \
+             FROM s RETURNING sequence, tx) \
+             SELECT (SELECT version FROM s), \
+               coalesce((SELECT array_agg(sequence) FROM ins), '{}'), \
+               coalesce((SELECT min(tx) FROM ins), 0), $3::bigint"
+        )
+    };
+}
+
+macro_rules! statements {
+    ($(#[$doc:meta])* $name:ident, $stream:literal) => {
+        $(#[$doc])*
+        const $name: [&str; 2] = [append_many!($stream), append_one!($stream)];
+    };
+}
+
+statements!(
+    /// `Any` (`$3` = -1): create the stream or move it on, whatever its version.
+    ANY,
+    "INSERT INTO streams AS st (stream_id, version) SELECT $1, $2 FROM l \
+     ON CONFLICT (stream_id) DO UPDATE SET version = st.version + $2 RETURNING version"
+);
+
+statements!(
+    /// `NoStream`, `Exact(0)` (`$3` = 0): create the stream, or write nothing if it exists.
+    NEW,
+    "INSERT INTO streams (stream_id, version) SELECT $1, $2 FROM l \
+     ON CONFLICT (stream_id) DO NOTHING RETURNING version"
+);
+
+statements!(
+    /// `StreamExists` (`$3` = -2), `Exact(n)`: move an existing stream on if it is at `n`.
+    EXISTING,
+    "UPDATE streams SET version = version + $2 FROM l \
+     WHERE stream_id = $1 AND ($3 = -2 OR version = $3) RETURNING version"
+);
+
+/// Whether appends may be sent as plain statements: true until the server refuses one for
+/// want of privileges (`42501`, raised before the statement runs anything), then the append
+/// functions for the store's lifetime. One flag per store.
+#[derive(Debug)]
+pub(crate) struct Privileges {
+    plain: AtomicBool,
+}
+
+impl Default for Privileges {
+    fn default() -> Self {
+        Self {
+            plain: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Privileges {
+    /// Whether to try a plain statement.
+    pub(crate) fn plain(&self) -> bool {
+        self.plain.load(Ordering::Relaxed)
+    }
+
+    /// After a plain statement failed with `error`: whether to send the function instead
+    /// (the role may not write the tables; from now on every append uses the functions).
+    pub(crate) fn refused(&self, error: &sqlx::Error) -> bool {
+        let refused = sql_state(error).as_deref() == Some("42501");
+        if refused {
+            self.plain.store(false, Ordering::Relaxed);
+        }
+        refused
+    }
+}
+
 /// What the fast path stored: the stream's new version, the events' sequence numbers in
 /// order, and their transaction id. `None`: nothing was written, ask `append_group`.
 pub(crate) type Stored = Option<(i64, Vec<i64>, i64)>;
 
+/// Appends `append` by one statement on `conn`: plain when `privileges` allow, else (or when
+/// the server refuses the plain one) through `append_stream`.
 pub(crate) async fn append(
-    executor: impl PgExecutor<'_>,
+    conn: &mut PgConnection,
     append: &StreamAppend,
     metadata: &[Option<String>],
+    privileges: &Privileges,
 ) -> Result<Stored, sqlx::Error> {
-    let expected = match append.expected {
+    if privileges.plain() {
+        match plain(&mut *conn, append, metadata).await {
+            Err(error) if privileges.refused(&error) => {}
+            other => return other,
+        }
+    }
+    function(conn, append, metadata).await
+}
+
+fn expected_code(expected: ExpectedVersion) -> i64 {
+    match expected {
         ExpectedVersion::Any => -1,
         ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => 0,
         ExpectedVersion::StreamExists => -2,
         ExpectedVersion::Exact(v) => i64::try_from(v).unwrap_or(i64::MAX),
+    }
+}
+
+/// The plain statements, with `append_stream`'s parameters.
+async fn plain(
+    conn: &mut PgConnection,
+    append: &StreamAppend,
+    metadata: &[Option<String>],
+) -> Result<Stored, sqlx::Error> {
+    let expected = expected_code(append.expected);
+    let sql = match expected {
+        -1 => ANY,
+        0 => NEW,
+        _ => EXISTING,
     };
     let events = &append.events;
-    let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let versions: Vec<i32> = events
-        .iter()
-        .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
-        .collect();
-    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
-    let metadata: Vec<Option<&str>> = metadata.iter().map(|m| m.as_deref()).collect();
-    let row: (Option<i64>, Vec<i64>, i64) = sqlx::query_as(APPEND_STREAM)
+    if let [event] = events.as_slice() {
+        let version = i32::try_from(event.schema_version).unwrap_or(i32::MAX);
+        let row: (Option<i64>, Vec<i64>, i64, i64) = sqlx::query_as(sql[1])
+            .bind(append.stream.as_str())
+            .bind(1i64)
+            .bind(expected)
+            .bind(event.event_id)
+            .bind(event.event_type.as_str())
+            .bind(version)
+            .bind(event.payload.as_str())
+            .bind(metadata.first().and_then(|m| m.as_deref()))
+            .fetch_one(conn)
+            .await?;
+        return Ok(stored((row.0, row.1, row.2), 1));
+    }
+    let (ids, types, versions, payloads, metadata) = columns(append, metadata);
+    let row: (Option<i64>, Vec<i64>, i64, i64) = sqlx::query_as(sql[0])
         .bind(append.stream.as_str())
         .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
         .bind(expected)
@@ -49,9 +207,58 @@ pub(crate) async fn append(
         .bind(&versions)
         .bind(&payloads)
         .bind(&metadata)
-        .fetch_one(executor)
+        .fetch_one(conn)
         .await?;
-    Ok(stored(row, events.len()))
+    Ok(stored((row.0, row.1, row.2), events.len()))
+}
+
+/// The events' columns as arrays.
+#[allow(
+    clippy::type_complexity,
+    reason = "the five bound arrays, named where they are bound"
+)]
+fn columns<'a>(
+    append: &'a StreamAppend,
+    metadata: &'a [Option<String>],
+) -> (
+    Vec<uuid::Uuid>,
+    Vec<&'a str>,
+    Vec<i32>,
+    Vec<&'a str>,
+    Vec<Option<&'a str>>,
+) {
+    let events = &append.events;
+    (
+        events.iter().map(|e| e.event_id).collect(),
+        events.iter().map(|e| e.event_type.as_str()).collect(),
+        events
+            .iter()
+            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .collect(),
+        events.iter().map(|e| e.payload.as_str()).collect(),
+        metadata.iter().map(|m| m.as_deref()).collect(),
+    )
+}
+
+/// `append_stream`.
+async fn function(
+    conn: &mut PgConnection,
+    append: &StreamAppend,
+    metadata: &[Option<String>],
+) -> Result<Stored, sqlx::Error> {
+    let (ids, types, versions, payloads, metadata) = columns(append, metadata);
+    let row: (Option<i64>, Vec<i64>, i64) = sqlx::query_as(APPEND_STREAM)
+        .bind(append.stream.as_str())
+        .bind(i64::try_from(append.events.len()).unwrap_or(i64::MAX))
+        .bind(expected_code(append.expected))
+        .bind(&ids)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .fetch_one(conn)
+        .await?;
+    Ok(stored(row, append.events.len()))
 }
 
 /// The fast path's answer from its row: written only if every event got a sequence number.

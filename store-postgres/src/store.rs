@@ -3,8 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use annals::{
-    AppendResult, EventStore, Limits, LogHold, LogPosition, LogRead, RecordedEvent, Snapshot,
-    StreamAppend, StreamId, StreamRead,
+    AggregateRead, AppendResult, EventStore, Limits, LogHold, LogPosition, LogRead, RecordedEvent,
+    Snapshot, StreamAppend, StreamId, StreamRead,
 };
 use futures::stream::BoxStream;
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -13,12 +13,14 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
-    Error, PgConfig, Result,
-    bounded::Db,
+    Error, PgConfig, Result, aggregate,
+    bounded::{Db, Lanes},
     config::{TestHooks, validate_schema_name},
     direct::Direct,
     error::{internal, sql_state},
-    idempotency, info, log,
+    idempotency, info,
+    loads::Loads,
+    log,
     probe::Probe,
     read, stream,
     writer::{self, Outcome, Request, WriterContext},
@@ -54,6 +56,8 @@ struct Inner {
     notify: Option<mpsc::Sender<()>>,
     /// The direct path, unless test hooks are set (they act on the writers' groups).
     direct: Option<Direct>,
+    /// Concurrent loads of aggregates, read together.
+    loads: Loads,
     /// How subscriptions listen for notifications.
     listen: log::Listen,
     hooks: TestHooks,
@@ -100,6 +104,8 @@ impl PgEventStore {
         let db = Db {
             pool: pool.clone(),
             timeout: config.io_timeout,
+            lanes: Lanes::new(&pool, config.max_connections),
+            privileges: Default::default(),
         };
         let channel = config.notify.then(|| config.channel());
         let notify = channel
@@ -137,6 +143,7 @@ impl PgEventStore {
                 writer,
                 notify,
                 direct,
+                loads: Loads::default(),
                 hooks: config.hooks,
             }),
         })
@@ -229,11 +236,8 @@ impl PgEventStore {
                 Some(event.metadata.to_json()?)
             });
         }
-        if let (Some(direct), [append], true) = (
-            &self.inner.direct,
-            appends.as_slice(),
-            self.inner.writer.capacity() == self.inner.writer.max_capacity(),
-        ) && let Some(result) = direct.append(&self.inner.db, append, &metadata).await?
+        if let (Some(direct), [append]) = (&self.inner.direct, appends.as_slice())
+            && let Some(result) = direct.append(&self.inner.db, append, &metadata).await?
         {
             if let Some(notify) = &self.inner.notify {
                 let _ = notify.try_send(());
@@ -253,6 +257,7 @@ impl PgEventStore {
                 appends,
                 metadata,
                 reply,
+                queued: std::time::Instant::now(),
             })
             .await
             .map_err(|_| internal(false, "the store's writers have stopped"))?;
@@ -261,6 +266,14 @@ impl PgEventStore {
             .map_err(|_| internal(true, "a writer stopped before answering"))?
     }
 }
+
+/// Saves a snapshot unless a later one is stored.
+const SAVE_SNAPSHOT: &str = "INSERT INTO snapshots \
+    (stream_id, stream_version, schema_version, payload, taken_at) VALUES ($1, $2, $3, $4, $5) \
+    ON CONFLICT (stream_id) DO UPDATE SET stream_version = excluded.stream_version, \
+      schema_version = excluded.schema_version, payload = excluded.payload, \
+      taken_at = excluded.taken_at \
+    WHERE snapshots.stream_version <= excluded.stream_version";
 
 /// The store's name in spans.
 const STORE: &str = "postgres";
@@ -303,19 +316,29 @@ fn record_positions(span: &tracing::Span, results: &annals::Result<Vec<AppendRes
 }
 
 impl EventStore for PgEventStore {
-    async fn append_multi(&self, appends: Vec<StreamAppend>) -> annals::Result<Vec<AppendResult>> {
-        self.inner.limits.check(&appends)?;
-        let span = append_span(&appends);
-        let results = async {
-            match self.submit(appends).await? {
-                Outcome::Appended(results) => Ok(results),
-                Outcome::Duplicate(appends) => idempotency::resolve(&self.inner.db, &appends).await,
+    /// The future is boxed: the append's own state (the statements' futures, their bounds)
+    /// is several kilobytes, which every caller's future would otherwise hold inline and
+    /// copy each time it is moved (a repository's command moved it several times).
+    fn append_multi(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> impl Future<Output = annals::Result<Vec<AppendResult>>> + Send {
+        Box::pin(async move {
+            self.inner.limits.check(&appends)?;
+            let span = append_span(&appends);
+            let results = async {
+                match self.submit(appends).await? {
+                    Outcome::Appended(results) => Ok(results),
+                    Outcome::Duplicate(appends) => {
+                        idempotency::resolve(&self.inner.db, &appends).await
+                    }
+                }
             }
-        }
-        .instrument(span.clone())
-        .await;
-        record_positions(&span, &results);
-        results
+            .instrument(span.clone())
+            .await;
+            record_positions(&span, &results);
+            results
+        })
     }
 
     fn read_stream<'a>(
@@ -324,6 +347,28 @@ impl EventStore for PgEventStore {
         read: StreamRead,
     ) -> BoxStream<'a, annals::Result<RecordedEvent>> {
         stream::read_stream(self.inner.db.clone(), stream.clone(), read)
+    }
+
+    /// One statement for the snapshot and the first page of events after it, on the caller's
+    /// task (see `aggregate.rs`). The future is boxed, as `append_multi`'s is.
+    fn read_aggregate<'a>(
+        &'a self,
+        stream: &StreamId,
+        snapshot_version: Option<u32>,
+        read: StreamRead,
+    ) -> impl Future<Output = annals::Result<AggregateRead<'a>>> + Send + 'a {
+        let stream = stream.clone();
+        Box::pin(async move {
+            let found: AggregateRead<'a> = aggregate::read(
+                &self.inner.db,
+                &self.inner.loads,
+                stream,
+                snapshot_version,
+                read,
+            )
+            .await?;
+            Ok(found)
+        })
     }
 
     fn read_all(&self, read: LogRead) -> BoxStream<'_, annals::Result<RecordedEvent>> {
@@ -392,28 +437,24 @@ impl EventStore for PgEventStore {
         info::log_hold(&self.inner.db).await
     }
 
-    async fn save_snapshot(&self, snapshot: Snapshot) -> annals::Result<()> {
-        self.inner
-            .db
-            .read("saving a snapshot", async |c| {
-                sqlx::query(
-            "INSERT INTO snapshots (stream_id, stream_version, schema_version, payload, taken_at) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (stream_id) DO UPDATE SET stream_version = excluded.stream_version, \
-               schema_version = excluded.schema_version, payload = excluded.payload, \
-               taken_at = excluded.taken_at \
-             WHERE snapshots.stream_version <= excluded.stream_version",
-        )
-        .bind(snapshot.stream_id.as_str())
-        .bind(i64::try_from(snapshot.stream_version).unwrap_or(i64::MAX))
-        .bind(i32::try_from(snapshot.schema_version).unwrap_or(i32::MAX))
-        .bind(snapshot.payload.as_str())
-        .bind(snapshot.taken_at)
-        .execute(c)
-        .await
-            })
-            .await?;
-        Ok(())
+    // Boxed, as `append_multi`: a repository's command holds this future.
+    fn save_snapshot(&self, snapshot: Snapshot) -> impl Future<Output = annals::Result<()>> + Send {
+        Box::pin(async move {
+            self.inner
+                .db
+                .read("saving a snapshot", async |c| {
+                    sqlx::query(SAVE_SNAPSHOT)
+                        .bind(snapshot.stream_id.as_str())
+                        .bind(i64::try_from(snapshot.stream_version).unwrap_or(i64::MAX))
+                        .bind(i32::try_from(snapshot.schema_version).unwrap_or(i32::MAX))
+                        .bind(snapshot.payload.as_str())
+                        .bind(snapshot.taken_at)
+                        .execute(c)
+                        .await
+                })
+                .await?;
+            Ok(())
+        })
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> annals::Result<Option<Snapshot>> {

@@ -53,7 +53,7 @@ async fn produce(
         };
         let want = usize::try_from(left).map_or(batch, |l| l.min(batch));
         let sent = if first {
-            let Some(conn) = pages::connection(&db.pool, &tx).await else {
+            let Some(conn) = pages::connection(&db, &tx).await else {
                 return;
             };
             let query = stream_query(stream.as_str(), from, forward, read.for_folding, want);

@@ -35,6 +35,8 @@ pub(crate) struct Request {
     /// Per event, in order: the metadata JSON, `None` when empty.
     pub(crate) metadata: Vec<Option<String>>,
     pub(crate) reply: oneshot::Sender<annals::Result<Outcome>>,
+    /// When the call was queued.
+    pub(crate) queued: std::time::Instant,
 }
 
 /// What the writer made of one call.
@@ -201,7 +203,9 @@ async fn execute_single(group: &[Request], context: &WriterContext) -> Single {
     };
     let stored = context
         .db
-        .append(async |c| single::append(c, append, &request.metadata).await)
+        .append(async |c| {
+            single::append(c, append, &request.metadata, &context.db.privileges).await
+        })
         .await;
     match stored {
         Ok(Some((version, seq, tx))) => Single::Stored(GroupResult {
@@ -243,6 +247,21 @@ fn time_out(group: Vec<Request>, error: &crate::Error) {
 }
 
 async fn execute(mut group: Vec<Request>, context: &WriterContext) {
+    // Calls that waited in the queue while another group found the server unreachable get
+    // that answer now: trying again would make them wait as long once more.
+    let mut waiting = Vec::with_capacity(group.len());
+    for request in group {
+        match context.probe.unreachable_since(request.queued) {
+            Some(error) => {
+                let _ = request.reply.send(Err(Error::backend(true, error)));
+            }
+            None => waiting.push(request),
+        }
+    }
+    group = waiting;
+    if group.is_empty() {
+        return;
+    }
     // After a fast path could not decide, look for stored ids at once.
     let mut check_dups = match execute_single(&group, context).await {
         Single::Stored(result) => {
@@ -310,6 +329,7 @@ async fn execute(mut group: Vec<Request>, context: &WriterContext) {
                 if (retry || lost) && attempt < ATTEMPTS {
                     if lost {
                         tracing::debug!(%error, "a pooled connection was dead; sending the group again");
+                        context.db.lanes.release();
                         sweep(&context.pool).await;
                     }
                     check_dups = true;

@@ -676,6 +676,118 @@ pub async fn snapshots_keep_the_latest<S: EventStore>(store: S) {
     );
 }
 
+/// `read_aggregate` answers with the stream's snapshot of the schema version asked for (none
+/// when another version is stored, or none is asked for) and the events after it, read as
+/// asked: from a later first version, across pages, with a limit, for folding.
+pub async fn read_aggregate_snapshot_and_tail<S: EventStore>(store: S) {
+    let s = sid("agg");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(12))
+        .await
+        .expect("append");
+    let read = |snapshot_version: Option<u32>, read: StreamRead| {
+        let store = &store;
+        let s = &s;
+        async move {
+            let found = store
+                .read_aggregate(s, snapshot_version, read)
+                .await
+                .expect("read_aggregate");
+            let events: Vec<RecordedEvent> = found.events.try_collect().await.expect("events");
+            (found.snapshot, events)
+        }
+    };
+    let versions =
+        |events: &[RecordedEvent]| events.iter().map(|e| e.stream_version).collect::<Vec<_>>();
+
+    let (found, events) = read(Some(1), StreamRead::forward()).await;
+    assert!(found.is_none());
+    assert_eq!(versions(&events), (1..=12).collect::<Vec<_>>());
+    assert_eq!(events, read_stream(&store, &s).await);
+
+    store
+        .save_snapshot(snapshot(&s, 5, 1, json!({ "total": 5 })))
+        .await
+        .expect("save");
+    let stored = store.load_snapshot(&s).await.expect("load").expect("some");
+    let (found, events) = read(Some(1), StreamRead::forward()).await;
+    assert_eq!(found.as_ref(), Some(&stored));
+    assert_eq!(versions(&events), (6..=12).collect::<Vec<_>>());
+    let all = read_stream(&store, &s).await;
+    assert_eq!(events, all[5..]);
+
+    for (asked, read_as) in [
+        (Some(2), StreamRead::forward()),
+        (None, StreamRead::forward()),
+    ] {
+        let (found, events) = read(asked, read_as).await;
+        assert!(found.is_none(), "{asked:?}");
+        assert_eq!(versions(&events), (1..=12).collect::<Vec<_>>());
+    }
+    let (found, events) = read(None, StreamRead::forward_from(3)).await;
+    assert!(found.is_none());
+    assert_eq!(versions(&events), (3..=12).collect::<Vec<_>>());
+    let (found, events) = read(Some(1), StreamRead::forward_from(8)).await;
+    assert_eq!(found.map(|f| f.stream_version), Some(5));
+    assert_eq!(versions(&events), (8..=12).collect::<Vec<_>>());
+    let (_, events) = read(Some(1), StreamRead::forward().with_page_size(2)).await;
+    assert_eq!(versions(&events), (6..=12).collect::<Vec<_>>());
+    let (_, events) = read(
+        Some(1),
+        StreamRead::forward().with_page_size(3).with_limit(4),
+    )
+    .await;
+    assert_eq!(versions(&events), [6, 7, 8, 9]);
+    let (_, events) = read(None, StreamRead::forward().with_page_size(5).with_limit(0)).await;
+    assert!(events.is_empty());
+
+    // For folding: what folding needs as stored, the rest as stored or left out.
+    for page in [1000, 2] {
+        let (found, folding) = read(
+            Some(1),
+            StreamRead::forward().with_page_size(page).for_folding(),
+        )
+        .await;
+        assert_eq!(found.as_ref(), Some(&stored));
+        assert_eq!(folding.len(), 7);
+        for (f, e) in folding.iter().zip(&all[5..]) {
+            assert_eq!(
+                (f.position, &f.stream_id, f.stream_version),
+                (e.position, &e.stream_id, e.stream_version)
+            );
+            assert_eq!(
+                (&f.event_type, f.schema_version, &f.payload),
+                (&e.event_type, e.schema_version, &e.payload)
+            );
+            assert!(f.event_id == e.event_id || f.event_id.is_nil());
+            assert!(f.metadata == e.metadata || f.metadata == crate::Metadata::default());
+            assert!(f.recorded_at == e.recorded_at || f.recorded_at == OffsetDateTime::UNIX_EPOCH);
+        }
+    }
+
+    // A snapshot of the whole stream leaves nothing to read; a missing stream has nothing.
+    store
+        .save_snapshot(snapshot(&s, 12, 1, json!({ "total": 12 })))
+        .await
+        .expect("save");
+    let (found, events) = read(Some(1), StreamRead::forward().for_folding()).await;
+    assert_eq!(found.map(|f| f.stream_version), Some(12));
+    assert!(events.is_empty());
+    let missing = store
+        .read_aggregate(&sid("agg-missing"), Some(1), StreamRead::forward())
+        .await
+        .expect("read_aggregate");
+    assert!(missing.snapshot.is_none());
+    assert!(
+        missing
+            .events
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("read")
+            .is_empty()
+    );
+}
+
 /// The repository snapshots by policy, loads snapshot plus tail, and falls back to a full
 /// replay when a snapshot does not decode or has another schema version.
 pub async fn repository_snapshots_and_fallback<S: EventStore>(store: S) {

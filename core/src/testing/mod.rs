@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
             read_stream_directions_and_limits,
             invalid_appends_write_nothing,
             snapshots_keep_the_latest,
+            read_aggregate_snapshot_and_tail,
             repository_snapshots_and_fallback,
             upcasting_on_read,
             subscribe_catch_up_then_live,
