@@ -53,13 +53,31 @@ pub enum BrokerError {
     /// A setting that cannot work.
     #[error("invalid broker configuration: {0}")]
     Config(String),
+    /// A consumer gave up a message under [`Poison::Stop`](crate::Poison::Stop): it stays
+    /// unacknowledged, and is delivered again to the next run.
+    #[error(
+        "{consumer}: gave up the message on {subject} (event {event_id:?}) after {attempts} deliveries: {reason}"
+    )]
+    Poisoned {
+        /// Which consumer.
+        consumer: String,
+        /// The message's subject or routing key.
+        subject: String,
+        /// The event id, when the message has a readable one.
+        event_id: Option<uuid::Uuid>,
+        /// Failed deliveries.
+        attempts: u32,
+        /// The handler's last error, or why the message does not read.
+        reason: String,
+    },
 }
 
 impl BrokerError {
     /// True for outages (connecting, a lost connection, a missing confirm, a failed call):
-    /// the same work may succeed later. False for configuration mistakes.
+    /// the same work may succeed later. False for configuration mistakes and a consumer that
+    /// gave up a message.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::Config(_))
+        !matches!(self, Self::Config(_) | Self::Poisoned { .. })
     }
 
     /// The error as the runner's: transient errors become [`Error::Io`], which the runner

@@ -16,8 +16,10 @@ use crate::{Broker, BrokerError, Message, Published, Refusal, Subjects, headers}
 ///
 /// Each event is published to the exchange with the routing key [`Subjects`] names (default
 /// `events.<category>.<type>`), persistent (delivery mode 2), `mandatory`, with `message_id`
-/// set to the event id, `type` to the event type, `content_type` `application/json`, and the
-/// headers of [`headers`](crate::headers). The channel is in confirm mode: a batch returns
+/// set to the event id, `type` to the event type, `correlation_id` to the metadata's,
+/// `timestamp` to when the store committed it, `content_type` `application/json`, and the
+/// other headers of [`headers`](crate::headers) in the header table (the event type and the
+/// correlation id only in their properties). The channel is in confirm mode: a batch returns
 /// once RabbitMQ has confirmed every message (up to [`window`](RabbitPublisher::with_window)
 /// confirms are awaited at once). A message no queue takes (returned as unroutable) or that
 /// RabbitMQ negatively acknowledges is refused, and follows the publisher's failure policy.
@@ -222,15 +224,19 @@ impl RabbitPublisher {
     }
 }
 
-/// The properties of a message: persistent, `message_id`, `type`, `content_type`,
-/// `correlation_id`, `timestamp`, and the headers of [`headers`](crate::headers).
+/// The properties of a message: persistent, `message_id` (the event id), `type` (the event
+/// type), `correlation_id`, `timestamp` (when the store committed the event, whole seconds),
+/// `content_type`, and in the header table the rest of [`headers`](crate::headers): schema
+/// version, stream, stream version, position, causation id, `traceparent`, `tracestate`.
+///
+/// The event type and the correlation id travel once, in their AMQP properties, not again
+/// as `Annals-Event-Type` and `Annals-Correlation-Id` headers: RabbitMQ decodes and stores
+/// every property and header of every persistent message, and each one costs (two fewer
+/// header fields measured about a tenth more messages/s; every property dropped, the rate of
+/// the bare client; see BENCHMARKS.md).
 fn properties(message: &Message) -> BasicProperties {
     let mut table = FieldTable::default();
     let text = |s: &str| AMQPValue::LongString(s.into());
-    table.insert(
-        headers::EVENT_TYPE.into(),
-        text(message.event_type.as_str()),
-    );
     table.insert(
         headers::SCHEMA_VERSION.into(),
         AMQPValue::LongUInt(message.schema_version),
@@ -241,11 +247,12 @@ fn properties(message: &Message) -> BasicProperties {
         AMQPValue::LongLongInt(i64::try_from(message.stream_version).unwrap_or(i64::MAX)),
     );
     table.insert(headers::POSITION.into(), text(&message.position_text()));
-    if let Some(id) = message.correlation_id {
-        table.insert(headers::CORRELATION_ID.into(), text(&id.to_string()));
-    }
     if let Some(id) = message.causation_id {
-        table.insert(headers::CAUSATION_ID.into(), text(&id.to_string()));
+        let mut buffer = uuid::Uuid::encode_buffer();
+        table.insert(
+            headers::CAUSATION_ID.into(),
+            text(id.hyphenated().encode_lower(&mut buffer)),
+        );
     }
     if let Some(trace) = &message.trace {
         table.insert(headers::TRACEPARENT.into(), text(&trace.traceparent));

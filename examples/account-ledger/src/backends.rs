@@ -7,6 +7,9 @@
 //!   SQLite store (`events.sqlite`) and the leases (`leases/`); the balances are kept in
 //!   process and built by replay at the first query of each run.
 //!
+//! The notification feed of `ledger notify` is the consumer's own store: the schema
+//! `<pg-schema>_notify` in server mode, `DATA_DIR/notifications.sqlite` in embedded mode.
+//!
 //! Either way the tantivy index lives in the data directory (`search/`, or
 //! `search-<schema>/search/` in server mode so two schemas never share an index). Only
 //! queries touch a read model: a write works with Redis down.
@@ -21,6 +24,7 @@ use annals_sqlite::{SqliteConfig, SqliteEventStore};
 use crate::{
     app::{App, BalancesTarget, ReadConfig},
     cli::{BackendChoice, Cli, Command},
+    notify::{NatsSettings, NotifyTarget},
     projections::{BALANCES, LedgerLeases},
 };
 
@@ -87,7 +91,8 @@ impl Backend {
             Self::Embedded => {
                 let app = embedded_app(&cli.data_dir)
                     .await?
-                    .with_lease_ttl(cli.lease_ttl);
+                    .with_lease_ttl(cli.lease_ttl)
+                    .with_nats(nats(&cli));
                 run(app, cli.command).await
             }
             Self::Server {
@@ -114,11 +119,15 @@ impl Backend {
                         schema: cli.pg_schema.clone(),
                     },
                 };
-                run(
-                    App::new(store, read).with_lease_ttl(cli.lease_ttl),
-                    cli.command,
-                )
-                .await
+                let notify = NotifyTarget::Postgres {
+                    pool: store.pool().clone(),
+                    schema: format!("{}_notify", cli.pg_schema),
+                };
+                let app = App::new(store, read)
+                    .with_lease_ttl(cli.lease_ttl)
+                    .with_nats(nats(&cli))
+                    .with_notify_store(notify);
+                run(app, cli.command).await
             }
         }
     }
@@ -148,5 +157,15 @@ pub async fn embedded_app(dir: &Path) -> Result<App<SqliteEventStore>, BackendEr
         search_root: dir.to_owned(),
         leases,
     };
-    Ok(App::new(store, read))
+    Ok(App::new(store, read)
+        .with_notify_store(NotifyTarget::Sqlite(dir.join("notifications.sqlite"))))
+}
+
+/// Where the ledger's events go on NATS, when `--nats-url` is given.
+fn nats(cli: &Cli) -> Option<NatsSettings> {
+    cli.nats_url.as_ref().map(|url| NatsSettings {
+        url: url.clone(),
+        stream: cli.nats_stream.clone(),
+        prefix: cli.nats_prefix.clone(),
+    })
 }

@@ -46,6 +46,26 @@ pub struct Cli {
         default_value = "ledger"
     )]
     pub redis_prefix: String,
+    /// NATS server(s) for the ledger's events: `ledger work` publishes every account event
+    /// to JetStream, `ledger notify` consumes them (without it, nothing is published).
+    #[arg(long, global = true, env = "LEDGER_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// The JetStream stream of the ledger's events (created when missing).
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGER_NATS_STREAM",
+        default_value = "LEDGER"
+    )]
+    pub nats_stream: String,
+    /// The subject prefix of the ledger's events: `<prefix>.account.<EventType>`.
+    #[arg(
+        long,
+        global = true,
+        env = "LEDGER_NATS_PREFIX",
+        default_value = "ledger"
+    )]
+    pub nats_prefix: String,
     /// How long a process's claim on a read model or reactor outlives it when it dies
     /// without letting go (killed), in seconds: another process takes over after that.
     #[arg(long, global = true, env = "LEDGER_LEASE_TTL", default_value = "5", value_parser = seconds)]
@@ -269,6 +289,26 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         bank_latency_ms: u64,
     },
+    /// Consume the ledger's events from NATS into each account's notification feed (the
+    /// consumer's own store), once each even when a message comes twice; until Ctrl-C.
+    Notify {
+        /// Stop once every message of the stream has been consumed.
+        #[arg(long)]
+        once: bool,
+        /// How long NATS waits for a message's acknowledgement before it delivers it again
+        /// (after a consumer died), in seconds.
+        #[arg(long, default_value = "10", value_parser = seconds)]
+        ack_wait: std::time::Duration,
+    },
+    /// An account's notification feed, newest first (filled by `ledger notify`).
+    Notifications {
+        /// The account.
+        #[arg(value_parser = account_id)]
+        account: String,
+        /// Most lines shown.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Generate random but plausible activity, for load.
     Seed {
         /// Accounts to open.
@@ -286,12 +326,14 @@ pub enum Command {
 }
 
 /// The crates whose level `-v` raises.
-const OWN_CRATES: [&str; 6] = [
+const OWN_CRATES: [&str; 8] = [
     "annals",
     "annals_postgres",
     "annals_sqlite",
     "annals_projections",
     "annals_projections_sql",
+    "annals_brokers",
+    "annals_inbox",
     "account_ledger",
 ];
 

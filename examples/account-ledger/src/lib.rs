@@ -6,6 +6,7 @@ mod cli;
 mod demo;
 pub mod domain;
 pub mod money;
+pub mod notify;
 pub mod projections;
 mod seed;
 

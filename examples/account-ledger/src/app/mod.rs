@@ -15,6 +15,7 @@ use crate::{
     cli::Command,
     domain::{AccountCommand, Ledger, LedgerError, SimulatedBank, start_payout},
     money::{Money, MoneyError, format_amount, parse_amount},
+    notify::{NatsSettings, NotifyError, NotifyStore, NotifyTarget},
     projections::{Filter, ReadError},
 };
 
@@ -55,6 +56,9 @@ pub enum AppError {
     /// A read model failed or is unavailable.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The broker or the notification store failed.
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] annals::Error),
@@ -184,6 +188,8 @@ fn search_filter(
 pub struct App<S> {
     ledger: Ledger<S>,
     read: read_side::ReadSide<S>,
+    nats: Option<NatsSettings>,
+    notify: Option<NotifyTarget>,
 }
 
 impl<S: EventStore + Clone + 'static> App<S> {
@@ -193,7 +199,27 @@ impl<S: EventStore + Clone + 'static> App<S> {
         Self {
             ledger: Ledger::new(store.clone()),
             read: read_side::ReadSide::new(store, read),
+            nats: None,
+            notify: None,
         }
+    }
+
+    /// Publishes the account events to NATS in `ledger work`, and consumes them in
+    /// `ledger notify` (none: nothing is published).
+    pub fn with_nats(mut self, nats: Option<NatsSettings>) -> Self {
+        self.nats = nats;
+        self
+    }
+
+    /// Keeps the notification feed (`ledger notify`, `ledger notifications`) in `target`.
+    pub fn with_notify_store(mut self, target: NotifyTarget) -> Self {
+        self.notify = Some(target);
+        self
+    }
+
+    async fn notify_store(&self) -> Result<NotifyStore, AppError> {
+        let target = self.notify.as_ref().ok_or(AppError::NotHere("notify"))?;
+        Ok(NotifyStore::open(target).await?)
     }
 
     /// Sets how long this process's leases outlive it if it is killed (default 5 s).
@@ -332,7 +358,11 @@ impl<S: EventStore + Clone + 'static> App<S> {
                     eprintln!("working the reactors until Ctrl-C");
                 }
                 let before = self.ledger.store().head_position().await?;
-                let statuses = self.read.work(&self.ledger, bank, once).await?;
+                let publisher = self
+                    .nats
+                    .as_ref()
+                    .map(|n| (n.publisher_name(), n.publisher()));
+                let statuses = self.read.work(&self.ledger, bank, once, publisher).await?;
                 self.print_answered(before).await?;
                 for status in statuses {
                     say!("{status}");
@@ -376,6 +406,30 @@ impl<S: EventStore + Clone + 'static> App<S> {
             } => {
                 let report = crate::seed::seed(&self.ledger, accounts, events, seed).await?;
                 say!("{report}");
+            }
+            Command::Notify { once, ack_wait } => {
+                let nats = self.nats.as_ref().ok_or(NotifyError::NoBroker)?;
+                let store = self.notify_store().await?;
+                if !once {
+                    eprintln!(
+                        "consuming {} from {} into the notification feeds until Ctrl-C",
+                        nats.stream, nats.url
+                    );
+                }
+                let outcome = crate::notify::consume(nats, &store, ack_wait, once).await;
+                store.close().await;
+                let (handled, new) = outcome?;
+                say!(
+                    "consumed {handled} message(s) from NATS stream {}: {new} new notification(s), {} already in the feeds",
+                    nats.stream,
+                    handled - new
+                );
+            }
+            Command::Notifications { account, limit } => {
+                let store = self.notify_store().await?;
+                let outcome = self.print_notifications(&store, &account, limit).await;
+                store.close().await;
+                outcome?;
             }
             Command::Demo => return Err(AppError::NotHere("demo")),
         }

@@ -209,4 +209,34 @@ impl<S: EventStore + Clone + 'static> App<S> {
         }
         Ok(())
     }
+
+    pub(super) async fn print_notifications(
+        &self,
+        store: &crate::notify::NotifyStore,
+        account: &str,
+        limit: usize,
+    ) -> Result<(), AppError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let feed = store.feed(account, limit).await?;
+        if feed.is_empty() {
+            say!(
+                "no notifications for {account} yet (`ledger notify` consumes the ledger's events from NATS into the feeds)"
+            );
+            return Ok(());
+        }
+        let total = store.count(account).await?;
+        say!(
+            "notifications for {account}, newest first ({} of {total}):",
+            feed.len()
+        );
+        for n in feed {
+            say!(
+                "  #{:<5} {}  {}",
+                n.stream_version,
+                when(n.received_at_ms.div_euclid(1_000)),
+                n.text
+            );
+        }
+        Ok(())
+    }
 }

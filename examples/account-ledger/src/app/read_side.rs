@@ -10,16 +10,17 @@ use std::{
 };
 
 use annals::{EventStore, LogPosition};
+use annals_brokers::NatsPublisher;
 use annals_projections::{
-    Backoff, FailurePolicy, Generation, MemoryReadModel, ProgressDisplay, ProjectionConfig,
-    ProjectionRunner, ProjectionState, ProjectionStatus, RebuildReport, RedisConnection,
-    RedisReadModel, RunnerConfig, StoreChange, TantivyReadModel,
+    Backoff, EventFilter, FailurePolicy, Generation, MemoryReadModel, ProgressDisplay,
+    ProjectionConfig, ProjectionRunner, ProjectionState, ProjectionStatus, RebuildReport,
+    RedisConnection, RedisReadModel, RunnerConfig, StoreChange, TantivyReadModel,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
-use crate::domain::{Ledger, PAYOUTS, Payouts, SimulatedBank, bank_dependency};
+use crate::domain::{Account, Ledger, PAYOUTS, Payouts, SimulatedBank, bank_dependency};
 use crate::projections::{
     AccountDoc, BALANCES, Balances, Fields, Filter, Hit, LedgerLeases, MemoryBalances, ReadError,
     RedisBalances, SEARCH, SearchProjection, open_index, search,
@@ -245,23 +246,43 @@ impl<S: EventStore + Clone + 'static> ReadSide<S> {
         ledger: &Ledger<S>,
         bank: SimulatedBank,
         once: bool,
+        publisher: Option<(String, NatsPublisher)>,
     ) -> Result<Vec<ProjectionStatus>, ReadError> {
         let runner = self.start_reactors(ledger, bank).await?;
+        let mut names = vec![PAYOUTS.to_owned()];
+        if let Some((name, publisher)) = publisher {
+            // A message the broker refuses stops the publisher (the status says why) rather
+            // than leave a gap in what the consumers see; outages are retried.
+            let config = Self::projection_config().with_policy(FailurePolicy::Stop);
+            self.config
+                .leases
+                .add_publisher(
+                    runner,
+                    &name,
+                    EventFilter::aggregate::<Account>(),
+                    publisher,
+                    config,
+                )
+                .await?;
+            names.push(name);
+        }
         if once {
             runner.catch_up(QUERY_TIMEOUT).await?;
             // Reaching the head comes a moment before the state says "running".
-            let mut status = runner.watch(PAYOUTS)?;
-            let settled = status.wait_for(|s| {
-                !matches!(
-                    s.state,
-                    ProjectionState::Starting | ProjectionState::CatchingUp
-                )
-            });
-            let _ = tokio::time::timeout(Duration::from_secs(2), settled).await;
+            for name in &names {
+                let mut status = runner.watch(name)?;
+                let settled = status.wait_for(|s| {
+                    !matches!(
+                        s.state,
+                        ProjectionState::Starting | ProjectionState::CatchingUp
+                    )
+                });
+                let _ = tokio::time::timeout(Duration::from_secs(2), settled).await;
+            }
         } else {
             let _ = tokio::signal::ctrl_c().await;
         }
-        Ok(runner.status(PAYOUTS).into_iter().collect())
+        Ok(names.iter().filter_map(|n| runner.status(n)).collect())
     }
 
     /// Brings projection `name` up to the store's head as it is now; returns that head.

@@ -14,8 +14,10 @@
 use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
 
 use annals::EventStore;
+use annals_brokers::{Broker, Publisher};
 use annals_projections::{
-    Fence, InMemoryLeases, LeaseStore, ProjectionConfig, ProjectionRunner, Reactor, Result,
+    EventFilter, Fence, InMemoryLeases, LeaseStore, ProjectionConfig, ProjectionRunner, Reactor,
+    Result,
 };
 use annals_projections_sql::{PgLeases, PgTables, SqlSchema, SqliteLeases, SqliteTables};
 use futures::future::BoxFuture;
@@ -114,6 +116,38 @@ impl LedgerLeases {
                 let checkpoints = PgTables::new(pool.clone(), schema, &name, SqlSchema::new())?;
                 checkpoints.migrate().await?;
                 runner.add_reactor(reactor, checkpoints, config)
+            }
+        }
+    }
+
+    /// Starts a publisher of the events `filter` accepts to `broker` in `runner`, named
+    /// `name`, its checkpoint kept beside the leases (as [`LedgerLeases::add_reactor`]), so a
+    /// new process publishes on from the last batch the broker confirmed.
+    ///
+    /// # Errors
+    /// The checkpoint table cannot be created; as `ProjectionRunner::add`.
+    pub async fn add_publisher<S, B>(
+        &self,
+        runner: &ProjectionRunner<S>,
+        name: &str,
+        filter: EventFilter,
+        broker: B,
+        config: ProjectionConfig,
+    ) -> Result<()>
+    where
+        S: EventStore + Clone + 'static,
+        B: Broker,
+    {
+        match self {
+            Self::Sqlite { pool, .. } => {
+                let checkpoints = SqliteTables::new(pool.clone(), name, SqlSchema::new())?;
+                checkpoints.migrate().await?;
+                Publisher::new(name, filter, broker).add_to(runner, checkpoints, config)
+            }
+            Self::Postgres { pool, schema, .. } => {
+                let checkpoints = PgTables::new(pool.clone(), schema, name, SqlSchema::new())?;
+                checkpoints.migrate().await?;
+                Publisher::new(name, filter, broker).add_to(runner, checkpoints, config)
             }
         }
     }
