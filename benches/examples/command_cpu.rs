@@ -1,19 +1,30 @@
-//! Where the command path's CPU goes: rounds of one deposit command per stream (10,000
-//! streams, cached aggregates, as `annals-bench pg.command.64` times them), each timed with
-//! the CPU used by this process and by all PostgreSQL processes, in microseconds a command.
+//! Where the command path's CPU goes: timed runs of each command path, alternating, each
+//! measured with the CPU used by this process and by all PostgreSQL processes, in
+//! microseconds a command. Steadier than commands/s on a shared 2-core machine.
 //!
 //! `cargo run --release -p annals-bench --example command_cpu` (Linux only: it reads `/proc`).
-//! Settings from the environment: `DATABASE_URL`, `TASKS` (concurrent tasks, 64), `WRITERS`
-//! (the store's group-commit writers, 4), `RUNS` (timed rounds, 4), `KEEP=1` to keep the
-//! schema `annals_command_cpu` afterwards (to look at it with `psql`).
+//! Settings from the environment:
+//! - `PATHS`: the command paths, comma-separated, run in this order in every round (default
+//!   `uncached,raw-command`): `cached` (a cached repository, one command on each of
+//!   `STREAMS` streams opened first, as `annals-bench pg.command.N` times it), `raw-insert`
+//!   (its baseline: `BEGIN`, `INSERT`, `COMMIT`), `uncached` (no cache: load, decide,
+//!   append, 10 commands on each of `STREAMS / 10` aggregates, as
+//!   `pg.command.uncached.N`), `raw-command` (its baseline: a hand-written `SELECT`, fold,
+//!   decide, `INSERT`);
+//! - `TASKS`: concurrent tasks, comma-separated (default `1,8,64`);
+//! - `STREAMS` (10000), `RUNS` (rounds per task count, 3), `DATABASE_URL`.
+//!
+//! `backends` is the CPU of the PostgreSQL backends serving this process's connections
+//! ([`annals_bench::cpu::Sample`]): other sessions in the same cluster (test suites, say) do
+//! not disturb it, but it leaves out the server's shared work (the WAL writer's). `all
+//! postgres` is every postgres process on the machine, theirs included.
 use std::time::Instant;
 
-use annals::{CommandContext, Repository};
 use annals_bench::{
     BenchResult,
-    ledger::{Account, Deposit, Deposited, account_id},
+    commands::{self, COMMANDS_PER_AGGREGATE, CommandPath},
+    cpu,
 };
-use annals_postgres::{PgConfig, PgEventStore};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -22,70 +33,58 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// One command per stream, the streams dealt out to `tasks` tasks.
-async fn round(
-    repo: &Repository<Account, PgEventStore>,
-    streams: u64,
-    tasks: u64,
-    r: u64,
-) -> BenchResult<()> {
-    let context = CommandContext::new();
-    let handles: Vec<_> = (0..tasks)
-        .map(|t| {
-            let repo = repo.clone();
-            let context = context.clone();
-            tokio::spawn(async move {
-                let mut n = t;
-                while n < streams {
-                    repo.execute(
-                        &account_id(n),
-                        Deposit(Deposited::sample(n, n + r)),
-                        &context,
-                    )
-                    .await?;
-                    n += tasks;
-                }
-                BenchResult::Ok(())
-            })
+fn list<T: std::str::FromStr>(name: &str, default: &str) -> BenchResult<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<T>()
+                .map_err(|e| format!("{name}: {e}").into())
         })
-        .collect();
-    for h in handles {
-        h.await??;
-    }
-    Ok(())
+        .collect()
 }
 
 async fn run() -> BenchResult<()> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let streams = 10_000u64;
-    let tasks = env_or("TASKS", 64u64);
-    let config = PgConfig::new(url)
-        .with_schema("annals_command_cpu")
-        .with_max_connections(16)
-        .with_writers(env_or("WRITERS", 4usize));
-    let store = PgEventStore::connect(config).await?;
-    store.drop_schema().await?;
-    store.migrate().await?;
-    let repo = Repository::<Account, _>::new(store.clone()).with_cache(streams as usize);
-    round(&repo, streams, 64, 1).await?;
-    for r in 2..2 + env_or("RUNS", 4u64) {
-        let (own0, pg0) = annals_bench::cpu::ticks();
-        let start = Instant::now();
-        round(&repo, streams, tasks, r).await?;
-        let wall = start.elapsed().as_secs_f64();
-        let (own1, pg1) = annals_bench::cpu::ticks();
-        let us = |t: u64| t as f64 / annals_bench::cpu::TICKS_PER_SECOND / streams as f64 * 1e6;
-        println!(
-            "{:>6.0} commands/s  client {:.1} + postgres {:.1} us a command ({:.2} cores busy)",
-            streams as f64 / wall,
-            us(own1 - own0),
-            us(pg1 - pg0),
-            (own1 - own0 + pg1 - pg0) as f64 / annals_bench::cpu::TICKS_PER_SECOND / wall
-        );
-    }
-    if env_or("KEEP", 0) == 0 {
-        store.drop_schema().await?;
+    let streams = env_or("STREAMS", 10_000u64);
+    let paths: Vec<CommandPath> = list("PATHS", "uncached,raw-command")?;
+    let tasks: Vec<usize> = list("TASKS", "1,8,64")?;
+    for &t in &tasks {
+        for _ in 0..env_or("RUNS", 3u64) {
+            for &path in &paths {
+                let n = match path {
+                    CommandPath::Cached | CommandPath::RawInsert => streams,
+                    CommandPath::Uncached | CommandPath::RawCommand => {
+                        (streams / COMMANDS_PER_AGGREGATE).max(1)
+                    }
+                };
+                let mut prepared = commands::prepare(&url, path, n, t).await?;
+                let before = cpu::Sample::take();
+                let start = Instant::now();
+                let ran = prepared.run().await;
+                let wall = start.elapsed().as_secs_f64();
+                let used = cpu::Sample::take().since(&before);
+                prepared.drop().await?;
+                let commands = ran?;
+                let us = |t: u64| t as f64 / cpu::TICKS_PER_SECOND / commands as f64 * 1e6;
+                println!(
+                    "{:<12} {t:>3} tasks {:>6.0} commands/s  client {:>5.1} + backends {:>5.1} \
+                     = {:>5.1} us a command (all postgres {:>5.1}; {:.2} cores busy)",
+                    format!("{path:?}"),
+                    commands as f64 / wall,
+                    us(used.client),
+                    us(used.backends),
+                    us(used.client + used.backends),
+                    us(used.all_postgres),
+                    (used.client + used.all_postgres) as f64 / cpu::TICKS_PER_SECOND / wall
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Where a log replay's CPU goes: the store's replay and the raw `jsonb` scan of the same
-//! events, each timed with the CPU used by this process and by all PostgreSQL processes, in
-//! microseconds an event. Far steadier than throughput on a shared 2-core machine, so it
+//! events, each timed with the CPU used by this process and by the PostgreSQL backends serving
+//! it (and, apart, by all PostgreSQL processes), in microseconds an event. Far steadier than throughput on a shared 2-core machine, so it
 //! shows changes of a few percent that `annals-bench pg.replay` cannot.
 //!
 //! `cargo run --release -p annals-bench --example replay_cpu` (Linux only: it reads `/proc`).
@@ -178,7 +178,10 @@ async fn load(store: &PgEventStore) -> BenchResult<u64> {
     let stream = annals_bench::workload::stream_of(1);
     let mut seen = 0;
     for _ in 0..30 {
-        let mut read = store.read_stream(&stream, StreamRead::forward().for_folding());
+        let mut read = store
+            .read_aggregate(&stream, None, StreamRead::forward().for_folding())
+            .await?
+            .events;
         while let Some(recorded) = read.try_next().await? {
             std::hint::black_box(LedgerEvent::decode(&recorded)?);
             seen += 1;
@@ -228,7 +231,7 @@ async fn run() -> BenchResult<()> {
         |ticks: u64, n: u64| ticks as f64 / annals_bench::cpu::TICKS_PER_SECOND / n as f64 * 1e6;
     for _ in 0..env_or("RUNS", 4) {
         for &read in &reads {
-            let (own0, pg0) = annals_bench::cpu::ticks();
+            let before = annals_bench::cpu::Sample::take();
             let start = Instant::now();
             let n = match read {
                 Read::Store => replay(&store, true).await?,
@@ -240,15 +243,18 @@ async fn run() -> BenchResult<()> {
                 }
             };
             let wall = start.elapsed().as_secs_f64();
-            let (own1, pg1) = annals_bench::cpu::ticks();
-            let (client, server) = (us(own1 - own0, n), us(pg1 - pg0, n));
+            let used = annals_bench::cpu::Sample::take().since(&before);
+            let (client, server) = (us(used.client, n), us(used.backends, n));
             println!(
-                "{:<8} {:>5.0}k events/s  client {client:.2} + postgres {server:.2} = {:.2} us an \
-                 event  ({:.2} cores busy)",
+                "{:<8} {:>5.0}k events/s  client {client:.2} + backends {server:.2} = {:.2} us an \
+                 event  (all postgres {:.2}; {:.2} cores busy)",
                 format!("{read:?}").to_lowercase(),
                 n as f64 / wall / 1e3,
                 client + server,
-                (own1 - own0 + pg1 - pg0) as f64 / annals_bench::cpu::TICKS_PER_SECOND / wall,
+                us(used.all_postgres, n),
+                (used.client + used.all_postgres) as f64
+                    / annals_bench::cpu::TICKS_PER_SECOND
+                    / wall,
             );
         }
     }

@@ -78,25 +78,7 @@ impl Ctx {
     /// # Errors
     /// When PostgreSQL is unreachable.
     pub(crate) async fn pg_schema(&self, max_connections: u32) -> BenchResult<PgSchema> {
-        let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&self.database_url)
-            .await
-            .map_err(|e| format!("cannot reach PostgreSQL at {}: {e}", self.database_url))?;
-        // The name is ours (a uuid), never user input.
-        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {name}")))
-            .execute(&admin)
-            .await?;
-        let options = PgConnectOptions::from_str(&self.database_url)?
-            .options([("search_path", name.as_str())]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options)
-            .await?;
-        Ok(PgSchema { name, pool, admin })
+        pg_schema(&self.database_url, max_connections).await
     }
 
     /// A fresh Redis key prefix; every key a scenario writes starts with it.
@@ -144,6 +126,32 @@ impl Ctx {
             cursor = next;
         }
     }
+}
+
+/// A fresh schema with a random name in the database at `url`, and a pool whose connections
+/// use it.
+///
+/// # Errors
+/// When PostgreSQL is unreachable.
+pub(crate) async fn pg_schema(url: &str, max_connections: u32) -> BenchResult<PgSchema> {
+    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .map_err(|e| format!("cannot reach PostgreSQL at {}: {e}", url))?;
+    // The name is ours (a uuid), never user input.
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+        .execute(&admin)
+        .await?;
+    let options = PgConnectOptions::from_str(url)?.options([("search_path", name.as_str())]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_with(options)
+        .await?;
+    Ok(PgSchema { name, pool, admin })
 }
 
 /// A schema of its own, dropped with [`PgSchema::drop`].

@@ -167,6 +167,29 @@ impl Aggregate for Account {
     }
 }
 
+/// An [`Account`] that keeps a snapshot every 100 events: the aggregate of
+/// `pg.load.snapshot` (an aggregate with the default policy never looks for a snapshot).
+/// Its snapshots are an account's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SnapshottedAccount(pub Account);
+
+impl Aggregate for SnapshottedAccount {
+    const TYPE: &'static str = Account::TYPE;
+    const SNAPSHOT_POLICY: annals::SnapshotPolicy = annals::SnapshotPolicy::EveryNEvents(100);
+    type Event = LedgerEvent;
+    type Command = Deposit;
+    type Error = AccountError;
+
+    fn handle(&self, command: Deposit) -> Result<Vec<LedgerEvent>, AccountError> {
+        self.0.handle(command)
+    }
+
+    fn apply(&mut self, event: &LedgerEvent) {
+        self.0.apply(event);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

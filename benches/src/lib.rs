@@ -5,6 +5,7 @@
 //! The library part exists for the criterion micro-benchmarks and the tests; the binary is
 //! `src/main.rs`.
 
+pub mod commands;
 pub mod cpu;
 pub mod ledger;
 pub mod workload;
@@ -29,7 +30,8 @@ pub struct Sizes {
     pub events: u64,
     /// Events per append call of the batched append (and per fill call).
     pub batch: usize,
-    /// Streams of the command path (one command each).
+    /// Streams of the cached command path (one command each); the uncached path makes as
+    /// many commands, ten on each of a tenth as many aggregates.
     pub streams: u64,
     /// Events of the aggregate that is loaded.
     pub aggregate_events: u64,

@@ -14,6 +14,9 @@ const SCENARIOS: &[&str] = &[
     "pg.command.1",
     "pg.command.8",
     "pg.command.64",
+    "pg.command.uncached.1",
+    "pg.command.uncached.8",
+    "pg.command.uncached.64",
     "pg.reactor",
     "pg.replay",
     "pg.load",
@@ -24,6 +27,8 @@ const SCENARIOS: &[&str] = &[
     "projection.redis.rebuild",
     "projection.tantivy.rebuild",
     "projection.sql.rebuild",
+    "nats.publish",
+    "rabbit.publish",
 ];
 
 /// `host:port` of a URL like `scheme://user@host:port/db`.
@@ -51,13 +56,21 @@ fn services_up() -> bool {
     let pg = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let up = reachable(&pg, 5432) && reachable(&redis, 6379);
+    let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let amqp = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let up = reachable(&pg, 5432)
+        && reachable(&redis, 6379)
+        && reachable(&nats, 4222)
+        && reachable(&amqp, 5672);
     if !up {
         assert!(
             std::env::var_os("CI").is_none(),
-            "PostgreSQL ({pg}) or Redis ({redis}) is unreachable; start them with scripts/services.sh"
+            "PostgreSQL ({pg}), Redis ({redis}), NATS ({nats}) or RabbitMQ is unreachable; start them with scripts/services.sh"
         );
-        eprintln!("notice: PostgreSQL or Redis is unreachable; skipping the quick benchmark run");
+        eprintln!(
+            "notice: PostgreSQL, Redis, NATS or RabbitMQ is unreachable; skipping the quick benchmark run"
+        );
     }
     up
 }

@@ -187,17 +187,46 @@ pub(crate) struct FoldRow {
 }
 
 /// Scans one stream in version order, reading what folding needs, and applies its events to
-/// an [`Account`].
+/// an [`Account`]; returns it and the stream's version.
 ///
 /// # Errors
 /// PostgreSQL or decode failures.
-pub(crate) async fn load_stream(pool: &PgPool, stream: &str) -> BenchResult<Account> {
+pub(crate) async fn load_stream<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    stream: &str,
+) -> BenchResult<(Account, u64)> {
     let sql = "SELECT position, stream_version, event_type, schema_version, payload \
                FROM raw_events WHERE stream_id = $1 ORDER BY stream_version";
-    let mut rows = sqlx::query_as::<_, FoldRow>(sql).bind(stream).fetch(pool);
+    let mut rows = sqlx::query_as::<_, FoldRow>(sql)
+        .bind(stream)
+        .fetch(executor);
     let mut account = Account::default();
+    let mut version = 0;
     while let Some(row) = rows.try_next().await? {
         account.apply(&LedgerEvent::Deposited(row.payload.0));
+        version = u64::try_from(row.stream_version)?;
     }
-    Ok(account)
+    Ok((account, version))
+}
+
+/// One autocommit `INSERT` of a row: the unique `(stream_id, stream_version)` refuses a
+/// version written meanwhile (a hand-written command path's concurrency check).
+///
+/// # Errors
+/// PostgreSQL failures (a unique violation on a conflict).
+pub(crate) async fn insert_row(conn: &mut PgConnection, row: &RawRow) -> BenchResult<()> {
+    sqlx::query(
+        "INSERT INTO raw_events (stream_id, stream_version, event_id, event_type, \
+         schema_version, payload, metadata) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb)",
+    )
+    .bind(&row.stream_id)
+    .bind(row.stream_version)
+    .bind(row.event_id)
+    .bind(&row.event_type)
+    .bind(row.schema_version)
+    .bind(&row.payload)
+    .bind(&row.metadata)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Every scenario, in the order they run.
 
+mod broker;
 mod memory;
 mod pg;
 mod pg_raw;
@@ -39,7 +40,9 @@ async fn typed_replay<S: EventStore>(store: &S, events: u64) -> BenchResult<f64>
 
 const ISSUE3: &str = "issue 3 (PostgreSQL store)";
 const ISSUE15: &str = "issue 15 (read models)";
+const ISSUE19: &str = "issue 19 (the command path at every concurrency)";
 const REACTORS: &str = "reactor issue (one command per event)";
+const BROKERS: &str = "broker issue (publishing 1,000,000 events)";
 
 const fn target(min_ratio: f64, source: &'static str) -> Option<Target> {
     Some(Target { min_ratio, source })
@@ -107,7 +110,7 @@ pub(crate) fn all() -> Vec<Scenario> {
             "pg.command.8",
             "postgres",
             pg::command_8,
-            None,
+            target(1.0, ISSUE19),
             "the same, 8 concurrent tasks",
             "raw single-row INSERT transactions, 8 connections"
         ),
@@ -118,6 +121,30 @@ pub(crate) fn all() -> Vec<Scenario> {
             target(2.0, ISSUE3),
             "the same, 64 concurrent tasks",
             "raw single-row INSERT transactions, 64 connections"
+        ),
+        scenario!(
+            "pg.command.uncached.1",
+            "postgres",
+            pg::uncached_1,
+            target(1.0, ISSUE19),
+            "Repository (no cache) over PgEventStore: load+handle+append 1 event per command, 10 commands on each of 1,000 aggregates from empty, 1 task",
+            "hand-written sqlx command path: SELECT of the aggregate's events (jsonb), fold, decide, one INSERT (unique stream+version), 1 connection"
+        ),
+        scenario!(
+            "pg.command.uncached.8",
+            "postgres",
+            pg::uncached_8,
+            target(1.0, ISSUE19),
+            "the same, 8 concurrent tasks",
+            "the same hand-written path, 8 connections"
+        ),
+        scenario!(
+            "pg.command.uncached.64",
+            "postgres",
+            pg::uncached_64,
+            target(1.5, ISSUE19),
+            "the same, 64 concurrent tasks",
+            "the same hand-written path, 64 connections"
         ),
         scenario!(
             "pg.reactor",
@@ -131,7 +158,7 @@ pub(crate) fn all() -> Vec<Scenario> {
             "pg.replay",
             "postgres",
             pg::replay,
-            target(1.5, ISSUE3),
+            target(1.6, ISSUE19),
             "PgEventStore: read_all from 0 + decode into typed events",
             "raw sqlx scan of a jsonb table with the same events, decoded into the same types"
         ),
@@ -198,6 +225,22 @@ pub(crate) fn all() -> Vec<Scenario> {
             target(0.5, ISSUE15),
             "ledger balances rebuilt from 0 into PgTables in the store's database (one upsert per event, coalesced per batch), one lookup per event",
             "the same rows upserted directly: per batch one SELECT of the lookups, one INSERT ... SELECT FROM unnest ... ON CONFLICT DO UPDATE, one transaction"
+        ),
+        scenario!(
+            "nats.publish",
+            "brokers",
+            broker::nats,
+            target(0.5, BROKERS),
+            "Publisher (annals-brokers) to NATS JetStream on a ProjectionRunner over the in-memory store: every event, Nats-Msg-Id + Annals-* + traceparent headers, window of 2,048 acks, checkpoint after each batch's acks",
+            "bare async-nats: the same subjects and payloads with Nats-Msg-Id, the same window of acks"
+        ),
+        scenario!(
+            "rabbit.publish",
+            "brokers",
+            broker::rabbit,
+            target(0.5, BROKERS),
+            "Publisher (annals-brokers) to a RabbitMQ topic exchange (durable queue bound) on a ProjectionRunner over the in-memory store: persistent, mandatory, message_id + Annals-* + traceparent headers, window of 1,024 confirms",
+            "bare lapin: the same routing keys and payloads, persistent, mandatory, message_id, the same window of confirms"
         ),
     ]
 }

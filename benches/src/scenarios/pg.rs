@@ -7,6 +7,7 @@ use annals_postgres::PgEventStore;
 
 use crate::{
     BenchResult,
+    commands::{self, COMMANDS_PER_AGGREGATE, CommandPath},
     env::{Ctx, PgSchema},
     runner::Measured,
     workload::{self, Batch},
@@ -28,18 +29,38 @@ pub(crate) fn append_batched(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> 
     })
 }
 
-fn command(ctx: &Ctx, tasks: usize) -> BoxFuture<'_, BenchResult<Measured>> {
+/// Alternates `path` and `baseline` run by run, each on a fresh schema.
+fn alternate(
+    ctx: &Ctx,
+    path: CommandPath,
+    baseline: CommandPath,
+    streams: u64,
+    tasks: usize,
+) -> BoxFuture<'_, BenchResult<Measured>> {
     Box::pin(async move {
-        let streams = ctx.sizes.streams;
-        let mut m = Measured::new(streams);
+        let url = ctx.database_url.as_str();
+        let mut m = Measured::new(path.commands(streams));
         for _ in 0..ctx.runs {
             m.framework
-                .push(pg_store::command(ctx, streams, tasks).await?);
+                .push(commands::timed_run(url, path, streams, tasks).await?);
             m.baseline
-                .push(pg_raw::insert_tx(ctx, streams, tasks).await?);
+                .push(commands::timed_run(url, baseline, streams, tasks).await?);
         }
         Ok(m)
     })
+}
+
+/// The cached command path over `--streams` streams, one command each, against single-row
+/// `INSERT` transactions.
+fn command(ctx: &Ctx, tasks: usize) -> BoxFuture<'_, BenchResult<Measured>> {
+    let streams = ctx.sizes.streams;
+    alternate(
+        ctx,
+        CommandPath::Cached,
+        CommandPath::RawInsert,
+        streams,
+        tasks,
+    )
 }
 
 /// `pg.command.1`: one task; see [`command`].
@@ -57,6 +78,40 @@ pub(crate) fn command_64(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
     command(ctx, 64)
 }
 
+/// Aggregates of the uncached command path: a tenth of `--streams` (1,000 by default), so a
+/// run makes as many commands as the cached path's.
+pub(crate) fn uncached_aggregates(streams: u64) -> u64 {
+    (streams / COMMANDS_PER_AGGREGATE).max(1)
+}
+
+/// The uncached command path (load, decide, append, one event per command; 10 commands per
+/// aggregate from an empty stream) against the hand-written sqlx command path.
+fn uncached(ctx: &Ctx, tasks: usize) -> BoxFuture<'_, BenchResult<Measured>> {
+    let aggregates = uncached_aggregates(ctx.sizes.streams);
+    alternate(
+        ctx,
+        CommandPath::Uncached,
+        CommandPath::RawCommand,
+        aggregates,
+        tasks,
+    )
+}
+
+/// `pg.command.uncached.1`: one task; see [`uncached`].
+pub(crate) fn uncached_1(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    uncached(ctx, 1)
+}
+
+/// `pg.command.uncached.8`: eight tasks.
+pub(crate) fn uncached_8(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    uncached(ctx, 8)
+}
+
+/// `pg.command.uncached.64`: 64 tasks.
+pub(crate) fn uncached_64(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    uncached(ctx, 64)
+}
+
 /// Which read the interleaved runs time.
 #[derive(Debug, Clone, Copy)]
 enum Read {
@@ -70,7 +125,7 @@ impl Read {
     async fn framework(self, store: &PgEventStore, events: u64) -> BenchResult<f64> {
         match self {
             Self::Replay => super::typed_replay(store, events).await,
-            Self::Load { loads, .. } => pg_store::load(store, events, loads).await,
+            Self::Load { loads, snapshot } => pg_store::load(store, events, loads, snapshot).await,
         }
     }
 

@@ -1,15 +1,16 @@
 //! The framework side of the PostgreSQL scenarios (`annals-postgres`).
 
-use annals::{Aggregate, CommandContext, DomainEvent, EventStore, Payload, Repository, Snapshot};
-use annals_postgres::{PgConfig, PgEventStore};
+use annals::{Aggregate, DomainEvent, EventStore, Payload, Repository, Snapshot};
+use annals_postgres::PgEventStore;
 use futures::{StreamExt, TryStreamExt};
 use time::OffsetDateTime;
 
-use super::pg_raw::{check_count, split};
+use super::pg_raw::check_count;
 use crate::{
     BenchResult,
+    commands::new_store,
     env::Ctx,
-    ledger::{Account, Deposit, Deposited, LedgerEvent, account_id},
+    ledger::{Account, LedgerEvent, SnapshottedAccount, account_id},
     runner::timed,
     workload::{self, Batch},
 };
@@ -18,24 +19,13 @@ use crate::{
 /// COPY baseline's table so both write the same bytes.
 pub(crate) const PAYLOAD_TYPE: &str = "text";
 
-/// A store in a new schema of its own, migrated, with the default group-commit settings.
-async fn store(ctx: &Ctx, connections: u32) -> BenchResult<PgEventStore> {
-    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let config = PgConfig::new(ctx.database_url.as_str())
-        .with_schema(schema)
-        .with_max_connections(connections);
-    let store = PgEventStore::connect(config).await?;
-    store.migrate().await?;
-    Ok(store)
-}
-
 /// Runs `work` on a fresh store and drops its schema afterwards, whatever happened.
 pub(crate) async fn with_store<T, F, Fut>(ctx: &Ctx, connections: u32, work: F) -> BenchResult<T>
 where
     F: FnOnce(PgEventStore) -> Fut,
     Fut: Future<Output = BenchResult<T>>,
 {
-    let store = store(ctx, connections).await?;
+    let store = new_store(&ctx.database_url, connections).await?;
     let result = work(store.clone()).await;
     store.drop_schema().await?;
     store.pool().close().await;
@@ -67,45 +57,6 @@ pub(crate) async fn append_batched(ctx: &Ctx, batches: &[Batch]) -> BenchResult<
     .await
 }
 
-/// One deposit command per stream, spread over `tasks` concurrent tasks.
-async fn run_commands(
-    repo: &Repository<Account, PgEventStore>,
-    streams: u64,
-    tasks: usize,
-    round: u64,
-) -> BenchResult<()> {
-    let context = CommandContext::new();
-    let handles: Vec<_> = split((0..streams).collect(), tasks)
-        .into_iter()
-        .map(|share| {
-            let repo = repo.clone();
-            let context = context.clone();
-            tokio::spawn(async move {
-                for n in share {
-                    let command = Deposit(Deposited::sample(n, n + round));
-                    repo.execute(&account_id(n), command, &context).await?;
-                }
-                BenchResult::Ok(())
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.await??;
-    }
-    Ok(())
-}
-
-/// Command path: a cached repository whose streams were opened by one command each
-/// (untimed), then one more command per stream over `tasks` tasks (timed); events/s.
-pub(crate) async fn command(ctx: &Ctx, streams: u64, tasks: usize) -> BenchResult<f64> {
-    with_store(ctx, 16, |store| async move {
-        let repo = Repository::<Account, _>::new(store).with_cache(streams as usize);
-        run_commands(&repo, streams, 64, 1).await?;
-        timed(streams, run_commands(&repo, streams, tasks, 2)).await
-    })
-    .await
-}
-
 /// A fresh store filled with `batches` (and, with `snapshot`, the snapshot a policy would
 /// have taken [`SNAPSHOT_TAIL`] events before the end of the first batch's stream). Drop it
 /// with [`drop_store`].
@@ -114,7 +65,7 @@ pub(crate) async fn filled(
     batches: &[Batch],
     snapshot: bool,
 ) -> BenchResult<PgEventStore> {
-    let store = store(ctx, 4).await?;
+    let store = new_store(&ctx.database_url, 4).await?;
     let prepared = async {
         let one_stream = batches.windows(2).all(|w| w[0].stream == w[1].stream);
         if one_stream {
@@ -179,13 +130,25 @@ async fn save_snapshot(store: &PgEventStore, batches: &[Batch]) -> BenchResult<(
     Ok(())
 }
 
-/// `loads` timed loads of the aggregate of account 1 through the repository; events/s.
-pub(crate) async fn load(store: &PgEventStore, events: u64, loads: u64) -> BenchResult<f64> {
-    let repo = Repository::<Account, _>::new(store.clone());
+/// `loads` timed loads of the aggregate of account 1 through the repository, as an
+/// [`Account`] (which keeps no snapshots) or, with `snapshot`, as a [`SnapshottedAccount`];
+/// events/s.
+pub(crate) async fn load(
+    store: &PgEventStore,
+    events: u64,
+    loads: u64,
+    snapshot: bool,
+) -> BenchResult<f64> {
+    let plain = Repository::<Account, _>::new(store.clone());
+    let snapshotted = Repository::<SnapshottedAccount, _>::new(store.clone());
     timed(events * loads, async {
         for _ in 0..loads {
-            let loaded = repo.load(&account_id(1)).await?;
-            check_count(loaded.state.deposits, events)?;
+            let deposits = if snapshot {
+                snapshotted.load(&account_id(1)).await?.state.0.deposits
+            } else {
+                plain.load(&account_id(1)).await?.state.deposits
+            };
+            check_count(deposits, events)?;
         }
         Ok(())
     })
