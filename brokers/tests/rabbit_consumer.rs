@@ -455,3 +455,146 @@ async fn aborted_consumers_lose_nothing_and_keep_the_order() {
     );
     own.drop(&channel).await;
 }
+
+/// The whole path of the issue, with RabbitMQ (which keeps no deduplication window, so a
+/// publisher restarted mid-batch sends messages again): a publisher aborted at random points
+/// 10 times, then a consumer aborted at random points 10 times, each delivery processed
+/// through a SQLite `annals-inbox` whose effect (a row per event) commits with the id. Every
+/// chosen event's effect is there exactly once, in its stream's order, whatever was
+/// delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_publisher_and_consumer_behind_an_inbox_give_each_effect_once() {
+    use annals_inbox::{Processed, SqliteInbox};
+    use annals_projections::InMemoryLeases;
+    use rand::Rng;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let Some((_connection, channel)) = channel().await else {
+        return;
+    };
+    let own = Own::create().await;
+    let store = InMemoryEventStore::new();
+    seed(&store, 0, 600).await;
+    let want = chosen(&store).await;
+
+    // The publisher: its checkpoint and lease survive each abort, as a real one's would.
+    let leases = InMemoryLeases::new();
+    let checkpoint = MemoryReadModel::<()>::new("out").unwrap();
+    let start = || {
+        let runner = ProjectionRunner::new(store.clone())
+            .with_leases(leases.clone())
+            .with_config(fast());
+        let rabbit = RabbitPublisher::new(url(), &own.exchange)
+            .with_subjects(Subjects::prefixed(&own.prefix))
+            .with_window(16);
+        Publisher::new("out", filter(), rabbit)
+            .add_to(
+                &runner,
+                checkpoint.clone(),
+                ProjectionConfig::new()
+                    .with_batch_size(40)
+                    .with_progress(ProgressDisplay::Silent),
+            )
+            .unwrap();
+        runner
+    };
+    for _ in 0..10 {
+        let runner = start();
+        tokio::time::sleep(Duration::from_millis(rand::rng().random_range(0..80))).await;
+        drop(runner);
+        tokio::time::sleep(Duration::from_millis(160)).await;
+    }
+    let runner = start();
+    runner.catch_up(Duration::from_secs(60)).await.unwrap();
+    runner.shutdown().await;
+
+    // The consumer's own database: the inbox and the effect, one transaction per message.
+    let dir = tempfile::tempdir().unwrap();
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(dir.path().join("consumer.sqlite"))
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE effects (n INTEGER PRIMARY KEY AUTOINCREMENT, event_id BLOB NOT NULL, stream TEXT NOT NULL, version INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let inbox = SqliteInbox::new(pool.clone(), "effects").unwrap();
+    inbox.migrate().await.unwrap();
+    let duplicates = Arc::new(Mutex::new(0usize));
+    let handler = {
+        let (inbox, duplicates) = (inbox.clone(), duplicates.clone());
+        move |d: Delivery| {
+            let (inbox, duplicates) = (inbox.clone(), duplicates.clone());
+            async move {
+                let pause = Duration::from_micros(rand::rng().random_range(0..800));
+                tokio::time::sleep(pause).await;
+                let (id, stream, version) = (
+                    d.event_id,
+                    d.stream_id.to_string(),
+                    i64::try_from(d.stream_version).unwrap(),
+                );
+                let processed = inbox
+                    .process(id, |tx| {
+                        Box::pin(async move {
+                            sqlx::query(
+                                "INSERT INTO effects (event_id, stream, version) VALUES (?1, ?2, ?3)",
+                            )
+                            .bind(id)
+                            .bind(stream)
+                            .bind(version)
+                            .execute(&mut **tx)
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .await?;
+                if matches!(processed, Processed::Duplicate) {
+                    *duplicates.lock().unwrap() += 1;
+                }
+                // Aborted here, the effect is committed and the message not acknowledged.
+                let pause = Duration::from_micros(rand::rng().random_range(0..800));
+                tokio::time::sleep(pause).await;
+                Ok(())
+            }
+        }
+    };
+    for _ in 0..10 {
+        let consumer = own.consumer(ConsumerConfig::new());
+        let run = consumer.run(handler.clone(), std::future::pending());
+        let wait = Duration::from_millis(rand::rng().random_range(0..120));
+        assert!(tokio::time::timeout(wait, run).await.is_err());
+    }
+    own.consumer(ConsumerConfig::new())
+        .drain(handler)
+        .await
+        .unwrap();
+
+    let rows: Vec<(Uuid, String, i64)> =
+        sqlx::query_as("SELECT event_id, stream, version FROM effects ORDER BY n")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let ids: HashSet<Uuid> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(ids.len(), rows.len(), "an effect ran twice");
+    let wanted: HashSet<Uuid> = want.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, wanted, "every chosen event's effect, and nothing else");
+    let mut last: std::collections::HashMap<&str, i64> = Default::default();
+    for (_, stream, version) in &rows {
+        let before = last.insert(stream.as_str(), *version);
+        assert!(
+            before.is_none_or(|b| b < *version),
+            "{stream}: effect of version {version} after {before:?}"
+        );
+    }
+    eprintln!(
+        "{} effects once each; the inbox dropped {} repeated deliveries",
+        rows.len(),
+        duplicates.lock().unwrap()
+    );
+    pool.close().await;
+    own.drop(&channel).await;
+}
