@@ -356,6 +356,22 @@ impl<B: Broker> Shared<B> {
         }
     }
 
+    /// Keeps an open session, opening one when there is none or it broke: the idle check
+    /// of [`GenerationWriter::check`], so that a broker that went away while no event came
+    /// shows in the status.
+    async fn check(&self, projection: &str) -> Result<()> {
+        let session = match self.take_session() {
+            Some(session) if self.broker.is_open(&session) => session,
+            _ => self
+                .broker
+                .connect()
+                .await
+                .map_err(|e| e.into_runner_error(projection))?,
+        };
+        self.keep_session(session);
+        Ok(())
+    }
+
     /// Publishes the batch's messages and applies the refusal policy to the ones refused:
     /// parks them in `batch`, or fails the write (to stop, or to try again).
     async fn deliver<Batch: WriteBatch>(
@@ -472,5 +488,10 @@ impl<B: Broker, C: ReadModel> GenerationWriter for BrokerWriter<B, C> {
 
     async fn flush(&mut self) -> Result<Option<LogPosition>> {
         self.inner.flush().await
+    }
+
+    async fn check(&mut self) -> Result<()> {
+        self.inner.check().await?;
+        self.shared.check(&self.projection).await
     }
 }

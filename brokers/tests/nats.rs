@@ -250,6 +250,59 @@ async fn a_server_outage_shows_in_the_status_and_loses_nothing() {
     check_deliveries(&seen(&stored), &chosen(&store).await, false);
 }
 
+/// The server goes away while the publisher is idle (caught up, no event coming): the idle
+/// check shows the outage as `Retrying` without waiting for an event, then `Running` once the
+/// server is back, and the events appended later are stored once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_while_idle_shows_in_the_status() {
+    if jetstream_at(&url()).await.is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut server) = common::OwnNats::start(dir.path()).await else {
+        return;
+    };
+    let name = "IDLE";
+    let prefix = "idle";
+    let store = InMemoryEventStore::new();
+    let first = seed(&store, 0, 200).await;
+    let runner = ProjectionRunner::new(store.clone())
+        .with_config(fast().with_idle_check(Duration::from_millis(200)));
+    let nats = publisher_to(&server.url(), name, prefix)
+        .create_stream(stream_config(name, prefix, stream::StorageType::File))
+        .with_ack_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(1));
+    Publisher::new("out", filter(), nats)
+        .add_to(
+            &runner,
+            MemoryReadModel::<()>::new("out").unwrap(),
+            config(),
+        )
+        .unwrap();
+    runner
+        .wait_for_within("out", first, Duration::from_secs(60))
+        .await
+        .unwrap();
+    server.stop().await;
+    let status = wait_status(&runner, "out", common::retrying).await;
+    let ProjectionState::Retrying { error, .. } = &status.state else {
+        unreachable!()
+    };
+    assert!(error.contains("NATS JetStream stream IDLE"), "{error}");
+    assert_eq!(status.checkpoint, Some(first), "{status}");
+    server.restart().await;
+    wait_status(&runner, "out", |s| s.state == ProjectionState::Running).await;
+    let last = seed(&store, 200, 100).await;
+    runner
+        .wait_for_within("out", last, Duration::from_secs(60))
+        .await
+        .unwrap();
+    runner.shutdown().await;
+    let js = jetstream_at(&server.url()).await.unwrap();
+    let stored = read_stream(&js, name).await;
+    check_deliveries(&seen(&stored), &chosen(&store).await, false);
+}
+
 /// A message no stream takes (no responders) is refused: under `DeadLetter` it is parked with
 /// the checkpoint and the rest is published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -335,6 +335,60 @@ async fn a_broker_outage_shows_in_the_status_and_loses_nothing() {
     drop_topology(&channel, &t).await;
 }
 
+/// The connection to RabbitMQ is cut while the publisher is idle (caught up, no event
+/// coming): the idle check shows the outage as `Retrying` without waiting for an event, then
+/// `Running` once the broker is reachable again, and later events are delivered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_while_idle_shows_in_the_status() {
+    let Some((_connection, channel)) = channel().await else {
+        return;
+    };
+    let t = topology(&channel).await;
+    let upstream: SocketAddr = {
+        let url = url();
+        let host = url.rsplit_once('@').unwrap().1;
+        let host = host.split_once('/').map_or(host, |(h, _)| h);
+        tokio::net::lookup_host(host).await.unwrap().next().unwrap()
+    };
+    let proxy = common::Proxy::start(upstream).await;
+    let store = InMemoryEventStore::new();
+    let first = seed(&store, 0, 200).await;
+    let runner = ProjectionRunner::new(store.clone())
+        .with_config(fast().with_idle_check(Duration::from_millis(200)));
+    let rabbit = publisher(&url_via(proxy.port), &t)
+        .with_confirm_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(1));
+    Publisher::new("out", filter(), rabbit)
+        .add_to(
+            &runner,
+            MemoryReadModel::<()>::new("out").unwrap(),
+            config(),
+        )
+        .unwrap();
+    runner
+        .wait_for_within("out", first, Duration::from_secs(60))
+        .await
+        .unwrap();
+    proxy.cut();
+    let status = wait_status(&runner, "out", common::retrying).await;
+    let ProjectionState::Retrying { error, .. } = &status.state else {
+        unreachable!()
+    };
+    assert!(error.contains("RabbitMQ exchange"), "{error}");
+    assert_eq!(status.checkpoint, Some(first), "{status}");
+    proxy.restore();
+    wait_status(&runner, "out", |s| s.state == ProjectionState::Running).await;
+    let last = seed(&store, 200, 100).await;
+    runner
+        .wait_for_within("out", last, Duration::from_secs(60))
+        .await
+        .unwrap();
+    runner.shutdown().await;
+    let delivered = drain(&channel, &t.queue).await;
+    check_deliveries(&seen(&delivered), &chosen(&store).await, true);
+    drop_topology(&channel, &t).await;
+}
+
 /// An unroutable message (no queue bound for its routing key) is refused: by default the
 /// publisher stops at it; under `DeadLetter` it is parked and the rest is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -259,6 +259,20 @@ pub trait GenerationWriter: Send + 'static {
     /// # Errors
     /// As [`GenerationWriter::write`].
     fn flush(&mut self) -> impl Future<Output = Result<Option<LogPosition>>> + Send;
+
+    /// Whether the target still answers, asked by the runner while the worker has had no
+    /// event for [`RunnerConfig::idle_check`](crate::RunnerConfig::idle_check), under its
+    /// I/O bound. An error ends the worker's run like a failed write (shown as `Retrying`
+    /// with the error, then restarted with backoff), so an outage shows in the status even
+    /// when nothing is written. The default answers `Ok` without asking: targets that a
+    /// failed write reports soon enough need nothing more. A message broker, whose
+    /// connection is otherwise used only when an event comes, checks its session.
+    ///
+    /// # Errors
+    /// The target is unreachable, or its connection broke.
+    fn check(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Encodes a checkpoint as `commit:sequence` ("" for none).

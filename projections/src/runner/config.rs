@@ -124,6 +124,13 @@ pub struct RunnerConfig {
     /// How often the status is measured against the store (head, exact lag, what holds the
     /// log back).
     pub status_interval: Duration,
+    /// How long a worker following the log may sit idle before it asks its read model
+    /// whether the target still answers ([`GenerationWriter::check`]): an outage of the
+    /// target while no event comes then shows in the status within about this long plus
+    /// [`io_timeout`](Self::io_timeout), not only at the next event.
+    ///
+    /// [`GenerationWriter::check`]: crate::GenerationWriter::check
+    pub idle_check: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -136,6 +143,7 @@ impl Default for RunnerConfig {
             retire_grace: Duration::from_secs(5),
             io_timeout: Duration::from_secs(10),
             status_interval: Duration::from_secs(1),
+            idle_check: Duration::from_secs(5),
         }
     }
 }
@@ -185,6 +193,13 @@ impl RunnerConfig {
     /// Sets how often the status is measured against the store (at least 10 ms).
     pub fn with_status_interval(mut self, interval: Duration) -> Self {
         self.status_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Sets how long an idle worker waits before checking its target (at least 10 ms;
+    /// default 5 s).
+    pub fn with_idle_check(mut self, idle: Duration) -> Self {
+        self.idle_check = idle.max(Duration::from_millis(10));
         self
     }
 }

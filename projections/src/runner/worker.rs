@@ -367,6 +367,10 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
             .subscribe(from.unwrap_or(LogPosition::START))
             .ready_chunks(self.shared.config.batch_size);
         let mut checkpoint = from;
+        // Reset by every chunk: it fires only after `idle_check` without an event.
+        let idle = self.shared.runner.idle_check;
+        let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+        idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *self.stop.borrow() {
                 return Ok(checkpoint);
@@ -374,6 +378,9 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
             tokio::select! {
                 biased;
                 _ = self.stop.changed() => return Ok(checkpoint),
+                _ = idle_check.tick() => {
+                    self.shared.bounded("checking the read model's target", writer.check()).await?;
+                }
                 Some((event_id, action, reply)) = self.letters.recv() => {
                     let outcome = self.letter(writer, checkpoint, event_id, action).await;
                     // A failed write leaves the writer in doubt: report it and restart.
@@ -392,6 +399,7 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
                     let Some(chunk) = chunk else { return Err(Error::Shutdown) };
                     let events = chunk.into_iter().collect::<annals::Result<Vec<_>>>()?;
                     checkpoint = self.process(writer, events, checkpoint, Durability::Now).await?;
+                    idle_check.reset();
                 }
             }
         }
