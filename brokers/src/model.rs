@@ -268,6 +268,7 @@ impl<B: Broker, C: ReadModel> ReadModel for BrokerModel<B, C> {
             inner,
             shared: self.shared.clone(),
             projection: self.inner.projection().to_owned(),
+            parked: 0,
         })
     }
 
@@ -286,6 +287,8 @@ pub struct BrokerWriter<B: Broker, C: ReadModel> {
     inner: C::Writer,
     shared: Arc<Shared<B>>,
     projection: String,
+    /// Refused messages parked by this writer's writes, not yet told to the runner.
+    parked: u64,
 }
 
 impl<B: Broker, C: ReadModel> fmt::Debug for BrokerWriter<B, C> {
@@ -373,16 +376,17 @@ impl<B: Broker> Shared<B> {
     }
 
     /// Publishes the batch's messages and applies the refusal policy to the ones refused:
-    /// parks them in `batch`, or fails the write (to stop, or to try again).
+    /// parks them in `batch`, or fails the write (to stop, or to try again). Returns how
+    /// many it parked.
     async fn deliver<Batch: WriteBatch>(
         &self,
         projection: &str,
         messages: &[Message],
         batch: &mut Batch,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let published = self.publish(projection, messages).await?;
         if published.refused.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let shared = self;
         let mut park = Vec::new();
@@ -430,6 +434,7 @@ impl<B: Broker> Shared<B> {
                 message.position
             ))));
         }
+        let parked = park.len() as u64;
         for (message, reason, attempts) in park {
             shared.forget(message.event_id);
             batch.park(DeadLetter {
@@ -444,7 +449,7 @@ impl<B: Broker> Shared<B> {
                 parked_at: OffsetDateTime::now_utc(),
             });
         }
-        Ok(())
+        Ok(parked)
     }
 }
 
@@ -478,12 +483,20 @@ impl<B: Broker, C: ReadModel> GenerationWriter for BrokerWriter<B, C> {
             mut inner,
             ..
         } = batch;
-        if !messages.is_empty() {
+        let parked = if messages.is_empty() {
+            0
+        } else {
             self.shared
                 .deliver(&self.projection, &messages, &mut inner)
-                .await?;
-        }
-        self.inner.write(inner, through, durability).await
+                .await?
+        };
+        let written = self.inner.write(inner, through, durability).await?;
+        self.parked += parked;
+        Ok(written)
+    }
+
+    fn take_parked(&mut self) -> u64 {
+        std::mem::take(&mut self.parked) + self.inner.take_parked()
     }
 
     async fn flush(&mut self) -> Result<Option<LogPosition>> {

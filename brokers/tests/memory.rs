@@ -303,8 +303,14 @@ async fn refused_messages_are_parked_under_dead_letter() {
     assert_eq!(letters.len(), refused.len());
     assert!(letters[0].error.contains("no route"), "{letters:?}");
     assert!(seen(&broker).iter().all(|s| s.stream != "order-3"));
+    // The status counts the letters the publisher parked, without a restart.
+    let count = u64::try_from(refused.len()).unwrap();
+    let status = runner.watch("out").unwrap().borrow().clone();
+    assert_eq!(status.dead_letters, count, "{status}");
     broker.accept_all();
     runner.requeue("out", letters[0].event_id).await.unwrap();
+    let status = runner.watch("out").unwrap().borrow().clone();
+    assert_eq!(status.dead_letters, count - 1, "{status}");
     assert!(
         broker
             .messages()

@@ -273,6 +273,13 @@ pub trait GenerationWriter: Send + 'static {
     fn check(&mut self) -> impl Future<Output = Result<()>> + Send {
         async { Ok(()) }
     }
+
+    /// How many dead letters this writer parked by itself in its writes since the last call
+    /// (a publisher parks the messages its broker refused), so that the status counts them
+    /// with the ones parked by the handler. The default: none.
+    fn take_parked(&mut self) -> u64 {
+        0
+    }
 }
 
 /// Encodes a checkpoint as `commit:sequence` ("" for none).

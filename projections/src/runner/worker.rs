@@ -606,7 +606,7 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
                                 )
                                 .await?;
                             self.remember(changes);
-                            self.dead_letters += parked;
+                            self.dead_letters += parked + writer.take_parked();
                             self.committed(done);
                         }
                         let flushed = shared
@@ -633,7 +633,7 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
             )
             .await?;
         self.remember(changes);
-        self.dead_letters += parked;
+        self.dead_letters += parked + writer.take_parked();
         self.committed(done);
         Ok(Some(through))
     }
@@ -721,7 +721,7 @@ impl<P: Consumer, S: EventStore + Clone + 'static> Worker<P, S> {
                     writer.write(batch, through, durability),
                 )
                 .await?;
-            self.dead_letters += parked;
+            self.dead_letters += parked + writer.take_parked();
             self.committed(done);
         }
         let Some((i, error)) = stop else {
