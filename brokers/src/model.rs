@@ -15,6 +15,8 @@ use annals_projections::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use tracing::Instrument;
+
 use crate::{Broker, Message, Published};
 
 /// A publisher's read model: the messages of a batch go to the broker `B`, and the batch's
@@ -342,7 +344,27 @@ impl<B: Broker> Shared<B> {
                 .await
                 .map_err(|e| e.into_runner_error(projection))?,
         };
-        match broker.publish(&mut session, messages).await {
+        let span = tracing::info_span!(
+            "annals.publish",
+            projection,
+            broker = %broker.describe(),
+            messages = messages.len(),
+            first_position = messages.first().map(|m| tracing::field::display(m.position)),
+            last_position = messages.last().map(|m| tracing::field::display(m.position)),
+            stored = tracing::field::Empty,
+            duplicates = tracing::field::Empty,
+            refused = tracing::field::Empty,
+        );
+        let outcome = broker
+            .publish(&mut session, messages)
+            .instrument(span.clone())
+            .await;
+        if let Ok(published) = &outcome {
+            span.record("stored", published.stored);
+            span.record("duplicates", published.duplicates);
+            span.record("refused", published.refused.len());
+        }
+        match outcome {
             Ok(published) => {
                 self.keep_session(session);
                 Ok(published)

@@ -1,6 +1,6 @@
 //! One trace from the command to the consumer, through a real broker: a command appends an
 //! event in its `annals.command` span; the publisher sends it to NATS JetStream and to
-//! RabbitMQ; each consumer reads the trace context back from the message and runs the
+//! RabbitMQ in an `annals.publish` span; each consumer reads the trace context back from the message and runs the
 //! handler in an `annals.consume` span whose parent is the command's span.
 
 mod common;
@@ -166,6 +166,12 @@ where
         .unwrap();
     runner.catch_up(Duration::from_secs(60)).await.unwrap();
     runner.shutdown().await;
+    // The publish has a span of its own, with what the broker said.
+    let publish = recorder.named("annals.publish");
+    assert_eq!(publish.len(), 1, "one publish");
+    assert_eq!(publish[0].field("messages"), "1");
+    assert_eq!(publish[0].field("stored"), "1");
+    assert_eq!(publish[0].field("refused"), "0");
 
     let got: Arc<Mutex<Vec<Delivery>>> = Arc::default();
     let sink = got.clone();
