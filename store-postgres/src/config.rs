@@ -172,8 +172,9 @@ impl PgConfig {
         self
     }
 
-    /// How many group-commit writers run at once (default 2; it was 4 until 2 measured best
-    /// at 8 and 64 tasks, see BENCHMARKS.md): while one group commits, the next one gathers
+    /// How many group-commit writers run at once (default 2; it was 4, which measured the
+    /// same at 8 and 64 tasks with one connection less busy: BENCHMARKS.md, "the command
+    /// path at every concurrency"): while one group commits, the next one gathers
     /// and starts. Each holds a pooled connection while it writes.
     pub fn with_writers(mut self, writers: usize) -> Self {
         self.writers = writers.max(1);

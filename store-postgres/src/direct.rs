@@ -28,9 +28,9 @@ use crate::{
 /// The connection the direct path uses, when no caller holds it.
 ///
 /// There is at most one: while a caller holds it, concurrent callers go to the writers,
-/// whose group commit serves many callers better than one connection each. (Eight tasks
-/// each committing on a connection of their own measured no better than this: see
-/// BENCHMARKS.md, 2026-12-06, issue 19.)
+/// whose group commit serves many callers better than one connection each. (Up to eight
+/// direct connections measured no better at 8 tasks and a fifth slower at 64: BENCHMARKS.md,
+/// "the command path at every concurrency".)
 #[derive(Default)]
 pub(crate) struct Direct {
     idle: Mutex<Option<PgConnection>>,
