@@ -59,6 +59,8 @@ pub(crate) struct Statement {
 pub struct SqlBatch {
     names: Names,
     ops: Vec<Op<Statement>>,
+    /// The values of the row writes, in order (each op's from its `start`).
+    values: Vec<SqlValue>,
     /// The tables and column lists of the row writes so far.
     shapes: Vec<Shape>,
     letters: Vec<Letter>,
@@ -81,10 +83,23 @@ impl fmt::Debug for SqlBatch {
 }
 
 impl SqlBatch {
+    #[cfg(test)]
     pub(crate) fn new(names: Names) -> Self {
+        Self::reusing(names, Spare::default())
+    }
+
+    /// A batch that fills the (empty) lists of an earlier one.
+    pub(crate) fn reusing(names: Names, spare: Spare) -> Self {
+        let Spare {
+            mut ops,
+            mut values,
+        } = spare;
+        ops.clear();
+        values.clear();
         Self {
             names,
-            ops: Vec::new(),
+            ops,
+            values,
             shapes: Vec::new(),
             letters: Vec::new(),
             lookups: Lookups::new(),
@@ -140,9 +155,8 @@ impl SqlBatch {
     /// fails the write of the batch, before anything is sent.)
     pub fn upsert(&mut self, table: &str, row: SqlRow<'_>) -> Result<(), SqlError> {
         let shape = self.shape(table, &row.columns, false)?;
-        let mut values = Vec::with_capacity(row.columns.len());
-        for (column, kind, value) in row.columns {
-            match (kind, &value) {
+        for (column, kind, value) in &row.columns {
+            match (kind, value) {
                 (Kind::Key, SqlValue::Null) => {
                     return Err(row_error(table, format!("key column {column:?} is NULL")));
                 }
@@ -155,9 +169,15 @@ impl SqlBatch {
                     ));
                 }
             }
-            values.push(value);
         }
-        self.ops.push(Op::Row(RowOp::Upsert { shape, values }));
+        let start = self.values.len();
+        self.values
+            .extend(row.columns.into_iter().map(|(_, _, value)| value));
+        self.ops.push(Op::Row(RowOp {
+            shape,
+            upsert: true,
+            start,
+        }));
         Ok(())
     }
 
@@ -181,14 +201,17 @@ impl SqlBatch {
         let columns: Vec<(&str, Kind, SqlValue)> =
             key.into_iter().map(|(c, v)| (c, Kind::Key, v)).collect();
         let shape = self.shape(table, &columns, true)?;
-        let mut values = Vec::with_capacity(columns.len());
-        for (column, _, value) in columns {
-            if value == SqlValue::Null {
-                return Err(row_error(table, format!("key column {column:?} is NULL")));
-            }
-            values.push(value);
+        if let Some((column, _, _)) = columns.iter().find(|(_, _, v)| *v == SqlValue::Null) {
+            return Err(row_error(table, format!("key column {column:?} is NULL")));
         }
-        self.ops.push(Op::Row(RowOp::Delete { shape, values }));
+        let start = self.values.len();
+        self.values
+            .extend(columns.into_iter().map(|(_, _, value)| value));
+        self.ops.push(Op::Row(RowOp {
+            shape,
+            upsert: false,
+            start,
+        }));
         Ok(())
     }
 
@@ -255,7 +278,7 @@ impl SqlBatch {
     }
 
     /// Takes the batch apart for writing.
-    pub(crate) fn into_parts(self) -> Parts {
+    pub(crate) fn into_parts(mut self) -> Parts {
         let mut net: HashMap<Uuid, Option<DeadLetter>> = HashMap::new();
         let mut order = Vec::new();
         for letter in self.letters {
@@ -284,7 +307,11 @@ impl SqlBatch {
             }
         }
         Parts {
-            steps: row::plan(self.ops, &self.shapes),
+            steps: row::plan(&mut self.ops, &mut self.values, &self.shapes),
+            spare: Spare {
+                ops: self.ops,
+                values: self.values,
+            },
             parks,
             unparks,
             sets,
@@ -293,10 +320,30 @@ impl SqlBatch {
     }
 }
 
+/// The lists of a written batch, emptied: a writer hands them to its next batch, which
+/// then does not grow them again.
+#[derive(Debug, Default)]
+pub(crate) struct Spare {
+    ops: Vec<Op<Statement>>,
+    values: Vec<SqlValue>,
+}
+
+impl Spare {
+    /// Values kept at most (8 MiB), so one huge batch does not pin its memory.
+    const MAX_VALUES: usize = 1 << 18;
+
+    /// Whether these lists are worth keeping.
+    pub(crate) fn keep(&self) -> bool {
+        self.values.capacity() <= Self::MAX_VALUES && self.ops.capacity() <= Self::MAX_VALUES
+    }
+}
+
 /// A batch taken apart: each key and event id once, with its final state.
 pub(crate) struct Parts {
     /// Statements and coalesced row writes, in the order they run.
     pub(crate) steps: Vec<Step<Statement>>,
+    /// The batch's emptied lists, for the next batch to fill.
+    pub(crate) spare: Spare,
     pub(crate) parks: Vec<DeadLetter>,
     pub(crate) unparks: Vec<Uuid>,
     pub(crate) sets: Vec<(String, String)>,
@@ -331,7 +378,18 @@ impl WriteBatch for SqlBatch {
     }
 
     fn rollback_to(&mut self, savepoint: usize) {
-        self.ops.truncate(savepoint & ((1 << 48) - 1));
+        let ops = savepoint & ((1 << 48) - 1);
+        if ops < self.ops.len() {
+            // The values of the first row write undone, and of all after it.
+            let first = self.ops[ops..].iter().find_map(|op| match op {
+                Op::Row(row) => Some(row.start),
+                Op::Statement(_) => None,
+            });
+            if let Some(start) = first {
+                self.values.truncate(start);
+            }
+            self.ops.truncate(ops);
+        }
         self.letters.truncate(savepoint >> 48);
     }
 
@@ -567,6 +625,71 @@ mod tests {
         let w = writes(b);
         assert_eq!(w.len(), 1, "{w:#?}");
         assert!(w[0].ends_with("[[Text(\"x\"), Int(1)]]"), "{}", w[0]);
+    }
+
+    #[test]
+    fn rollbacks_drop_the_values_of_undone_row_writes() {
+        let mut b = batch();
+        b.upsert("a", SqlRow::new().key("id", "x").add("n", 1))
+            .unwrap();
+        let sp = b.savepoint();
+        b.execute("DELETE FROM {b}", []).unwrap();
+        b.upsert("a", SqlRow::new().key("id", "y").set("s", "gone"))
+            .unwrap();
+        b.delete_row("a", [("id", t("x"))]).unwrap();
+        b.rollback_to(sp);
+        // Rolling back past statements alone keeps every row write's values.
+        let sp = b.savepoint();
+        b.execute("DELETE FROM {b}", []).unwrap();
+        b.rollback_to(sp);
+        b.upsert(
+            "a",
+            SqlRow::new().key("id", "x").add("n", 2).set("s", "kept"),
+        )
+        .unwrap();
+        b.upsert("a", SqlRow::new().key("id", "z").add("n", 5))
+            .unwrap();
+        let w = writes(b);
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(
+            w[0].ends_with("[[Text(\"x\"), Int(3), Text(\"kept\")]]"),
+            "{}",
+            w[0]
+        );
+        assert!(w[1].ends_with("[[Text(\"z\"), Int(5)]]"), "{}", w[1]);
+    }
+
+    #[test]
+    fn runs_of_one_key_and_keys_that_return() {
+        let mut b = batch();
+        for (key, n) in [
+            ("x", 1),
+            ("x", 2),
+            ("y", 10),
+            ("x", 4),
+            ("y", 20),
+            ("y", 40),
+        ] {
+            b.upsert("a", SqlRow::new().key("id", key).add("n", n))
+                .unwrap();
+        }
+        // Float and JSON keys go through the encoded key: -0.0 and 0.0 are one key.
+        for k in [0.0, -0.0, 0.0] {
+            b.upsert("b", SqlRow::new().key("k1", k).key("k2", 1).set("v", "f"))
+                .unwrap();
+        }
+        let w = writes(b);
+        assert_eq!(w.len(), 2, "{w:#?}");
+        assert!(
+            w[0].ends_with("[[Text(\"x\"), Int(7)], [Text(\"y\"), Int(70)]]"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].ends_with("[[Float(0.0), Int(1), Text(\"f\")]]"),
+            "{}",
+            w[1]
+        );
     }
 
     #[test]

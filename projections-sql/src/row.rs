@@ -106,13 +106,14 @@ pub(crate) struct Shape {
     pub(crate) columns: Vec<(String, Kind)>,
 }
 
-/// One row write of a batch, as the handler added it.
-#[derive(Debug, Clone)]
-pub(crate) enum RowOp {
-    /// The values of shape `shape`'s columns, in order.
-    Upsert { shape: u32, values: Vec<SqlValue> },
-    /// The key values of shape `shape`'s (key-only) columns, in order.
-    Delete { shape: u32, values: Vec<SqlValue> },
+/// One row write of a batch, as the handler added it. Its values, one per column of its
+/// shape, are the batch's value list from `start` on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowOp {
+    pub(crate) shape: u32,
+    /// An upsert, or a delete (of a key-only shape).
+    pub(crate) upsert: bool,
+    pub(crate) start: usize,
 }
 
 /// One statement's worth of row writes: rows of one table with the same columns.
@@ -202,9 +203,21 @@ struct TableRows {
 #[derive(Default)]
 struct Group {
     tables: Vec<TableRows>,
-    /// Per shape id: its table's index in `tables` and where its columns go (key position
-    /// or `keys.len() + column index`).
-    shapes: HashMap<u32, (usize, Vec<usize>)>,
+    /// Per shape id: where its columns go, once known.
+    layouts: Vec<Option<Layout>>,
+    /// The entry the last row write went to (table, entry): the writes of one key usually
+    /// come in runs.
+    last: Option<(usize, usize)>,
+}
+
+/// Where a shape's columns go in its table's rows of a group.
+struct Layout {
+    /// The table's index in the group.
+    table: usize,
+    /// Per column of the shape: its key position, or `keys.len() + column index`.
+    map: Vec<usize>,
+    /// Per key column of the table, in the table's key order: the shape's column.
+    key_at: Vec<usize>,
 }
 
 /// What an op does to an entry, decided before anything is changed.
@@ -218,11 +231,11 @@ impl Group {
         self.tables.is_empty()
     }
 
-    /// Where shape `id`'s columns go in its table, or `None` when its key columns differ
-    /// from the ones the table already has in this group.
-    fn layout(&mut self, id: u32, shape: &Shape) -> Option<(usize, Vec<usize>)> {
-        if let Some(found) = self.shapes.get(&id) {
-            return Some(found.clone());
+    /// Computes where shape `id`'s columns go in its table; false when its key columns
+    /// differ from the ones the table already has in this group.
+    fn layout(&mut self, id: usize, shape: &Shape) -> bool {
+        if self.layouts.get(id).is_some_and(Option::is_some) {
+            return true;
         }
         let keys: Vec<&str> = shape
             .columns
@@ -234,7 +247,7 @@ impl Group {
             Some(t) => {
                 let have = &self.tables[t].keys;
                 if have.len() != keys.len() || !keys.iter().all(|k| have.iter().any(|h| h == k)) {
-                    return None;
+                    return false;
                 }
                 t
             }
@@ -266,72 +279,94 @@ impl Group {
                 map.push(rows.keys.len() + i);
             }
         }
-        self.shapes.insert(id, (t, map.clone()));
-        Some((t, map))
-    }
-
-    /// Adds `op` to the group, or returns it when it cannot be coalesced exactly with what
-    /// the group holds (the group is then written first, and the op starts the next one).
-    fn add(&mut self, op: RowOp, shapes: &[Shape], scratch: &mut Vec<u8>) -> Result<(), RowOp> {
-        let (id, upsert) = match &op {
-            RowOp::Upsert { shape, .. } => (*shape, true),
-            RowOp::Delete { shape, .. } => (*shape, false),
-        };
-        let shape = &shapes[id as usize];
-        let Some((t, map)) = self.layout(id, shape) else {
-            return Err(op);
-        };
-        let rows = &mut self.tables[t];
-        let nkeys = rows.keys.len();
-        let values = match &op {
-            RowOp::Upsert { values, .. } | RowOp::Delete { values, .. } => values,
-        };
-        // The key, in the table's key order.
-        let mut key_at = vec![0usize; nkeys];
+        let mut key_at = vec![0usize; rows.keys.len()];
         for (i, (_, kind)) in shape.columns.iter().enumerate() {
             if *kind == Kind::Key {
                 key_at[map[i]] = i;
             }
         }
-        encode_key(scratch, key_at.iter().map(|&i| &values[i]));
-        let merge = match rows.by_key.get(scratch.as_slice()) {
+        if self.layouts.len() <= id {
+            self.layouts.resize_with(id + 1, || None);
+        }
+        self.layouts[id] = Some(Layout {
+            table: t,
+            map,
+            key_at,
+        });
+        true
+    }
+
+    /// Adds `op` (its values `values`) to the group, or returns `false`, taking nothing,
+    /// when it cannot be coalesced exactly with what the group holds (the group is then
+    /// written first, and the op starts the next one).
+    fn add(
+        &mut self,
+        op: RowOp,
+        values: &mut [SqlValue],
+        shapes: &[Shape],
+        scratch: &mut Vec<u8>,
+    ) -> bool {
+        let id = op.shape as usize;
+        let upsert = op.upsert;
+        let shape = &shapes[id];
+        if !self.layout(id, shape) {
+            return false;
+        }
+        let Some(layout) = self.layouts[id].as_ref() else {
+            return false;
+        };
+        let (t, map) = (layout.table, &layout.map);
+        let rows = &mut self.tables[t];
+        let nkeys = rows.keys.len();
+        let last = self
+            .last
+            .filter(|&(lt, e)| lt == t && same_key(&rows.entries[e].key, &layout.key_at, values));
+        let found = match last {
+            Some((_, e)) => Some(e),
+            None => {
+                // The key, in the table's key order.
+                encode_key(scratch, layout.key_at.iter().map(|&i| &values[i]));
+                rows.by_key.get(scratch.as_slice()).copied()
+            }
+        };
+        let merge = match found {
             None => Merge::New,
-            Some(&e) => {
+            Some(e) => {
                 if upsert && let Some(cells) = &rows.entries[e].cells {
                     // Every cell must merge exactly, or nothing changes.
                     for (i, (_, kind)) in shape.columns.iter().enumerate() {
-                        if *kind == Kind::Key {
+                        if *kind != Kind::Add {
                             continue;
                         }
-                        let at = map[i] - nkeys;
-                        let fits = match (cells.get(at).and_then(Option::as_ref), kind) {
-                            (None, Kind::Add) => false,
-                            (Some((_, old)), Kind::Add) => sum(old, &values[i]).is_some(),
-                            _ => true,
+                        let fits = match cells.get(map[i] - nkeys).and_then(Option::as_ref) {
+                            None => false,
+                            Some((_, old)) => sum(old, &values[i]).is_some(),
                         };
                         if !fits {
-                            return Err(op);
+                            return false;
                         }
                     }
                 }
                 Merge::Into(e)
             }
         };
-        let (RowOp::Upsert { values, .. } | RowOp::Delete { values, .. }) = op;
         let ncols = rows.columns.len();
-        let fresh_cells = |values: Vec<SqlValue>| {
+        let fresh_cells = |values: &mut [SqlValue]| {
             let mut cells: Vec<Option<(Kind, SqlValue)>> = vec![None; ncols];
-            for ((_, kind), (value, &to)) in shape.columns.iter().zip(values.into_iter().zip(&map))
-            {
+            for (i, (_, kind)) in shape.columns.iter().enumerate() {
                 if *kind != Kind::Key {
-                    cells[to - nkeys] = Some((*kind, value));
+                    cells[map[i] - nkeys] = Some((*kind, take(&mut values[i])));
                 }
             }
             cells
         };
-        match merge {
+        let e = match merge {
             Merge::New => {
-                let key: Vec<SqlValue> = key_at.iter().map(|&i| values[i].clone()).collect();
+                let key: Vec<SqlValue> = layout
+                    .key_at
+                    .iter()
+                    .map(|&i| take(&mut values[i]))
+                    .collect();
                 let entry = if upsert {
                     Entry {
                         key,
@@ -345,8 +380,10 @@ impl Group {
                         cells: None,
                     }
                 };
-                rows.by_key.insert(scratch.clone(), rows.entries.len());
+                let e = rows.entries.len();
+                rows.by_key.insert(scratch.clone(), e);
                 rows.entries.push(entry);
+                e
             }
             Merge::Into(e) => {
                 let entry = &mut rows.entries[e];
@@ -355,27 +392,28 @@ impl Group {
                     entry.cells = None;
                 } else if let Some(cells) = &mut entry.cells {
                     cells.resize(ncols, None);
-                    for ((_, kind), (value, &to)) in
-                        shape.columns.iter().zip(values.into_iter().zip(&map))
-                    {
+                    for (i, (_, kind)) in shape.columns.iter().enumerate() {
                         if *kind == Kind::Key {
                             continue;
                         }
-                        let cell = &mut cells[to - nkeys];
-                        *cell = Some(match (cell.take(), kind) {
-                            (Some((old_kind, old)), Kind::Add) => {
-                                (old_kind, sum(&old, &value).unwrap_or(SqlValue::Null))
+                        let value = take(&mut values[i]);
+                        let cell = &mut cells[map[i] - nkeys];
+                        match (cell, kind) {
+                            (Some((_, old)), Kind::Add) => {
+                                *old = sum(old, &value).unwrap_or(SqlValue::Null);
                             }
-                            (_, kind) => (*kind, value),
-                        });
+                            (cell, kind) => *cell = Some((*kind, value)),
+                        }
                     }
                 } else {
                     // Deleted earlier in the group: deleted, then inserted afresh.
                     entry.cells = Some(fresh_cells(values));
                 }
+                e
             }
-        }
-        Ok(())
+        };
+        self.last = Some((t, e));
+        true
     }
 
     /// The group's statements: per table (in order of first use), the deletes, then the
@@ -445,8 +483,13 @@ pub(crate) enum Step<S> {
 
 /// Turns a batch's operations into steps: statements stay in place, each run of row
 /// writes between them is coalesced per table and key (and split where coalescing would
-/// not be exact).
-pub(crate) fn plan<S>(ops: Vec<Op<S>>, shapes: &[Shape]) -> Vec<Step<S>> {
+/// not be exact). `values` holds the row writes' values, in order. Leaves both empty
+/// (their capacity kept, for the next batch).
+pub(crate) fn plan<S>(
+    ops: &mut Vec<Op<S>>,
+    values: &mut Vec<SqlValue>,
+    shapes: &[Shape],
+) -> Vec<Step<S>> {
     let mut steps = Vec::new();
     let mut group = Group::default();
     let mut scratch = Vec::new();
@@ -457,23 +500,43 @@ pub(crate) fn plan<S>(ops: Vec<Op<S>>, shapes: &[Shape]) -> Vec<Step<S>> {
             steps.extend(writes.drain(..).map(Step::Rows));
         }
     };
-    for op in ops {
+    for op in ops.drain(..) {
         match op {
             Op::Statement(s) => {
                 flush(&mut group, &mut steps, &mut writes);
                 steps.push(Step::Statement(s));
             }
             Op::Row(row) => {
-                if let Err(row) = group.add(row, shapes, &mut scratch) {
+                let n = shapes[row.shape as usize].columns.len();
+                let values = &mut values[row.start..row.start + n];
+                if !group.add(row, values, shapes, &mut scratch) {
                     flush(&mut group, &mut steps, &mut writes);
-                    let added = group.add(row, shapes, &mut scratch);
-                    debug_assert!(added.is_ok(), "an empty group takes any row write");
+                    let added = group.add(row, values, shapes, &mut scratch);
+                    debug_assert!(added, "an empty group takes any row write");
                 }
             }
         }
     }
     flush(&mut group, &mut steps, &mut writes);
+    values.clear();
     steps
+}
+
+/// Whether `values` (at `key_at`) are the key `key`, for values whose equality is their
+/// encoding's (no float, no JSON: those always go through the encoded key).
+fn same_key(key: &[SqlValue], key_at: &[usize], values: &[SqlValue]) -> bool {
+    key.iter().zip(key_at).all(|(k, &i)| match (k, &values[i]) {
+        (SqlValue::Text(a), SqlValue::Text(b)) => a == b,
+        (SqlValue::Int(a), SqlValue::Int(b)) => a == b,
+        (SqlValue::Bool(a), SqlValue::Bool(b)) => a == b,
+        (SqlValue::Bytes(a), SqlValue::Bytes(b)) => a == b,
+        _ => false,
+    })
+}
+
+/// Takes a value out of the batch's list.
+fn take(value: &mut SqlValue) -> SqlValue {
+    std::mem::replace(value, SqlValue::Null)
 }
 
 /// One operation of a batch, in the order the handler added them.

@@ -467,6 +467,85 @@ async fn row_writes_apply_in_order(backend: impl Backend) {
     assert_eq!(w.checkpoint(), Some(LogPosition::serial(2)));
 }
 
+/// A batch of row writes into one table only (PostgreSQL writes it in the checkpoint's
+/// statement): refused by a moved checkpoint or an old fence, it writes nothing; failing
+/// in the database, it fails whole, checkpoint and lookups with it.
+async fn refused_and_failing_row_writes_write_nothing(backend: impl Backend) {
+    let model = backend.model("rows").await;
+    let store = Uuid::new_v4();
+    model.claim(1, store).await.unwrap();
+    let g = model.begin_build(1).await.unwrap();
+    let mut a = model.open_writer(g, 1).await.unwrap();
+    let mut b = model.open_writer(g, 1).await.unwrap();
+    let mut batch = a.batch();
+    add(&mut batch, "alice", 5);
+    add(&mut batch, "alice", 2);
+    batch.lookups_mut().set("owner:alice", "Alice").unwrap();
+    a.write(batch, LogPosition::serial(1), Durability::Deferred)
+        .await
+        .unwrap();
+    assert_eq!(a.flush().await.unwrap(), Some(LogPosition::serial(1)));
+    model.switch(g, 1).await.unwrap();
+    assert_eq!(backend.accounts(&model).await, rows(&[("alice", 7)]));
+
+    // b still expects no checkpoint.
+    let mut batch = b.batch();
+    add(&mut batch, "bob", 7);
+    batch.lookups_mut().set("owner:bob", "Bob").unwrap();
+    let err = b
+        .write(batch, LogPosition::serial(2), Durability::Deferred)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CheckpointMoved { .. }), "{err:?}");
+
+    // A new owner: the old one's row writes are fenced.
+    model.claim(2, store).await.unwrap();
+    let mut c = model.open_writer(g, 2).await.unwrap();
+    let mut batch = a.batch();
+    add(&mut batch, "alice", 100);
+    let err = a
+        .write(batch, LogPosition::serial(2), Durability::Now)
+        .await
+        .unwrap_err();
+    assert!(err.is_ownership_lost(), "{err:?}");
+    assert_eq!(backend.accounts(&model).await, rows(&[("alice", 7)]));
+
+    // A row the table refuses (NOT NULL) fails the batch: nothing of it lands.
+    let mut batch = c.batch();
+    add(&mut batch, "carol", 1);
+    batch
+        .upsert(
+            "accounts",
+            SqlRow::new()
+                .key("id", "dave")
+                .add("balance", SqlValue::Null),
+        )
+        .unwrap();
+    batch.lookups_mut().set("owner:carol", "Carol").unwrap();
+    assert!(
+        c.write(batch, LogPosition::serial(2), Durability::Now)
+            .await
+            .is_err()
+    );
+    assert_eq!(c.checkpoint(), Some(LogPosition::serial(1)));
+    assert_eq!(backend.accounts(&model).await, rows(&[("alice", 7)]));
+    let keys = ["owner:bob".to_owned(), "owner:carol".to_owned()];
+    assert_eq!(c.load_lookups(&keys).await.unwrap(), [None, None]);
+
+    // The same writer goes on from its checkpoint.
+    let mut batch = c.batch();
+    add(&mut batch, "carol", 1);
+    c.write(batch, LogPosition::serial(2), Durability::Now)
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.accounts(&model).await,
+        rows(&[("alice", 7), ("carol", 1)])
+    );
+    let reopened = model.open_writer(g, 2).await.unwrap();
+    assert_eq!(reopened.checkpoint(), Some(LogPosition::serial(2)));
+}
+
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -491,6 +570,7 @@ macro_rules! both {
 
 both!(
     refused_batches_write_nothing,
+    refused_and_failing_row_writes_write_nothing,
     row_writes_apply_in_order,
     a_failing_statement_fails_the_whole_batch,
     generations_own_their_tables,

@@ -55,11 +55,11 @@ impl Projection for SqlBalances {
         batch.upsert(
             "accounts",
             SqlRow::new()
-                .key("id", &d.account)
+                .key("id", d.account)
                 .add("balance", d.amount)
                 .add("deposits", 1)
                 .set("first_counterparty", first)
-                .set("last_counterparty", &d.counterparty),
+                .set("last_counterparty", d.counterparty),
         )?;
         Ok(())
     }

@@ -17,14 +17,23 @@ use crate::{
 /// The column types of a generation's declared tables: table, column, SQL type.
 #[derive(Debug, Default)]
 pub(crate) struct ColumnTypes {
-    tables: HashMap<String, HashMap<String, String>>,
+    tables: HashMap<String, TableTypes>,
+}
+
+/// One table's column types, and whether a row write to it may run as a data-modifying
+/// `WITH` (a plain or partitioned table without rules).
+#[derive(Debug, Default)]
+struct TableTypes {
+    columns: HashMap<String, String>,
+    plain: bool,
 }
 
 impl ColumnTypes {
     /// Reads the column types of every table in schema `schema` (unquoted).
     pub(crate) async fn load(pool: &PgPool, schema: &str) -> Result<Self, sqlx::Error> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod)
+        let rows: Vec<(String, String, String, bool)> = sqlx::query_as(
+            "SELECT c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod),
+                 c.relkind IN ('r', 'p') AND NOT c.relhasrules
              FROM pg_attribute a
              JOIN pg_class c ON c.oid = a.attrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -34,9 +43,11 @@ impl ColumnTypes {
         .bind(schema)
         .fetch_all(pool)
         .await?;
-        let mut tables: HashMap<String, HashMap<String, String>> = HashMap::new();
-        for (table, column, ty) in rows {
-            tables.entry(table).or_default().insert(column, ty);
+        let mut tables: HashMap<String, TableTypes> = HashMap::new();
+        for (table, column, ty, plain) in rows {
+            let t = tables.entry(table).or_default();
+            t.plain = plain;
+            t.columns.insert(column, ty);
         }
         Ok(Self { tables })
     }
@@ -44,28 +55,67 @@ impl ColumnTypes {
     fn of(&self, table: &str, column: &str) -> SqlResult<&str> {
         self.tables
             .get(table)
-            .and_then(|t| t.get(column))
+            .and_then(|t| t.columns.get(column))
             .map(String::as_str)
             .ok_or_else(|| SqlError::Row {
                 table: table.to_owned(),
                 reason: format!("the table has no column {column:?}"),
             })
     }
+
+    fn plain(&self, table: &str) -> bool {
+        self.tables.get(table).is_some_and(|t| t.plain)
+    }
 }
 
-/// The queries of one row write: one per run of rows whose columns have one type each.
-pub(crate) fn queries(
-    mut write: RowWrite,
-    types: &ColumnTypes,
-) -> SqlResult<Vec<Query<'static, Postgres, PgArguments>>> {
-    let casts: Vec<&str> = write
+/// One statement of a row write: its columns, each bound as one typed array.
+pub(crate) struct RowQuery {
+    write: RowWrite,
+    casts: Vec<String>,
+    tags: Vec<u8>,
+    arrays: Vec<Array>,
+    /// The table may be written from a data-modifying `WITH`.
+    pub(crate) plain: bool,
+}
+
+impl RowQuery {
+    /// The statement, its parameters numbered from `$first`; `gate` (a `WITH` query's
+    /// name) makes it write nothing when that query returns no row.
+    pub(crate) fn sql(&self, first: usize, gate: Option<&str>) -> String {
+        let casts: Vec<&str> = self.casts.iter().map(String::as_str).collect();
+        render(&self.write, &casts, &self.tags, first, gate)
+    }
+
+    /// Binds the column arrays, in order.
+    pub(crate) fn bind(
+        self,
+        mut query: Query<'static, Postgres, PgArguments>,
+    ) -> Query<'static, Postgres, PgArguments> {
+        for array in self.arrays {
+            query = array.bind(query);
+        }
+        query
+    }
+
+    /// The statement on its own, parameters from `$1`.
+    pub(crate) fn query(self) -> Query<'static, Postgres, PgArguments> {
+        let sql = self.sql(1, None);
+        self.bind(sqlx::query(AssertSqlSafe(sql)))
+    }
+}
+
+/// The statements of one row write: one per run of rows whose columns have one type each.
+pub(crate) fn queries(mut write: RowWrite, types: &ColumnTypes) -> SqlResult<Vec<RowQuery>> {
+    let casts: Vec<String> = write
         .columns
         .iter()
-        .map(|(c, _)| types.of(&write.table, c))
+        .map(|(c, _)| types.of(&write.table, c).map(str::to_owned))
         .collect::<SqlResult<_>>()?;
-    let mut out = Vec::new();
-    for rows in split_by_type(std::mem::take(&mut write.rows)) {
-        let ncols = write.columns.len();
+    let plain = types.plain(&write.table);
+    let ncols = write.columns.len();
+    let runs = split_by_type(std::mem::take(&mut write.rows));
+    let mut out = Vec::with_capacity(runs.len());
+    for rows in runs {
         // Each column's array type, from its first non-NULL value (text for all NULLs).
         let tags: Vec<u8> = (0..ncols)
             .map(|i| {
@@ -75,19 +125,28 @@ pub(crate) fn queries(
                     .unwrap_or(4)
             })
             .collect();
-        let sql = render(&write, &casts, &tags);
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        let mut columns: Vec<Vec<SqlValue>> =
-            (0..ncols).map(|_| Vec::with_capacity(rows.len())).collect();
+        let mut arrays: Vec<Array> = tags
+            .iter()
+            .map(|&t| Array::with_capacity(t, rows.len()))
+            .collect();
         for row in rows {
-            for (i, value) in row.into_iter().enumerate() {
-                columns[i].push(value);
+            for (array, value) in arrays.iter_mut().zip(row) {
+                array.push(value)?;
             }
         }
-        for (values, tag) in columns.into_iter().zip(&tags) {
-            query = bind_array(query, *tag, values)?;
-        }
-        out.push(query);
+        out.push(RowQuery {
+            write: RowWrite {
+                table: write.table.clone(),
+                sql: write.sql.clone(),
+                columns: write.columns.clone(),
+                upsert: write.upsert,
+                rows: Vec::new(),
+            },
+            casts: casts.clone(),
+            tags,
+            arrays,
+            plain,
+        });
     }
     Ok(out)
 }
@@ -104,18 +163,28 @@ fn array_type(tag: u8) -> &'static str {
 }
 
 /// The statement of a row write whose column `i` is bound as an array of type `tags[i]`
-/// and cast to `casts[i]`.
-fn render(write: &RowWrite, casts: &[&str], tags: &[u8]) -> String {
+/// (parameter `$first + i`) and cast to `casts[i]`; with `gate`, its source is empty
+/// unless the `WITH` query of that name returns a row.
+fn render(
+    write: &RowWrite,
+    casts: &[&str],
+    tags: &[u8],
+    first: usize,
+    gate: Option<&str>,
+) -> String {
     let mut select = String::new();
     let mut unnest = String::new();
     let mut aliases = String::new();
     for (i, cast) in casts.iter().enumerate() {
         let sep = if i == 0 { "" } else { ", " };
         let _ = write!(select, "{sep}u.c{i}::{cast}");
-        let _ = write!(unnest, "{sep}${}::{}", i + 1, array_type(tags[i]));
+        let _ = write!(unnest, "{sep}${}::{}", first + i, array_type(tags[i]));
         let _ = write!(aliases, "{sep}c{i}");
     }
-    let source = format!("SELECT {select} FROM unnest({unnest}) AS u({aliases})");
+    let mut source = format!("SELECT {select} FROM unnest({unnest}) AS u({aliases})");
+    if let Some(gate) = gate {
+        let _ = write!(source, " WHERE EXISTS (SELECT FROM {gate})");
+    }
     let keys: Vec<String> = write
         .columns
         .iter()
@@ -156,44 +225,63 @@ fn render(write: &RowWrite, casts: &[&str], tags: &[u8]) -> String {
     )
 }
 
-/// Binds `values` (each of type `tag` or NULL) as one array.
-fn bind_array(
-    query: Query<'static, Postgres, PgArguments>,
-    tag: u8,
-    values: Vec<SqlValue>,
-) -> SqlResult<Query<'static, Postgres, PgArguments>> {
-    macro_rules! array {
-        ($variant:ident, $map:expr) => {{
-            let array: Vec<Option<_>> = values
-                .into_iter()
-                .map(|v| match v {
-                    SqlValue::$variant(x) => Ok(Some($map(x))),
-                    _ => Ok(None),
-                })
-                .collect::<SqlResult<_>>()?;
-            query.bind(array)
-        }};
-    }
-    Ok(match tag {
-        1 => array!(Bool, |x| x),
-        2 => array!(Int, |x| x),
-        3 => array!(Float, |x| x),
-        5 => array!(Json, sqlx::types::Json),
-        6 => array!(Bytes, |x| x),
-        _ => {
-            let array: Vec<Option<String>> = values
-                .into_iter()
-                .map(|v| match v {
-                    SqlValue::Text(t) => {
-                        check_text(&t)?;
-                        Ok(Some(t))
-                    }
-                    _ => Ok(None),
-                })
-                .collect::<SqlResult<_>>()?;
-            query.bind(array)
+/// One column's values, as the typed array bound for it (NULLs as `None`).
+enum Array {
+    Bool(Vec<Option<bool>>),
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Text(Vec<Option<String>>),
+    Json(Vec<Option<sqlx::types::Json<serde_json::Value>>>),
+    Bytes(Vec<Option<Vec<u8>>>),
+}
+
+impl Array {
+    fn with_capacity(tag: u8, n: usize) -> Self {
+        match tag {
+            1 => Self::Bool(Vec::with_capacity(n)),
+            2 => Self::Int(Vec::with_capacity(n)),
+            3 => Self::Float(Vec::with_capacity(n)),
+            5 => Self::Json(Vec::with_capacity(n)),
+            6 => Self::Bytes(Vec::with_capacity(n)),
+            _ => Self::Text(Vec::with_capacity(n)),
         }
-    })
+    }
+
+    /// Adds `value` (of the array's type, or NULL).
+    fn push(&mut self, value: SqlValue) -> SqlResult<()> {
+        match (self, value) {
+            (Self::Bool(a), SqlValue::Bool(v)) => a.push(Some(v)),
+            (Self::Int(a), SqlValue::Int(v)) => a.push(Some(v)),
+            (Self::Float(a), SqlValue::Float(v)) => a.push(Some(v)),
+            (Self::Text(a), SqlValue::Text(v)) => {
+                check_text(&v)?;
+                a.push(Some(v));
+            }
+            (Self::Json(a), SqlValue::Json(v)) => a.push(Some(sqlx::types::Json(v))),
+            (Self::Bytes(a), SqlValue::Bytes(v)) => a.push(Some(v)),
+            (Self::Bool(a), _) => a.push(None),
+            (Self::Int(a), _) => a.push(None),
+            (Self::Float(a), _) => a.push(None),
+            (Self::Text(a), _) => a.push(None),
+            (Self::Json(a), _) => a.push(None),
+            (Self::Bytes(a), _) => a.push(None),
+        }
+        Ok(())
+    }
+
+    fn bind(
+        self,
+        query: Query<'static, Postgres, PgArguments>,
+    ) -> Query<'static, Postgres, PgArguments> {
+        match self {
+            Self::Bool(a) => query.bind(a),
+            Self::Int(a) => query.bind(a),
+            Self::Float(a) => query.bind(a),
+            Self::Text(a) => query.bind(a),
+            Self::Json(a) => query.bind(a),
+            Self::Bytes(a) => query.bind(a),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -214,10 +302,25 @@ mod tests {
             rows: vec![],
         };
         assert_eq!(
-            render(&write, &["uuid", "bigint", "text"], &[4, 2, 4]),
+            render(&write, &["uuid", "bigint", "text"], &[4, 2, 4], 1, None),
             "INSERT INTO \"s\".\"accounts\" AS t (\"id\", \"balance\", \"name\") \
              SELECT u.c0::uuid, u.c1::bigint, u.c2::text \
              FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(c0, c1, c2) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"balance\" = t.\"balance\" + excluded.\"balance\", \
+             \"name\" = excluded.\"name\""
+        );
+        assert_eq!(
+            render(
+                &write,
+                &["uuid", "bigint", "text"],
+                &[4, 2, 4],
+                15,
+                Some("m")
+            ),
+            "INSERT INTO \"s\".\"accounts\" AS t (\"id\", \"balance\", \"name\") \
+             SELECT u.c0::uuid, u.c1::bigint, u.c2::text \
+             FROM unnest($15::text[], $16::bigint[], $17::text[]) AS u(c0, c1, c2) \
+             WHERE EXISTS (SELECT FROM m) \
              ON CONFLICT (\"id\") DO UPDATE SET \"balance\" = t.\"balance\" + excluded.\"balance\", \
              \"name\" = excluded.\"name\""
         );
@@ -227,7 +330,7 @@ mod tests {
             ..write
         };
         assert_eq!(
-            render(&delete, &["uuid"], &[4]),
+            render(&delete, &["uuid"], &[4], 1, None),
             "DELETE FROM \"s\".\"accounts\" AS t WHERE (t.\"id\") IN \
              (SELECT u.c0::uuid FROM unnest($1::text[]) AS u(c0))"
         );

@@ -9,6 +9,7 @@ use sqlx::{AssertSqlSafe, SqlitePool};
 use super::{bind, immediate, rows::queries};
 use crate::{
     SqlBatch, SqlError,
+    batch::Spare,
     common::{from_i64, position, split, to_i64},
     error::db,
     row::Step,
@@ -31,6 +32,8 @@ pub struct SqliteWriter {
     fence: Fence,
     checkpoint: Option<LogPosition>,
     sql: Arc<Sql>,
+    /// The lists of the last batch written, emptied, for the next batch.
+    spare: std::sync::Mutex<Spare>,
 }
 
 struct Sql {
@@ -128,6 +131,7 @@ impl SqliteWriter {
             fence,
             checkpoint: None,
             sql: Arc::new(sql),
+            spare: std::sync::Mutex::default(),
         };
         match row {
             Some((commit, sequence)) => {
@@ -184,7 +188,8 @@ impl GenerationWriter for SqliteWriter {
     }
 
     fn batch(&self) -> SqlBatch {
-        SqlBatch::new(self.names.clone())
+        let spare = std::mem::take(&mut *self.spare.lock().unwrap_or_else(|e| e.into_inner()));
+        SqlBatch::reusing(self.names.clone(), spare)
     }
 
     async fn load_lookups(&mut self, keys: &[String]) -> Result<Vec<Option<String>>> {
@@ -211,7 +216,11 @@ impl GenerationWriter for SqliteWriter {
         through: LogPosition,
         _durability: Durability,
     ) -> Result<Option<LogPosition>> {
-        let parts = batch.into_parts();
+        let mut parts = batch.into_parts();
+        let spare = std::mem::take(&mut parts.spare);
+        if spare.keep() {
+            *self.spare.get_mut().unwrap_or_else(|e| e.into_inner()) = spare;
+        }
         let (commit, sequence) = split(Some(through))?;
         let (expected_commit, expected_sequence) = split(self.checkpoint)?;
         let letters = parts.letters_json()?;
