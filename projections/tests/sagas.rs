@@ -176,6 +176,7 @@ async fn an_unpaid_invoice_is_reminded_when_its_deadline_fires() -> Result<(), B
     );
     assert_eq!(then.types(), ["Watching", "DeadlineScheduled"]);
     assert_eq!(test.deadlines().pending(), 1);
+    let scheduled = then.events()[1].clone();
 
     // Six days: nothing yet.
     let then = test.advance(Duration::from_secs(6 * 24 * 3600)).await?;
@@ -204,6 +205,23 @@ async fn an_unpaid_invoice_is_reminded_when_its_deadline_fires() -> Result<(), B
             .correlation_id
             .or(Some(issued[0].event_id))
     );
+    // The firing, and what the saga did about it, continue the trace of the reaction that
+    // scheduled the deadline: its trace context travels with the deadline.
+    let trace = scheduled
+        .metadata
+        .trace
+        .as_ref()
+        .expect("a reaction's events carry its trace context")
+        .trace_id();
+    for event in then.events() {
+        let continued = event.metadata.trace.as_ref().map(|t| t.trace_id());
+        assert_eq!(
+            continued,
+            Some(trace),
+            "{} in another trace",
+            event.event_type
+        );
+    }
     assert_eq!(test.deadlines().pending(), 0);
     Ok(())
 }

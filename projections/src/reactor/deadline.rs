@@ -203,9 +203,11 @@ impl Aggregate for Deadline {
 #[derive(Debug, Clone)]
 struct Pending {
     due_at: OffsetDateTime,
-    /// The scheduling event: the firing's causation, and its correlation.
+    /// The scheduling event: the firing's causation, its correlation, and the trace context
+    /// the firing continues.
     scheduled_by: Uuid,
     correlation: Option<Uuid>,
+    trace: Option<annals::TraceContext>,
 }
 
 #[derive(Debug, Default)]
@@ -374,6 +376,7 @@ impl<S: EventStore + Clone + 'static> Reactor<S> for DeadlineWatch {
                         due_at: info.due_at,
                         scheduled_by: event.event_id,
                         correlation: event.metadata.correlation_id,
+                        trace: event.metadata.trace.clone(),
                     },
                 );
                 self.deadlines.wake.notify_one();
@@ -413,6 +416,11 @@ async fn fire_due<S: EventStore + Clone>(
             .with_causation_id(pending.scheduled_by);
             if let Some(correlation) = pending.correlation {
                 context = context.with_correlation_id(correlation);
+            }
+            // The firing continues the trace of the command that scheduled it, however long
+            // ago and in whichever process.
+            if let Some(trace) = pending.trace.clone() {
+                context = context.with_trace(trace);
             }
             match repository
                 .execute(&id.simple().to_string(), DeadlineCommand::Fire, &context)
