@@ -333,17 +333,7 @@ impl<B: Broker> Shared<B> {
     /// broke) and returns what the broker said; a transport failure drops the session.
     async fn publish(&self, projection: &str, messages: &[Message]) -> Result<Published> {
         let broker = &self.broker;
-        let session = match self.take_session() {
-            Some(session) if broker.is_open(&session) => Some(session),
-            _ => None,
-        };
-        let mut session = match session {
-            Some(session) => session,
-            None => broker
-                .connect()
-                .await
-                .map_err(|e| e.into_runner_error(projection))?,
-        };
+        let mut session = self.open_session(projection).await?;
         let span = tracing::info_span!(
             "annals.publish",
             projection,
@@ -381,18 +371,23 @@ impl<B: Broker> Shared<B> {
         }
     }
 
-    /// Keeps an open session, opening one when there is none or it broke: the idle check
-    /// of [`GenerationWriter::check`], so that a broker that went away while no event came
-    /// shows in the status.
-    async fn check(&self, projection: &str) -> Result<()> {
-        let session = match self.take_session() {
-            Some(session) if self.broker.is_open(&session) => session,
+    /// The shared session, taken out, when it is still open; else a new one.
+    async fn open_session(&self, projection: &str) -> Result<B::Session> {
+        match self.take_session() {
+            Some(session) if self.broker.is_open(&session) => Ok(session),
             _ => self
                 .broker
                 .connect()
                 .await
-                .map_err(|e| e.into_runner_error(projection))?,
-        };
+                .map_err(|e| e.into_runner_error(projection)),
+        }
+    }
+
+    /// Keeps an open session, opening one when there is none or it broke: the idle check
+    /// of [`GenerationWriter::check`], so that a broker that went away while no event came
+    /// shows in the status.
+    async fn check(&self, projection: &str) -> Result<()> {
+        let session = self.open_session(projection).await?;
         self.keep_session(session);
         Ok(())
     }
