@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::headers;
+use crate::{BrokerError, error::error_chain, headers};
 
 /// One message as a consumer's handler gets it: the event it carries, read back from the
 /// message's headers and payload, and how often the broker has delivered it.
@@ -317,6 +317,107 @@ pub struct Consumed {
     pub dead_lettered: u64,
 }
 
+/// A broker's side of a consumer: opening a session, consuming on it, closing it. The
+/// session loop around them ([`consume_sessions`]) is the same for every broker.
+pub(crate) trait Sessions: Sync {
+    /// An open connection with its subscription.
+    type Session: Send;
+    /// What outlives a session (RabbitMQ counts deliveries per message id itself).
+    type Kept: Default + Send;
+
+    /// Names the consumer in logs.
+    fn consumer(&self) -> &str;
+    /// Names the broker in logs and errors.
+    fn describe(&self) -> String;
+    /// The consumer's settings.
+    fn config(&self) -> &ConsumerConfig;
+    /// Opens a session, within the connect timeout.
+    fn open(&self) -> impl Future<Output = Result<Self::Session, BrokerError>> + Send;
+    /// Consumes on `session` until it ends: `Ok` when draining found nothing left or
+    /// `shutdown` completed, an error when the session broke.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the loop's state, lent for one session"
+    )]
+    fn consume(
+        &self,
+        handler: &dyn Handler,
+        session: &mut Self::Session,
+        shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
+        drain: bool,
+        totals: &mut Consumed,
+        failures: &mut u32,
+        kept: &mut Self::Kept,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+    /// Closes a session that opened, `ended_well` when it ended without an error.
+    fn close(&self, session: Self::Session, ended_well: bool) -> impl Future<Output = ()> + Send;
+}
+
+/// The session loop both consumers share: opens a session, consumes on it until it ends,
+/// and after a transient failure waits the configured backoff and opens another, until
+/// `shutdown` completes. A failure that is not transient is returned; so is a first
+/// session that cannot be opened while draining (an unreachable broker is reported, not
+/// waited for).
+pub(crate) async fn consume_sessions<C: Sessions, H: Handler>(
+    consumer: &C,
+    handler: &H,
+    shutdown: impl Future<Output = ()> + Send,
+    drain: bool,
+) -> Result<Consumed, BrokerError> {
+    tokio::pin!(shutdown);
+    let mut totals = Consumed::default();
+    let mut failures = 0u32;
+    let mut kept = C::Kept::default();
+    let mut opened = false;
+    loop {
+        let session = tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(totals),
+            session = consumer.open() => session,
+        };
+        let outcome = match session {
+            Ok(mut session) => {
+                opened = true;
+                let outcome = consumer
+                    .consume(
+                        handler,
+                        &mut session,
+                        &mut shutdown,
+                        drain,
+                        &mut totals,
+                        &mut failures,
+                        &mut kept,
+                    )
+                    .await;
+                consumer.close(session, outcome.is_ok()).await;
+                match outcome {
+                    Ok(()) => return Ok(totals),
+                    Err(error) => error,
+                }
+            }
+            Err(error) if drain && !opened => return Err(error),
+            Err(error) => error,
+        };
+        if !outcome.is_transient() {
+            return Err(outcome);
+        }
+        let delay = consumer.config().backoff.delay(failures);
+        failures = failures.saturating_add(1);
+        tracing::warn!(
+            consumer = consumer.consumer(),
+            broker = consumer.describe(),
+            error = error_chain(&outcome),
+            retry_in = ?delay,
+            "consuming failed; trying again"
+        );
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(totals),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// What to do with a message after its handler ran.
 #[derive(Debug)]
 pub(crate) enum Verdict {
@@ -332,8 +433,8 @@ pub(crate) enum Verdict {
 /// carries), runs the handler in it, and says what to do with the message.
 ///
 /// `tick` runs while the handler does (JetStream: telling the server the work goes on).
-pub(crate) async fn handle<H: Handler, T: Future<Output = ()>>(
-    handler: &H,
+pub(crate) async fn handle<T: Future<Output = ()>>(
+    handler: &dyn Handler,
     config: &ConsumerConfig,
     consumer: &str,
     delivery: &mut Delivery,

@@ -15,7 +15,7 @@ use futures::StreamExt;
 
 use crate::{
     BrokerError, Consumed, ConsumerConfig, Delivery, Handler, Poison,
-    consumer::{Verdict, dead_letter_headers, handle, log_given_up},
+    consumer::{Sessions, Verdict, consume_sessions, dead_letter_headers, handle, log_given_up},
     error::error_chain,
 };
 
@@ -79,7 +79,7 @@ impl fmt::Debug for NatsConsumer {
 }
 
 /// An open session: the client, the stream's context, the durable consumer and its messages.
-struct Session {
+pub(crate) struct Session {
     client: async_nats::Client,
     context: jetstream::Context,
     consumer: PullConsumer,
@@ -219,7 +219,7 @@ impl NatsConsumer {
         handler: H,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Consumed, BrokerError> {
-        self.work(&handler, shutdown, false).await
+        consume_sessions(self, &handler, shutdown, false).await
     }
 
     /// Consumes until nothing is left: no message waits to be delivered and none waits for
@@ -230,76 +230,7 @@ impl NatsConsumer {
     /// As [`NatsConsumer::run`], and the first session's failure (an unreachable server is
     /// reported, not waited for).
     pub async fn drain<H: Handler>(&self, handler: H) -> Result<Consumed, BrokerError> {
-        self.work(&handler, std::future::pending(), true).await
-    }
-
-    async fn work<H: Handler>(
-        &self,
-        handler: &H,
-        shutdown: impl Future<Output = ()> + Send,
-        drain: bool,
-    ) -> Result<Consumed, BrokerError> {
-        tokio::pin!(shutdown);
-        let mut totals = Consumed::default();
-        let mut failures = 0u32;
-        let mut opened = false;
-        loop {
-            let session = tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(totals),
-                session = self.open() => session,
-            };
-            let outcome = match session {
-                Ok(mut session) => {
-                    opened = true;
-                    let outcome = self
-                        .session(
-                            handler,
-                            &mut session,
-                            &mut shutdown,
-                            drain,
-                            &mut totals,
-                            &mut failures,
-                        )
-                        .await;
-                    match outcome {
-                        Ok(()) => {
-                            // The last acknowledgements leave before the connection closes
-                            // (a lost one only brings its message again).
-                            let flush = session.client.flush();
-                            let flushed = tokio::time::timeout(Duration::from_secs(2), flush);
-                            if !matches!(flushed.await, Ok(Ok(()))) {
-                                tracing::debug!(
-                                    consumer = %self.durable,
-                                    "flushing the last acknowledgements failed"
-                                );
-                            }
-                            return Ok(totals);
-                        }
-                        Err(error) => error,
-                    }
-                }
-                Err(error) if drain && !opened => return Err(error),
-                Err(error) => error,
-            };
-            if !outcome.is_transient() {
-                return Err(outcome);
-            }
-            let delay = self.config.backoff.delay(failures);
-            failures = failures.saturating_add(1);
-            tracing::warn!(
-                consumer = %self.durable,
-                broker = self.describe(),
-                error = error_chain(&outcome),
-                retry_in = ?delay,
-                "consuming failed; trying again"
-            );
-            tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(totals),
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
+        consume_sessions(self, &handler, std::future::pending(), true).await
     }
 
     /// Connects, and finds or creates the stream, the dead-letter stream and the durable
@@ -371,9 +302,9 @@ impl NatsConsumer {
 
     /// Handles the session's messages until shutdown, until nothing is left (`drain`), or
     /// until the session fails.
-    async fn session<H: Handler>(
+    async fn session(
         &self,
-        handler: &H,
+        handler: &dyn Handler,
         session: &mut Session,
         shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
         drain: bool,
@@ -425,9 +356,9 @@ impl NatsConsumer {
     }
 
     /// Handles one message and settles it: ack, a delayed negative ack, or a dead letter.
-    async fn process<H: Handler>(
+    async fn process(
         &self,
-        handler: &H,
+        handler: &dyn Handler,
         session: &Session,
         message: jetstream::Message,
         totals: &mut Consumed,
@@ -573,6 +504,57 @@ impl NatsConsumer {
         );
         totals.dead_lettered += 1;
         Ok(())
+    }
+}
+
+impl Sessions for NatsConsumer {
+    type Session = Session;
+    type Kept = ();
+
+    fn consumer(&self) -> &str {
+        &self.durable
+    }
+
+    fn describe(&self) -> String {
+        NatsConsumer::describe(self)
+    }
+
+    fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    async fn open(&self) -> Result<Session, BrokerError> {
+        NatsConsumer::open(self).await
+    }
+
+    async fn consume(
+        &self,
+        handler: &dyn Handler,
+        session: &mut Session,
+        shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
+        drain: bool,
+        totals: &mut Consumed,
+        failures: &mut u32,
+        _kept: &mut (),
+    ) -> Result<(), BrokerError> {
+        self.session(handler, session, shutdown, drain, totals, failures)
+            .await
+    }
+
+    async fn close(&self, session: Session, ended_well: bool) {
+        if !ended_well {
+            return;
+        }
+        // The last acknowledgements leave before the connection closes (a lost one only
+        // brings its message again).
+        let flush = session.client.flush();
+        let flushed = tokio::time::timeout(Duration::from_secs(2), flush);
+        if !matches!(flushed.await, Ok(Ok(()))) {
+            tracing::debug!(
+                consumer = %self.durable,
+                "flushing the last acknowledgements failed"
+            );
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use crate::{
     BrokerError, Consumed, ConsumerConfig, Delivery, Handler, Poison,
-    consumer::{Verdict, dead_letter_headers, handle, log_given_up},
+    consumer::{Sessions, Verdict, consume_sessions, dead_letter_headers, handle, log_given_up},
     error::error_chain,
     headers,
     nats_consumer::header_text,
@@ -76,7 +76,7 @@ impl fmt::Debug for RabbitConsumer {
     }
 }
 
-struct Session {
+pub(crate) struct Session {
     connection: Closing,
     channel: Channel,
     /// A channel in confirm mode, for dead letters.
@@ -223,7 +223,7 @@ impl RabbitConsumer {
         handler: H,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Consumed, BrokerError> {
-        self.work(&handler, shutdown, false).await
+        consume_sessions(self, &handler, shutdown, false).await
     }
 
     /// Consumes until the queue holds no message ready for delivery and no other consumer is
@@ -234,74 +234,7 @@ impl RabbitConsumer {
     /// # Errors
     /// As [`RabbitConsumer::run`], and the first session's failure.
     pub async fn drain<H: Handler>(&self, handler: H) -> Result<Consumed, BrokerError> {
-        self.work(&handler, std::future::pending(), true).await
-    }
-
-    async fn work<H: Handler>(
-        &self,
-        handler: &H,
-        shutdown: impl Future<Output = ()> + Send,
-        drain: bool,
-    ) -> Result<Consumed, BrokerError> {
-        tokio::pin!(shutdown);
-        let mut totals = Consumed::default();
-        let mut failures = 0u32;
-        let mut opened = false;
-        // Deliveries per message id, for queues that do not count them.
-        let mut attempts: HashMap<String, u32> = HashMap::new();
-        loop {
-            let session = tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(totals),
-                session = tokio::time::timeout(self.connect_timeout, self.open()) => session,
-            };
-            let session = session.unwrap_or_else(|_| {
-                Err(BrokerError::Connect {
-                    broker: self.describe(),
-                    source: format!("no answer within {:?}", self.connect_timeout).into(),
-                })
-            });
-            let outcome = match session {
-                Ok(mut session) => {
-                    opened = true;
-                    let outcome = self
-                        .session(
-                            handler,
-                            &mut session,
-                            &mut shutdown,
-                            drain,
-                            &mut totals,
-                            &mut failures,
-                            &mut attempts,
-                        )
-                        .await;
-                    session.connection.close().await;
-                    match outcome {
-                        Ok(()) => return Ok(totals),
-                        Err(error) => error,
-                    }
-                }
-                Err(error) if drain && !opened => return Err(error),
-                Err(error) => error,
-            };
-            if !outcome.is_transient() {
-                return Err(outcome);
-            }
-            let delay = self.config.backoff.delay(failures);
-            failures = failures.saturating_add(1);
-            tracing::warn!(
-                consumer = %self.queue,
-                broker = self.describe(),
-                error = error_chain(&outcome),
-                retry_in = ?delay,
-                "consuming failed; trying again"
-            );
-            tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(totals),
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
+        consume_sessions(self, &handler, std::future::pending(), true).await
     }
 
     async fn open(&self) -> Result<Session, BrokerError> {
@@ -378,9 +311,9 @@ impl RabbitConsumer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn session<H: Handler>(
+    async fn session(
         &self,
-        handler: &H,
+        handler: &dyn Handler,
         session: &mut Session,
         shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
         drain: bool,
@@ -466,9 +399,9 @@ impl RabbitConsumer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn process<H: Handler>(
+    async fn process(
         &self,
-        handler: &H,
+        handler: &dyn Handler,
         session: &Session,
         delivery: AmqpDelivery,
         shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
@@ -676,6 +609,55 @@ impl RabbitConsumer {
         );
         totals.dead_lettered += 1;
         Ok(())
+    }
+}
+
+impl Sessions for RabbitConsumer {
+    type Session = Session;
+    /// Deliveries per message id, for queues that do not count them.
+    type Kept = HashMap<String, u32>;
+
+    fn consumer(&self) -> &str {
+        &self.queue
+    }
+
+    fn describe(&self) -> String {
+        RabbitConsumer::describe(self)
+    }
+
+    fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    async fn open(&self) -> Result<Session, BrokerError> {
+        tokio::time::timeout(self.connect_timeout, RabbitConsumer::open(self))
+            .await
+            .unwrap_or_else(|_| {
+                Err(BrokerError::Connect {
+                    broker: self.describe(),
+                    source: format!("no answer within {:?}", self.connect_timeout).into(),
+                })
+            })
+    }
+
+    async fn consume(
+        &self,
+        handler: &dyn Handler,
+        session: &mut Session,
+        shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
+        drain: bool,
+        totals: &mut Consumed,
+        failures: &mut u32,
+        attempts: &mut HashMap<String, u32>,
+    ) -> Result<(), BrokerError> {
+        self.session(
+            handler, session, shutdown, drain, totals, failures, attempts,
+        )
+        .await
+    }
+
+    async fn close(&self, mut session: Session, _ended_well: bool) {
+        session.connection.close().await;
     }
 }
 
