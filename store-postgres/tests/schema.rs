@@ -100,3 +100,52 @@ async fn schemas_are_isolated_and_migrations_are_idempotent() {
     a.drop_schema().await.unwrap();
     b.drop_schema().await.unwrap();
 }
+
+/// The store's connections plan each prepared statement once (`force_generic_plan`) unless
+/// told not to, when PostgreSQL's own choice (`auto`) stays: for statements of the
+/// application's own on `PgEventStore::pool` that need a plan per parameter value.
+#[tokio::test]
+async fn connections_reuse_generic_plans_unless_told_not_to() {
+    let Some(store) = common::try_store(common::config()).await else {
+        return;
+    };
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "force_generic_plan");
+    // Appends and reads work under generic plans (every other test runs under them too).
+    let s = StreamId::new("planned").unwrap();
+    for version in 0..8u64 {
+        let expected = if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        };
+        store
+            .append(
+                &s,
+                expected,
+                vec![new_event("Noted", json!({ "n": version }))],
+            )
+            .await
+            .unwrap();
+    }
+    let events: Vec<_> = store
+        .read_all(LogRead::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 8);
+    store.drop_schema().await.unwrap();
+
+    let Some(store) = common::try_store(common::config().with_generic_plans(false)).await else {
+        return;
+    };
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "auto");
+    store.drop_schema().await.unwrap();
+}
