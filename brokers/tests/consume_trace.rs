@@ -6,10 +6,7 @@
 mod common;
 
 use std::{
-    cell::Cell,
-    collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
-    thread::ThreadId,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -24,114 +21,7 @@ use annals_brokers::{
 use annals_projections::{
     EventFilter, MemoryReadModel, ProgressDisplay, ProjectionConfig, ProjectionRunner,
 };
-use tracing::{
-    Subscriber,
-    field::{Field, Visit},
-    span::{Attributes, Id, Record},
-};
-use tracing_subscriber::{Layer, layer::Context, prelude::*, registry::LookupSpan};
-
-// --- a span recorder (as in projections/tests/trace_context.rs) ---------------------------
-
-#[derive(Debug, Clone)]
-struct Seen {
-    name: &'static str,
-    fields: HashMap<String, String>,
-}
-
-impl Seen {
-    fn field(&self, name: &str) -> &str {
-        self.fields
-            .get(name)
-            .unwrap_or_else(|| panic!("span {} has no field {name}: {self:?}", self.name))
-    }
-}
-
-/// Records the spans of the threads that asked for it, each with its thread: one global
-/// subscriber for the test binary, other tests' spans kept apart (a current-thread runtime
-/// runs a test's tasks on its thread).
-#[derive(Clone, Default)]
-struct Recorder {
-    spans: Arc<Mutex<Vec<(ThreadId, Seen)>>>,
-    open: Arc<Mutex<HashMap<u64, usize>>>,
-}
-
-thread_local! {
-    static RECORDING: Cell<bool> = const { Cell::new(false) };
-}
-
-struct Fields<'a>(&'a mut HashMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _ctx: Context<'_, S>) {
-        let mut fields = HashMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        let mut spans = self.spans.lock().unwrap();
-        spans.push((
-            std::thread::current().id(),
-            Seen {
-                name: attrs.metadata().name(),
-                fields,
-            },
-        ));
-        self.open
-            .lock()
-            .unwrap()
-            .insert(id.into_u64(), spans.len() - 1);
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        let Some(&i) = self.open.lock().unwrap().get(&id.into_u64()) else {
-            return;
-        };
-        values.record(&mut Fields(&mut self.spans.lock().unwrap()[i].1.fields));
-    }
-}
-
-impl Recorder {
-    fn named(&self, name: &str) -> Vec<Seen> {
-        let me = std::thread::current().id();
-        self.spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(thread, seen)| *thread == me && seen.name == name)
-            .map(|(_, seen)| seen.clone())
-            .collect()
-    }
-}
-
-struct Recording;
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        RECORDING.with(|r| r.set(false));
-    }
-}
-
-fn recorder() -> (&'static Recorder, Recording) {
-    static RECORDER: OnceLock<Recorder> = OnceLock::new();
-    let recorder = RECORDER.get_or_init(|| {
-        let recorder = Recorder::default();
-        let only_recording =
-            tracing_subscriber::filter::dynamic_filter_fn(|_, _| RECORDING.with(Cell::get));
-        tracing_subscriber::registry()
-            .with(recorder.clone().with_filter(only_recording))
-            .init();
-        recorder
-    });
-    RECORDING.with(|r| r.set(true));
-    (recorder, Recording)
-}
+use annals_span_recorder::recorder;
 
 // --- the test -----------------------------------------------------------------------------
 

@@ -2,13 +2,7 @@
 //! the events' metadata, continued by a projection batch, by a reaction and the commands it
 //! issues, and through message headers by a consumer that only sees the headers.
 
-use std::{
-    cell::Cell,
-    collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
-    thread::ThreadId,
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use annals::{
     Aggregate, BoxError, CommandContext, DomainEvent, EventStore, InMemoryEventStore, LogRead,
@@ -18,132 +12,10 @@ use annals::{
 use annals_projections::{
     EventFilter, MemoryReadModel, Projection, ProjectionConfig, ProjectionRunner, Reaction, Reactor,
 };
+use annals_span_recorder::{Seen, recorder};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use tracing::{
-    Subscriber,
-    field::{Empty, Field, Visit},
-    span::{Attributes, Id, Record},
-};
-use tracing_subscriber::{Layer, layer::Context, prelude::*, registry::LookupSpan};
-
-// --- a span recorder -------------------------------------------------------------------
-
-/// One span as the recorder saw it: its name and fields (those recorded later included).
-#[derive(Debug, Clone)]
-struct Seen {
-    name: &'static str,
-    fields: HashMap<String, String>,
-}
-
-impl Seen {
-    fn field(&self, name: &str) -> &str {
-        self.fields
-            .get(name)
-            .unwrap_or_else(|| panic!("span {} has no field {name}: {self:?}", self.name))
-    }
-}
-
-/// A layer that records the spans of the threads that asked for it ([`recorder`]), each
-/// with the thread it was made on: one global subscriber for the whole test binary (scoped
-/// subscribers race with parallel tests over callsite interest), and the other tests' spans
-/// stay apart (each test runs on its own thread, its tasks too on a current-thread runtime).
-#[derive(Clone, Default)]
-struct Recorder {
-    spans: Arc<Mutex<Vec<(ThreadId, Seen)>>>,
-    open: Arc<Mutex<HashMap<u64, usize>>>,
-}
-
-thread_local! {
-    static RECORDING: Cell<bool> = const { Cell::new(false) };
-}
-
-struct Fields<'a>(&'a mut HashMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _ctx: Context<'_, S>) {
-        let mut fields = HashMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        let mut spans = self.spans.lock().unwrap();
-        let seen = Seen {
-            name: attrs.metadata().name(),
-            fields,
-        };
-        spans.push((std::thread::current().id(), seen));
-        self.open
-            .lock()
-            .unwrap()
-            .insert(id.into_u64(), spans.len() - 1);
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        let Some(&i) = self.open.lock().unwrap().get(&id.into_u64()) else {
-            return;
-        };
-        values.record(&mut Fields(&mut self.spans.lock().unwrap()[i].1.fields));
-    }
-}
-
-impl Recorder {
-    /// The spans this thread made so far.
-    fn mine(&self) -> Vec<Seen> {
-        let me = std::thread::current().id();
-        self.spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(thread, _)| *thread == me)
-            .map(|(_, seen)| seen.clone())
-            .collect()
-    }
-
-    fn named(&self, name: &str) -> Vec<Seen> {
-        self.mine().into_iter().filter(|s| s.name == name).collect()
-    }
-
-    /// The span whose own span id is `span_id`.
-    fn with_span_id(&self, span_id: &str) -> Seen {
-        self.mine()
-            .into_iter()
-            .find(|s| s.fields.get("span_id").is_some_and(|v| v == span_id))
-            .unwrap_or_else(|| panic!("no span has the span id {span_id}"))
-    }
-}
-
-/// Stops recording this thread's spans when dropped.
-struct Recording;
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        RECORDING.with(|r| r.set(false));
-    }
-}
-
-/// Records the spans of this thread (and of the tasks it runs) until the guard drops.
-fn recorder() -> (&'static Recorder, Recording) {
-    static RECORDER: OnceLock<Recorder> = OnceLock::new();
-    let recorder = RECORDER.get_or_init(|| {
-        let recorder = Recorder::default();
-        // Dynamic: asked at every span, never cached per callsite.
-        let only_recording =
-            tracing_subscriber::filter::dynamic_filter_fn(|_, _| RECORDING.with(Cell::get));
-        tracing_subscriber::registry()
-            .with(recorder.clone().with_filter(only_recording))
-            .init();
-        recorder
-    });
-    RECORDING.with(|r| r.set(true));
-    (recorder, Recording)
-}
+use tracing::field::Empty;
 
 // --- the domain ------------------------------------------------------------------------
 
