@@ -227,6 +227,14 @@ pub(crate) fn all() -> Vec<Scenario> {
             "the same rows upserted directly: per batch one SELECT of the lookups, one INSERT ... SELECT FROM unnest ... ON CONFLICT DO UPDATE, one transaction"
         ),
         scenario!(
+            "projection.sql.entries.rebuild",
+            "projections",
+            projection_sql::entries,
+            None,
+            "ledger entries (one row per event, keyed by event id) rebuilt from 0 into PgTables in the store's database, one lookup per event",
+            "the same rows upserted directly: per batch one SELECT of the lookups, one INSERT ... SELECT FROM unnest ... ON CONFLICT DO UPDATE, one transaction"
+        ),
+        scenario!(
             "nats.publish",
             "brokers",
             broker::nats,

@@ -1,6 +1,9 @@
-//! `projection.sql.rebuild`: the ledger balances rebuilt from position 0 into PostgreSQL
-//! tables (`annals-projections-sql`) in the store's database, beside the same rows written
-//! directly with batched `INSERT … ON CONFLICT DO UPDATE`.
+//! `projection.sql.rebuild` and `projection.sql.entries.rebuild`: a ledger read model
+//! rebuilt from position 0 into PostgreSQL tables (`annals-projections-sql`) in the store's
+//! database, beside the same rows written directly with batched `INSERT … ON CONFLICT DO
+//! UPDATE`. The balances coalesce (about one row per 1,000 events), so their baseline writes
+//! almost nothing and their ratio measures the log read; the entries (one row per event)
+//! measure the write path.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +32,7 @@ use crate::{
 };
 
 const NAME: &str = "ledger_balances";
+const ENTRIES: &str = "ledger_entries";
 
 /// The balances in one table: per account its balance, deposits, first counterparty (from
 /// the lookup) and last counterparty, one upsert per event (coalesced per batch).
@@ -62,6 +66,93 @@ impl Projection for SqlBalances {
                 .set("last_counterparty", d.counterparty),
         )?;
         Ok(())
+    }
+}
+
+/// The ledger entries in one table: one row per deposit, keyed by its event id, with the
+/// account's first counterparty from the lookup.
+struct SqlEntries;
+
+impl Projection for SqlEntries {
+    type Model = PgTables;
+
+    fn name(&self) -> &str {
+        ENTRIES
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::domain::<LedgerEvent>()
+    }
+
+    fn lookups(&self, event: &RecordedEvent, keys: &mut LookupKeys) {
+        declare_first(event, keys);
+    }
+
+    fn handle(&self, event: &RecordedEvent, batch: &mut SqlBatch) -> Result<(), BoxError> {
+        let LedgerEvent::Deposited(d) = LedgerEvent::decode(event)?;
+        let first = first_counterparty(batch, &d)?;
+        batch.upsert(
+            "entries",
+            SqlRow::new()
+                .key("id", event.event_id)
+                .set("account", d.account)
+                .set("amount", d.amount)
+                .set("counterparty", d.counterparty)
+                .set("first_counterparty", first),
+        )?;
+        Ok(())
+    }
+}
+
+/// Which read model a run rebuilds.
+#[derive(Debug, Clone, Copy)]
+enum Model {
+    /// [`SqlBalances`]: one row per account.
+    Balances,
+    /// [`SqlEntries`]: one row per event.
+    Entries,
+}
+
+impl Model {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Balances => NAME,
+            Self::Entries => ENTRIES,
+        }
+    }
+
+    fn schema(self) -> SqlSchema {
+        match self {
+            Self::Balances => SqlSchema::new().table("accounts", raw::sql::ACCOUNTS_DDL),
+            Self::Entries => SqlSchema::new().table("entries", raw::sql::ENTRIES_DDL),
+        }
+    }
+
+    fn add(self, runner: &ProjectionRunner<PgEventStore>, model: PgTables) -> BenchResult<()> {
+        let config = ProjectionConfig::new()
+            .with_batch_size(BATCH)
+            .with_page_size(BATCH)
+            .with_progress(ProgressDisplay::Silent);
+        match self {
+            Self::Balances => runner.add(SqlBalances, model, config)?,
+            Self::Entries => runner.add(SqlEntries, model, config)?,
+        }
+        Ok(())
+    }
+
+    /// Checks that the serving generation holds every event.
+    async fn check(self, model: &PgTables, batches: &[Batch]) -> BenchResult<()> {
+        match self {
+            Self::Balances => check(model, batches).await,
+            Self::Entries => {
+                let view = model.view().await?.ok_or("no generation serves")?;
+                let (rows,): (i64,) =
+                    sqlx::query_as(AssertSqlSafe(view.sql("SELECT count(*) FROM {entries}")?))
+                        .fetch_one(model.pool())
+                        .await?;
+                check_count(u64::try_from(rows)?, workload::count(batches))
+            }
+        }
     }
 }
 
@@ -110,7 +201,12 @@ pub(crate) async fn drop_namespace(pool: &PgPool, namespace: &str) -> BenchResul
 
 /// The framework side: fills a store, builds once (untimed), then times `runs` rebuilds
 /// from position 0 into a new generation of `PgTables` in the store's database.
-async fn rebuilds(ctx: &Ctx, batches: &[Batch], runs: usize) -> BenchResult<Vec<f64>> {
+async fn rebuilds(
+    ctx: &Ctx,
+    batches: &[Batch],
+    runs: usize,
+    which: Model,
+) -> BenchResult<Vec<f64>> {
     let events = workload::count(batches);
     with_store(ctx, 6, |store: PgEventStore| async move {
         fill(&store, batches).await?;
@@ -120,23 +216,19 @@ async fn rebuilds(ctx: &Ctx, batches: &[Batch], runs: usize) -> BenchResult<Vec<
             "sqlbench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let schema = SqlSchema::new().table("accounts", raw::sql::ACCOUNTS_DDL);
-        let model = PgTables::new(pool.clone(), &namespace, NAME, schema)?;
+        let name = which.name();
+        let model = PgTables::new(pool.clone(), &namespace, name, which.schema())?;
         let runner = ProjectionRunner::new(store)
             .with_config(RunnerConfig::new().with_retire_grace(Duration::ZERO));
-        let config = ProjectionConfig::new()
-            .with_batch_size(BATCH)
-            .with_page_size(BATCH)
-            .with_progress(ProgressDisplay::Silent);
-        runner.add(SqlBalances, model.clone(), config)?;
+        which.add(&runner, model.clone())?;
         let result = async {
-            runner.wait_for(NAME, head).await?;
-            check(&model, batches).await?;
+            runner.wait_for(name, head).await?;
+            which.check(&model, batches).await?;
             let mut out = Vec::with_capacity(runs);
             for _ in 0..runs {
                 let before = model.view().await?.map(|v| v.generation());
                 let start = Instant::now();
-                let report = runner.rebuild(NAME).await?;
+                let report = runner.rebuild(name).await?;
                 let elapsed = start.elapsed();
                 let after = model.view().await?.map(|v| v.generation());
                 if after == before || after != Some(report.generation) {
@@ -146,7 +238,7 @@ async fn rebuilds(ctx: &Ctx, batches: &[Batch], runs: usize) -> BenchResult<Vec<
                     )
                     .into());
                 }
-                check(&model, batches).await?;
+                which.check(&model, batches).await?;
                 out.push(events as f64 / elapsed.as_secs_f64().max(1e-9));
                 // Let the retired generation's drop finish before the next run.
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -171,7 +263,7 @@ pub(crate) fn rebuild(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
         let events = workload::count(&batches);
         let docs = deposits(&batches)?;
         let mut m = Measured::new(events);
-        m.framework = rebuilds(ctx, &batches, ctx.runs).await?;
+        m.framework = rebuilds(ctx, &batches, ctx.runs, Model::Balances).await?;
         let schema = ctx.pg_schema(2).await?;
         let result = async {
             for _ in 0..ctx.runs {
@@ -181,6 +273,41 @@ pub(crate) fn rebuild(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
                 })
                 .await?;
                 check_count(raw::sql::deposits_stored(&schema.pool).await?, events)?;
+                m.baseline.push(rate);
+            }
+            BenchResult::Ok(())
+        }
+        .await;
+        schema.drop().await?;
+        result?;
+        Ok(m)
+    })
+}
+
+/// `projection.sql.entries.rebuild`: one row per deposit rebuilt from position 0 into
+/// `PgTables`, against the same rows written with raw batched upserts, batches of the same
+/// size.
+pub(crate) fn entries(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
+    Box::pin(async move {
+        let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
+        let events = workload::count(&batches);
+        let mut rows = Vec::with_capacity(events as usize);
+        for b in &batches {
+            for e in &b.events {
+                rows.push((e.event_id, e.payload.deserialize::<Deposited>()?));
+            }
+        }
+        let mut m = Measured::new(events);
+        m.framework = rebuilds(ctx, &batches, ctx.runs, Model::Entries).await?;
+        let schema = ctx.pg_schema(2).await?;
+        let result = async {
+            for _ in 0..ctx.runs {
+                raw::sql::create_tables(&schema.pool).await?;
+                let rate = timed(events, async {
+                    raw::sql::write_entries_batched(&schema.pool, &rows, BATCH).await
+                })
+                .await?;
+                check_count(raw::sql::entries_stored(&schema.pool).await?, events)?;
                 m.baseline.push(rate);
             }
             BenchResult::Ok(())
