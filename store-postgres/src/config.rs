@@ -76,7 +76,6 @@ pub struct PgConfig {
     pub(crate) poll_interval: Duration,
     pub(crate) visibility_wait: Duration,
     pub(crate) notify: bool,
-    generic_plans: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) acquire_timeout: Duration,
     pub(crate) io_timeout: Duration,
@@ -102,7 +101,6 @@ impl fmt::Debug for PgConfig {
             .field("poll_interval", &self.poll_interval)
             .field("visibility_wait", &self.visibility_wait)
             .field("notify", &self.notify)
-            .field("generic_plans", &self.generic_plans)
             .field("connect_timeout", &self.connect_timeout)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("io_timeout", &self.io_timeout)
@@ -138,7 +136,6 @@ impl PgConfig {
             poll_interval: Duration::from_millis(500),
             visibility_wait: Duration::from_secs(5),
             notify: true,
-            generic_plans: true,
             connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(10),
@@ -213,19 +210,6 @@ impl PgConfig {
         self
     }
 
-    /// Whether the store's connections plan each prepared statement once and reuse the plan
-    /// (`plan_cache_mode = force_generic_plan`, default true). The store's statements read
-    /// and write through its indexes whatever their parameters, and PostgreSQL otherwise
-    /// plans some of them again at every call (those with array parameters, such as gathered
-    /// loads and group appends): a tenth of the server's time on the command path
-    /// (BENCHMARKS.md, "the command path at every concurrency"). Turn it off when statements
-    /// of your own that run on [`PgEventStore::pool`](crate::PgEventStore::pool) need a plan
-    /// for each parameter value.
-    pub fn with_generic_plans(mut self, generic: bool) -> Self {
-        self.generic_plans = generic;
-        self
-    }
-
     /// How long opening one connection may take before the server counts as unreachable
     /// (default 5 s). [`PgEventStore::connect`](crate::PgEventStore::connect) tries one
     /// connection at once and fails with [`Error::Unreachable`] ("cannot connect to PostgreSQL
@@ -283,13 +267,9 @@ impl PgConfig {
             .unwrap_or(DEFAULT_APPLICATION_NAME)
             .to_owned();
         // Validated: a plain identifier, safe to send as the search_path startup option.
-        let options = options.options([("search_path", self.schema.as_str())]);
-        let options = if self.generic_plans {
-            options.options([("plan_cache_mode", "force_generic_plan")])
-        } else {
-            options
-        };
-        Ok(options.application_name(&name))
+        Ok(options
+            .options([("search_path", self.schema.as_str())])
+            .application_name(&name))
     }
 
     /// Where the store connects to, for messages: `host:port`, or the socket path.
