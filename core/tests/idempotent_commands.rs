@@ -6,38 +6,33 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use annals::testing::{Counter, CounterCommand, CounterEvent, new_event};
+use annals::testing::{Counter, CounterCommand, CounterEvent, Intercept, Intercepted, new_event};
 use annals::{
     AppendResult, CommandContext, CommandError, DomainEvent, Error, EventStore, ExpectedVersion,
-    InMemoryEventStore, LogPosition, LogRead, RecordedEvent, Repository, Result, Retries, Snapshot,
+    InMemoryEventStore, LogPosition, LogRead, RecordedEvent, Repository, Result, Retries,
     StreamAppend, StreamId, StreamRead, derive_event_id, derive_id,
 };
-use futures::{TryStreamExt, stream::BoxStream};
+use futures::TryStreamExt;
 use proptest::prelude::*;
 use serde_json::json;
 use uuid::Uuid;
 
-/// A store whose first `failures` appends commit and then report a transient error, as when
-/// the connection drops after the commit and before the answer.
+/// The first `failures` appends commit and then report a transient error, as when the
+/// connection drops after the commit and before the answer. Clones share the counts.
 #[derive(Debug, Default, Clone)]
-struct LostAnswers {
-    inner: InMemoryEventStore,
+struct LoseAnswers {
     failures: std::sync::Arc<AtomicUsize>,
     appends: std::sync::Arc<AtomicUsize>,
 }
 
-impl LostAnswers {
-    fn new(failures: usize) -> Self {
-        let store = Self::default();
-        store.failures.store(failures, Ordering::SeqCst);
-        store
-    }
-}
-
-impl EventStore for LostAnswers {
-    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+impl Intercept<InMemoryEventStore> for LoseAnswers {
+    async fn append_multi(
+        &self,
+        inner: &InMemoryEventStore,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>> {
         self.appends.fetch_add(1, Ordering::SeqCst);
-        let results = self.inner.append_multi(appends).await?;
+        let results = inner.append_multi(appends).await?;
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
             self.failures.store(left - 1, Ordering::SeqCst);
@@ -45,34 +40,15 @@ impl EventStore for LostAnswers {
         }
         Ok(results)
     }
-    fn read_stream<'a>(
-        &'a self,
-        stream: &StreamId,
-        read: StreamRead,
-    ) -> BoxStream<'a, Result<RecordedEvent>> {
-        self.inner.read_stream(stream, read)
-    }
-    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.read_all(read)
-    }
-    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.subscribe(after)
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        self.inner.stream_version(stream).await
-    }
-    async fn head_position(&self) -> Result<Option<LogPosition>> {
-        self.inner.head_position().await
-    }
-    async fn store_id(&self) -> Result<Uuid> {
-        self.inner.store_id().await
-    }
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.inner.save_snapshot(snapshot).await
-    }
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        self.inner.load_snapshot(stream).await
-    }
+}
+
+type LostAnswers = Intercepted<InMemoryEventStore, LoseAnswers>;
+
+/// A store whose first `failures` appends lose their answers.
+fn losing_answers(failures: usize) -> LostAnswers {
+    let store = LostAnswers::default();
+    store.intercept.failures.store(failures, Ordering::SeqCst);
+    store
 }
 
 fn sid(name: &str) -> StreamId {
@@ -153,7 +129,7 @@ async fn a_retry_that_the_new_state_would_refuse_still_answers_ok() {
 
 #[tokio::test]
 async fn a_lost_answer_retried_by_the_repository_is_stored_once() {
-    let store = LostAnswers::new(1);
+    let store = losing_answers(1);
     let repo =
         Repository::<Counter, _>::new(store.clone()).with_retries(Retries::none().transient(3));
     let ctx = CommandContext::idempotent(Uuid::now_v7());
@@ -161,7 +137,11 @@ async fn a_lost_answer_retried_by_the_repository_is_stored_once() {
         .execute("c", CounterCommand::Add(3), &ctx)
         .await
         .expect("the retry gets the original result");
-    assert_eq!(store.appends.load(Ordering::SeqCst), 2, "sent twice");
+    assert_eq!(
+        store.intercept.appends.load(Ordering::SeqCst),
+        2,
+        "sent twice"
+    );
     assert_eq!(stored(&store, "counter-c").await.len(), 1, "stored once");
     assert_eq!((done.state.total, done.version), (3, 1));
     assert_eq!(done.append.as_ref().map(|a| a.stream_version), Some(1));
@@ -198,7 +178,7 @@ async fn a_cached_state_that_refuses_the_retry_is_checked_against_the_store() {
 
 #[tokio::test]
 async fn a_command_whose_answer_was_lost_is_not_appended_again() {
-    let store = LostAnswers::new(1);
+    let store = losing_answers(1);
     let repo = Repository::<Counter, _>::new(store.clone());
     let ctx = CommandContext::idempotent(Uuid::now_v7());
     let error = repo

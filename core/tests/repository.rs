@@ -3,72 +3,44 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use annals::testing::{Counter, CounterCommand, CounterEvent, new_event};
+use annals::testing::{Counter, CounterCommand, CounterEvent, Intercept, Intercepted, new_event};
 use annals::{
     AppendResult, CommandContext, CommandError, EventStore, ExpectedVersion, InMemoryEventStore,
-    LogPosition, LogRead, RecordedEvent, Repository, Result, Snapshot, StreamAppend, StreamId,
-    StreamRead,
+    LogRead, RecordedEvent, Repository, Result, Snapshot, StreamAppend, StreamId, StreamRead,
 };
-use futures::{TryStreamExt, stream::BoxStream};
+use futures::TryStreamExt;
 use serde_json::json;
 use uuid::Uuid;
 
-/// A store that lets another writer slip an event into the target stream just before each of
-/// the first `interferences` appends.
+/// Lets another writer slip an event into the target stream just before each of the first
+/// `n` appends.
 #[derive(Debug, Default)]
-struct Interfering {
-    inner: InMemoryEventStore,
-    interferences: AtomicUsize,
-}
+struct Interfere(AtomicUsize);
 
-impl EventStore for Interfering {
-    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        let left = self.interferences.load(Ordering::SeqCst);
+impl Intercept<InMemoryEventStore> for Interfere {
+    async fn append_multi(
+        &self,
+        inner: &InMemoryEventStore,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>> {
+        let left = self.0.load(Ordering::SeqCst);
         if left > 0 {
-            self.interferences.store(left - 1, Ordering::SeqCst);
+            self.0.store(left - 1, Ordering::SeqCst);
             let intruder = CounterEvent::Added { amount: 100 };
             let event = annals::DomainEvent::to_new_event(&intruder)?;
-            self.inner
+            inner
                 .append(&appends[0].stream, ExpectedVersion::Any, vec![event])
                 .await?;
         }
-        self.inner.append_multi(appends).await
-    }
-    fn read_stream<'a>(
-        &'a self,
-        stream: &StreamId,
-        read: StreamRead,
-    ) -> BoxStream<'a, Result<RecordedEvent>> {
-        self.inner.read_stream(stream, read)
-    }
-    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.read_all(read)
-    }
-    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.subscribe(after)
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        self.inner.stream_version(stream).await
-    }
-    async fn head_position(&self) -> Result<Option<LogPosition>> {
-        self.inner.head_position().await
-    }
-    async fn store_id(&self) -> Result<uuid::Uuid> {
-        self.inner.store_id().await
-    }
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.inner.save_snapshot(snapshot).await
-    }
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        self.inner.load_snapshot(stream).await
+        inner.append_multi(appends).await
     }
 }
 
-fn interfering(times: usize) -> Interfering {
-    Interfering {
-        interferences: AtomicUsize::new(times),
-        ..Interfering::default()
-    }
+fn interfering(times: usize) -> Intercepted<InMemoryEventStore, Interfere> {
+    Intercepted::new(
+        InMemoryEventStore::new(),
+        Interfere(AtomicUsize::new(times)),
+    )
 }
 
 #[tokio::test]
@@ -272,55 +244,30 @@ async fn decisions_on_two_aggregates_append_atomically() {
     assert_eq!(repo.load("b").await.unwrap().state.total, 5);
 }
 
-/// A store whose first `failures` appends fail with a transient error, half of them after
-/// the append committed (its answer lost on the way back). Clones share everything.
+/// Fails the first `failures` appends with a transient error, half of them after the append
+/// committed (its answer lost on the way back). Clones share everything.
 #[derive(Debug, Clone, Default)]
-struct LosingAnswers {
-    inner: InMemoryEventStore,
+struct LoseAnswers {
     failures: std::sync::Arc<AtomicUsize>,
     calls: std::sync::Arc<AtomicUsize>,
 }
 
-impl EventStore for LosingAnswers {
-    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+impl Intercept<InMemoryEventStore> for LoseAnswers {
+    async fn append_multi(
+        &self,
+        inner: &InMemoryEventStore,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         if self.failures.load(Ordering::SeqCst) > 0 {
             self.failures.fetch_sub(1, Ordering::SeqCst);
             if call.is_multiple_of(2) {
                 // Committed, but the caller never hears so.
-                self.inner.append_multi(appends).await?;
+                inner.append_multi(appends).await?;
             }
             return Err(annals::Error::backend(true, "connection reset by peer"));
         }
-        self.inner.append_multi(appends).await
-    }
-    fn read_stream<'a>(
-        &'a self,
-        stream: &StreamId,
-        read: StreamRead,
-    ) -> BoxStream<'a, Result<RecordedEvent>> {
-        self.inner.read_stream(stream, read)
-    }
-    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.read_all(read)
-    }
-    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.subscribe(after)
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        self.inner.stream_version(stream).await
-    }
-    async fn head_position(&self) -> Result<Option<LogPosition>> {
-        self.inner.head_position().await
-    }
-    async fn store_id(&self) -> Result<uuid::Uuid> {
-        self.inner.store_id().await
-    }
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.inner.save_snapshot(snapshot).await
-    }
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        self.inner.load_snapshot(stream).await
+        inner.append_multi(appends).await
     }
 }
 
@@ -330,8 +277,8 @@ async fn transient_append_failures_are_retried_with_backoff_and_stored_once() {
         sync::{Arc, Mutex},
         time::Duration,
     };
-    let store = LosingAnswers::default();
-    store.failures.store(4, Ordering::SeqCst);
+    let store = Intercepted::<InMemoryEventStore, LoseAnswers>::default();
+    store.intercept.failures.store(4, Ordering::SeqCst);
     let waits = Arc::new(Mutex::new(Vec::new()));
     let seen = waits.clone();
     let backoff = annals::Backoff::new(Duration::from_millis(8), Duration::from_millis(40));
@@ -370,7 +317,7 @@ async fn transient_append_failures_are_retried_with_backoff_and_stored_once() {
     }
 
     // Without transient retries the caller gets the transient error, classified.
-    store.failures.store(1, Ordering::SeqCst);
+    store.intercept.failures.store(1, Ordering::SeqCst);
     let plain = Repository::<Counter, _>::new(store.clone());
     let err = plain
         .execute("d", CounterCommand::Add(1), &ctx)
@@ -401,47 +348,22 @@ impl annals::Aggregate for Unsnapshotted {
     }
 }
 
-/// The in-memory store, counting the snapshot reads it is asked for.
+/// Counts the snapshot reads the store is asked for.
 #[derive(Debug, Default)]
-struct CountingSnapshots {
-    inner: InMemoryEventStore,
-    snapshot_reads: AtomicUsize,
+struct CountSnapshotReads(AtomicUsize);
+
+impl Intercept<InMemoryEventStore> for CountSnapshotReads {
+    async fn load_snapshot(
+        &self,
+        inner: &InMemoryEventStore,
+        stream: &StreamId,
+    ) -> Result<Option<Snapshot>> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        inner.load_snapshot(stream).await
+    }
 }
 
-impl EventStore for CountingSnapshots {
-    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        self.inner.append_multi(appends).await
-    }
-    fn read_stream<'a>(
-        &'a self,
-        stream: &StreamId,
-        read: StreamRead,
-    ) -> BoxStream<'a, Result<RecordedEvent>> {
-        self.inner.read_stream(stream, read)
-    }
-    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.read_all(read)
-    }
-    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.subscribe(after)
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        self.inner.stream_version(stream).await
-    }
-    async fn head_position(&self) -> Result<Option<LogPosition>> {
-        self.inner.head_position().await
-    }
-    async fn store_id(&self) -> Result<uuid::Uuid> {
-        self.inner.store_id().await
-    }
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.inner.save_snapshot(snapshot).await
-    }
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        self.snapshot_reads.fetch_add(1, Ordering::SeqCst);
-        self.inner.load_snapshot(stream).await
-    }
-}
+type CountingSnapshots = Intercepted<InMemoryEventStore, CountSnapshotReads>;
 
 #[tokio::test]
 async fn an_aggregate_that_keeps_no_snapshots_never_reads_one() {
@@ -467,7 +389,7 @@ async fn an_aggregate_that_keeps_no_snapshots_never_reads_one() {
         .unwrap();
     let loaded = repo.load("n").await.unwrap();
     assert_eq!((loaded.state.0.total, loaded.version), (21, 6));
-    assert_eq!(repo.store().snapshot_reads.load(Ordering::SeqCst), 0);
+    assert_eq!(repo.store().intercept.0.load(Ordering::SeqCst), 0);
 
     // An aggregate with a policy reads snapshot and tail (here, through the default
     // `read_aggregate`: one snapshot read per load).
@@ -477,5 +399,5 @@ async fn an_aggregate_that_keeps_no_snapshots_never_reads_one() {
         .await
         .unwrap();
     counters.load("c").await.unwrap();
-    assert_eq!(counters.store().snapshot_reads.load(Ordering::SeqCst), 2);
+    assert_eq!(counters.store().intercept.0.load(Ordering::SeqCst), 2);
 }

@@ -12,8 +12,8 @@ use std::{
 };
 
 use annals::{
-    AppendResult, EventStore, InMemoryEventStore, LogPosition, LogRead, RecordedEvent, Snapshot,
-    StreamAppend, StreamId, StreamRead,
+    EventStore, InMemoryEventStore, LogPosition, LogRead, RecordedEvent,
+    testing::{Intercept, Intercepted},
 };
 use annals_projections::{
     Backoff, ProjectionConfig, ProjectionState, RedisConnection, RedisReadModel, RunnerConfig,
@@ -31,10 +31,9 @@ fn fast() -> RunnerConfig {
         ))
 }
 
-/// An event store whose log reads fail (transiently) every `every` events.
+/// Log reads fail (transiently) every `every` events. Clones share the counts.
 #[derive(Clone)]
-struct FlakyStore {
-    inner: InMemoryEventStore,
+struct Flaky {
     reads: Arc<AtomicU64>,
     every: u64,
     failures: Arc<AtomicU64>,
@@ -42,7 +41,7 @@ struct FlakyStore {
     silent: Arc<AtomicBool>,
 }
 
-impl FlakyStore {
+impl Flaky {
     fn flaky<'a>(
         &'a self,
         events: BoxStream<'a, annals::Result<RecordedEvent>>,
@@ -58,18 +57,6 @@ impl FlakyStore {
             })
             .boxed()
     }
-}
-
-impl FlakyStore {
-    fn new(inner: InMemoryEventStore, every: u64) -> Self {
-        Self {
-            inner,
-            reads: Arc::default(),
-            every,
-            failures: Arc::default(),
-            silent: Arc::default(),
-        }
-    }
 
     async fn hang_while_silent(&self) {
         while self.silent.load(Ordering::SeqCst) {
@@ -78,43 +65,52 @@ impl FlakyStore {
     }
 }
 
-impl EventStore for FlakyStore {
-    async fn append_multi(&self, appends: Vec<StreamAppend>) -> annals::Result<Vec<AppendResult>> {
-        self.inner.append_multi(appends).await
-    }
-    fn read_stream<'a>(
+impl Intercept<InMemoryEventStore> for Flaky {
+    fn read_all<'a>(
         &'a self,
-        stream: &StreamId,
-        read: StreamRead,
+        inner: &'a InMemoryEventStore,
+        read: LogRead,
     ) -> BoxStream<'a, annals::Result<RecordedEvent>> {
-        self.inner.read_stream(stream, read)
+        self.flaky(inner.read_all(read))
     }
-    fn read_all(&self, read: LogRead) -> BoxStream<'_, annals::Result<RecordedEvent>> {
-        self.flaky(self.inner.read_all(read))
+    fn subscribe<'a>(
+        &'a self,
+        inner: &'a InMemoryEventStore,
+        after: LogPosition,
+    ) -> BoxStream<'a, annals::Result<RecordedEvent>> {
+        self.flaky(inner.subscribe(after))
     }
-    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, annals::Result<RecordedEvent>> {
-        self.flaky(self.inner.subscribe(after))
-    }
-    async fn stream_version(&self, stream: &StreamId) -> annals::Result<u64> {
-        self.inner.stream_version(stream).await
-    }
-    async fn head_position(&self) -> annals::Result<Option<LogPosition>> {
+    async fn head_position(
+        &self,
+        inner: &InMemoryEventStore,
+    ) -> annals::Result<Option<LogPosition>> {
         self.hang_while_silent().await;
-        self.inner.head_position().await
+        inner.head_position().await
     }
-    async fn store_id(&self) -> annals::Result<uuid::Uuid> {
-        self.inner.store_id().await
-    }
-    async fn count_events(&self, after: LogPosition, through: LogPosition) -> annals::Result<u64> {
+    async fn count_events(
+        &self,
+        inner: &InMemoryEventStore,
+        after: LogPosition,
+        through: LogPosition,
+    ) -> annals::Result<u64> {
         self.hang_while_silent().await;
-        self.inner.count_events(after, through).await
+        inner.count_events(after, through).await
     }
-    async fn save_snapshot(&self, snapshot: Snapshot) -> annals::Result<()> {
-        self.inner.save_snapshot(snapshot).await
-    }
-    async fn load_snapshot(&self, stream: &StreamId) -> annals::Result<Option<Snapshot>> {
-        self.inner.load_snapshot(stream).await
-    }
+}
+
+/// An event store whose log reads fail (transiently) every `every` events.
+type FlakyStore = Intercepted<InMemoryEventStore, Flaky>;
+
+fn flaky_store(inner: InMemoryEventStore, every: u64) -> FlakyStore {
+    Intercepted::new(
+        inner,
+        Flaky {
+            reads: Arc::default(),
+            every,
+            failures: Arc::default(),
+            silent: Arc::default(),
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +119,7 @@ async fn store_read_failures_are_retried_without_loss_or_doubles() {
     let ns = unique("t");
     let inner = InMemoryEventStore::new();
     seed(&inner, 0, 1000).await;
-    let store = FlakyStore::new(inner.clone(), 173);
+    let store = flaky_store(inner.clone(), 173);
     let (runner, model) = run_balances(
         &store,
         &redis,
@@ -133,7 +129,7 @@ async fn store_read_failures_are_retried_without_loss_or_doubles() {
     );
     let head = seed(&inner, 1000, 200).await;
     runner.wait_for("balances", head).await.unwrap();
-    assert!(store.failures.load(Ordering::SeqCst) >= 5);
+    assert!(store.intercept.failures.load(Ordering::SeqCst) >= 5);
     assert_balances(&model, &inner).await;
     let total: i64 = model
         .view()
@@ -343,7 +339,7 @@ async fn a_silent_store_shows_as_degraded_within_seconds() {
     let ns = unique("t");
     let inner = InMemoryEventStore::new();
     seed(&inner, 0, 100).await;
-    let store = FlakyStore::new(inner.clone(), u64::MAX);
+    let store = flaky_store(inner.clone(), u64::MAX);
     let (runner, model) = run_balances(
         &store,
         &redis,
@@ -355,13 +351,13 @@ async fn a_silent_store_shows_as_degraded_within_seconds() {
     );
     let head = inner.head_position().await.unwrap().unwrap();
     runner.wait_for("balances", head).await.unwrap();
-    store.silent.store(true, Ordering::SeqCst);
+    store.intercept.silent.store(true, Ordering::SeqCst);
     let silenced = std::time::Instant::now();
     let status = wait_status(&runner, "balances", |s| s.degraded.is_some()).await;
     assert!(silenced.elapsed() < Duration::from_secs(3), "{status}");
     assert!(status.to_string().contains("degraded"), "{status}");
     assert!(!status.is_caught_up());
-    store.silent.store(false, Ordering::SeqCst);
+    store.intercept.silent.store(false, Ordering::SeqCst);
     let status = wait_status(&runner, "balances", |s| s.degraded.is_none() && s.lag == 0).await;
     assert!(status.is_caught_up(), "{status}");
     assert_balances(&model, &inner).await;

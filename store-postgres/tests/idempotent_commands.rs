@@ -11,22 +11,21 @@ use std::{
     time::Duration,
 };
 
-use annals::testing::{Counter, CounterCommand, CounterEvent};
+use annals::testing::{Counter, CounterCommand, CounterEvent, Intercept, Intercepted};
 use annals::{
-    AppendResult, CommandContext, CommandError, EventStore, LogPosition, LogRead, RecordedEvent,
-    Repository, Result, Retries, Snapshot, StreamAppend, StreamId, StreamRead, derive_event_id,
+    AppendResult, CommandContext, CommandError, EventStore, RecordedEvent, Repository, Result,
+    Retries, StreamAppend, StreamId, StreamRead, derive_event_id,
 };
 use annals_postgres::{PgConfig, PgEventStore, TestHooks};
-use futures::{TryStreamExt, stream::BoxStream};
+use futures::TryStreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// A PostgreSQL store whose next `drops` appends commit, and then lose every connection of
+/// The next `drops` appends of a PostgreSQL store commit, and then lose every connection of
 /// the store (terminated by the server) before the answer reaches the caller, who gets the
 /// transient error a dropped connection gives.
 #[derive(Debug, Clone)]
-struct DroppedAfterCommit {
-    inner: PgEventStore,
+struct DropAfterCommit {
     /// A connection outside the store, to terminate the store's.
     admin: PgPool,
     /// The store's connections carry it as their application name.
@@ -35,7 +34,7 @@ struct DroppedAfterCommit {
     terminated: Arc<AtomicUsize>,
 }
 
-impl DroppedAfterCommit {
+impl DropAfterCommit {
     async fn terminate_connections(&self) {
         let killed: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -51,9 +50,13 @@ impl DroppedAfterCommit {
     }
 }
 
-impl EventStore for DroppedAfterCommit {
-    async fn append_multi(&self, appends: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        let results = self.inner.append_multi(appends).await?;
+impl Intercept<PgEventStore> for DropAfterCommit {
+    async fn append_multi(
+        &self,
+        inner: &PgEventStore,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>> {
+        let results = inner.append_multi(appends).await?;
         let left = self.drops.load(Ordering::SeqCst);
         if left > 0 {
             self.drops.store(left - 1, Ordering::SeqCst);
@@ -65,35 +68,9 @@ impl EventStore for DroppedAfterCommit {
         }
         Ok(results)
     }
-    fn read_stream<'a>(
-        &'a self,
-        stream: &StreamId,
-        read: StreamRead,
-    ) -> BoxStream<'a, Result<RecordedEvent>> {
-        self.inner.read_stream(stream, read)
-    }
-    fn read_all(&self, read: LogRead) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.read_all(read)
-    }
-    fn subscribe(&self, after: LogPosition) -> BoxStream<'_, Result<RecordedEvent>> {
-        self.inner.subscribe(after)
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        self.inner.stream_version(stream).await
-    }
-    async fn head_position(&self) -> Result<Option<LogPosition>> {
-        self.inner.head_position().await
-    }
-    async fn store_id(&self) -> Result<Uuid> {
-        self.inner.store_id().await
-    }
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.inner.save_snapshot(snapshot).await
-    }
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        self.inner.load_snapshot(stream).await
-    }
 }
+
+type DroppedAfterCommit = Intercepted<PgEventStore, DropAfterCommit>;
 
 /// A fresh store whose connections are named after its schema, wrapped; `None` when
 /// PostgreSQL is unreachable outside CI.
@@ -104,13 +81,15 @@ async fn dropping_store(config: PgConfig, name: String) -> Option<DroppedAfterCo
         .expect("admin connection")
         .pool()
         .clone();
-    Some(DroppedAfterCommit {
+    Some(Intercepted::new(
         inner,
-        admin,
-        name,
-        drops: Arc::new(AtomicUsize::new(0)),
-        terminated: Arc::new(AtomicUsize::new(0)),
-    })
+        DropAfterCommit {
+            admin,
+            name,
+            drops: Arc::new(AtomicUsize::new(0)),
+            terminated: Arc::new(AtomicUsize::new(0)),
+        },
+    ))
 }
 
 /// Runs `command` again while it fails transiently, as a caller does after a dropped
@@ -168,14 +147,14 @@ async fn a_command_retried_with_its_id_after_a_dropped_connection_is_stored_once
 
     // Withdraw everything; the connection dies after the commit, the answer is lost.
     let ctx = CommandContext::idempotent(Uuid::now_v7());
-    store.drops.store(1, Ordering::SeqCst);
+    store.intercept.drops.store(1, Ordering::SeqCst);
     let lost = repo
         .execute("acc", CounterCommand::Take(10), &ctx)
         .await
         .expect_err("the answer was lost");
     assert!(lost.is_transient(), "{lost:?}");
     assert!(
-        store.terminated.load(Ordering::SeqCst) >= 1,
+        store.intercept.terminated.load(Ordering::SeqCst) >= 1,
         "the store's connections were terminated"
     );
 
@@ -234,7 +213,7 @@ async fn the_repositorys_own_retry_after_a_dropped_connection_stores_once() {
 
     // The connection is killed after the commit, then the store's own hook loses the next
     // answer too: two resends.
-    store.drops.store(1, Ordering::SeqCst);
+    store.intercept.drops.store(1, Ordering::SeqCst);
     lose.store(1, Ordering::SeqCst);
     let done = repo
         .execute("acc", CounterCommand::Add(5), &ctx)

@@ -34,15 +34,17 @@ use crate::{
 const NAME: &str = "ledger_balances";
 const ENTRIES: &str = "ledger_entries";
 
-/// The balances in one table: per account its balance, deposits, first counterparty (from
-/// the lookup) and last counterparty, one upsert per event (coalesced per batch).
-struct SqlBalances;
+/// The ledger in SQL tables, one lookup per event (the account's first counterparty):
+/// - [`Model::Balances`]: per account its balance, deposits, first and last counterparty,
+///   one upsert per event (coalesced per batch);
+/// - [`Model::Entries`]: one row per deposit, keyed by its event id.
+struct SqlLedger(Model);
 
-impl Projection for SqlBalances {
+impl Projection for SqlLedger {
     type Model = PgTables;
 
     fn name(&self) -> &str {
-        NAME
+        self.0.name()
     }
 
     fn filter(&self) -> EventFilter {
@@ -56,50 +58,27 @@ impl Projection for SqlBalances {
     fn handle(&self, event: &RecordedEvent, batch: &mut SqlBatch) -> Result<(), BoxError> {
         let LedgerEvent::Deposited(d) = LedgerEvent::decode(event)?;
         let first = first_counterparty(batch, &d)?;
-        batch.upsert(
-            "accounts",
-            SqlRow::new()
-                .key("id", d.account)
-                .add("balance", d.amount)
-                .add("deposits", 1)
-                .set("first_counterparty", first)
-                .set("last_counterparty", d.counterparty),
-        )?;
-        Ok(())
-    }
-}
-
-/// The ledger entries in one table: one row per deposit, keyed by its event id, with the
-/// account's first counterparty from the lookup.
-struct SqlEntries;
-
-impl Projection for SqlEntries {
-    type Model = PgTables;
-
-    fn name(&self) -> &str {
-        ENTRIES
-    }
-
-    fn filter(&self) -> EventFilter {
-        EventFilter::domain::<LedgerEvent>()
-    }
-
-    fn lookups(&self, event: &RecordedEvent, keys: &mut LookupKeys) {
-        declare_first(event, keys);
-    }
-
-    fn handle(&self, event: &RecordedEvent, batch: &mut SqlBatch) -> Result<(), BoxError> {
-        let LedgerEvent::Deposited(d) = LedgerEvent::decode(event)?;
-        let first = first_counterparty(batch, &d)?;
-        batch.upsert(
-            "entries",
-            SqlRow::new()
-                .key("id", event.event_id)
-                .set("account", d.account)
-                .set("amount", d.amount)
-                .set("counterparty", d.counterparty)
-                .set("first_counterparty", first),
-        )?;
+        let (table, row) = match self.0 {
+            Model::Balances => (
+                "accounts",
+                SqlRow::new()
+                    .key("id", d.account)
+                    .add("balance", d.amount)
+                    .add("deposits", 1)
+                    .set("first_counterparty", first)
+                    .set("last_counterparty", d.counterparty),
+            ),
+            Model::Entries => (
+                "entries",
+                SqlRow::new()
+                    .key("id", event.event_id)
+                    .set("account", d.account)
+                    .set("amount", d.amount)
+                    .set("counterparty", d.counterparty)
+                    .set("first_counterparty", first),
+            ),
+        };
+        batch.upsert(table, row)?;
         Ok(())
     }
 }
@@ -107,9 +86,9 @@ impl Projection for SqlEntries {
 /// Which read model a run rebuilds.
 #[derive(Debug, Clone, Copy)]
 enum Model {
-    /// [`SqlBalances`]: one row per account.
+    /// The balances: one row per account.
     Balances,
-    /// [`SqlEntries`]: one row per event.
+    /// The entries: one row per event.
     Entries,
 }
 
@@ -133,10 +112,7 @@ impl Model {
             .with_batch_size(BATCH)
             .with_page_size(BATCH)
             .with_progress(ProgressDisplay::Silent);
-        match self {
-            Self::Balances => runner.add(SqlBalances, model, config)?,
-            Self::Entries => runner.add(SqlEntries, model, config)?,
-        }
+        runner.add(SqlLedger(self), model, config)?;
         Ok(())
     }
 

@@ -11,10 +11,12 @@
 pub mod conformance;
 mod fixtures;
 mod given;
+mod intercept;
 pub mod model;
 
 pub use fixtures::{Counter, CounterCommand, CounterError, CounterEvent, new_event};
 pub use given::{Given, Then, given};
+pub use intercept::{Intercept, Intercepted};
 
 /// Expands to one `#[tokio::test]` per conformance check, each given a fresh store from
 /// `$factory` (an async closure or function returning the store), each bounded by a timeout.
