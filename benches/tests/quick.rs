@@ -27,6 +27,7 @@ const SCENARIOS: &[&str] = &[
     "projection.redis.rebuild",
     "projection.tantivy.rebuild",
     "projection.sql.rebuild",
+    "projection.sql.entries.rebuild",
     "nats.publish",
     "rabbit.publish",
 ];
