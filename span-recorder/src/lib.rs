@@ -99,8 +99,15 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(&i) = open.get(&id.into_u64()) else {
+        // One lock at a time: `on_new_span` takes `spans` and then `open`, so holding `open`
+        // while taking `spans` here could deadlock with a span opening on another thread.
+        let found = self
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id.into_u64())
+            .copied();
+        let Some(i) = found else {
             return;
         };
         let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
