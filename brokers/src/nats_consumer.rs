@@ -300,61 +300,6 @@ impl NatsConsumer {
         })
     }
 
-    /// Handles the session's messages until shutdown, until nothing is left (`drain`), or
-    /// until the session fails.
-    async fn session(
-        &self,
-        handler: &dyn Handler,
-        session: &mut Session,
-        shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
-        drain: bool,
-        totals: &mut Consumed,
-        failures: &mut u32,
-    ) -> Result<(), BrokerError> {
-        loop {
-            let next = async {
-                if drain {
-                    tokio::time::timeout(self.config.idle, session.messages.next())
-                        .await
-                        .ok()
-                } else {
-                    Some(session.messages.next().await)
-                }
-            };
-            let next = tokio::select! {
-                biased;
-                () = &mut *shutdown => return Ok(()),
-                next = next => next,
-            };
-            let message = match next {
-                None => {
-                    let info = session
-                        .consumer
-                        .get_info()
-                        .await
-                        .map_err(|e| self.client_error("asking what is left", e))?;
-                    if info.num_pending == 0 && info.num_ack_pending == 0 {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Some(None) => {
-                    return Err(self.client_error("pulling messages", "the message stream ended"));
-                }
-                Some(Some(Err(error))) => {
-                    if matches!(error.kind(), pull::MessagesErrorKind::MissingHeartbeat) {
-                        tracing::debug!(consumer = %self.durable, "missed a heartbeat");
-                        continue;
-                    }
-                    return Err(self.client_error("pulling messages", error));
-                }
-                Some(Some(Ok(message))) => message,
-            };
-            *failures = 0;
-            self.process(handler, session, message, totals).await?;
-        }
-    }
-
     /// Handles one message and settles it: ack, a delayed negative ack, or a dead letter.
     async fn process(
         &self,
@@ -537,8 +482,48 @@ impl Sessions for NatsConsumer {
         failures: &mut u32,
         _kept: &mut (),
     ) -> Result<(), BrokerError> {
-        self.session(handler, session, shutdown, drain, totals, failures)
-            .await
+        loop {
+            let next = async {
+                if drain {
+                    tokio::time::timeout(self.config.idle, session.messages.next())
+                        .await
+                        .ok()
+                } else {
+                    Some(session.messages.next().await)
+                }
+            };
+            let next = tokio::select! {
+                biased;
+                () = &mut *shutdown => return Ok(()),
+                next = next => next,
+            };
+            let message = match next {
+                None => {
+                    let info = session
+                        .consumer
+                        .get_info()
+                        .await
+                        .map_err(|e| self.client_error("asking what is left", e))?;
+                    if info.num_pending == 0 && info.num_ack_pending == 0 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Some(None) => {
+                    return Err(self.client_error("pulling messages", "the message stream ended"));
+                }
+                Some(Some(Err(error))) => {
+                    if matches!(error.kind(), pull::MessagesErrorKind::MissingHeartbeat) {
+                        tracing::debug!(consumer = %self.durable, "missed a heartbeat");
+                        continue;
+                    }
+                    return Err(self.client_error("pulling messages", error));
+                }
+                Some(Some(Ok(message))) => message,
+            };
+            *failures = 0;
+            self.process(handler, session, message, totals).await?;
+        }
     }
 
     async fn close(&self, session: Session, ended_well: bool) {

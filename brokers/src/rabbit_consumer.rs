@@ -310,68 +310,6 @@ impl RabbitConsumer {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn session(
-        &self,
-        handler: &dyn Handler,
-        session: &mut Session,
-        shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
-        drain: bool,
-        totals: &mut Consumed,
-        failures: &mut u32,
-        attempts: &mut HashMap<String, u32>,
-    ) -> Result<(), BrokerError> {
-        loop {
-            let next = async {
-                if drain {
-                    tokio::time::timeout(self.config.idle, session.deliveries.next())
-                        .await
-                        .ok()
-                } else {
-                    Some(session.deliveries.next().await)
-                }
-            };
-            let next = tokio::select! {
-                biased;
-                () = &mut *shutdown => return Ok(()),
-                next = next => next,
-            };
-            let delivery = match next {
-                None => {
-                    let queue = session
-                        .channel
-                        .queue_declare(
-                            self.queue.as_str().into(),
-                            QueueDeclareOptions {
-                                passive: true,
-                                ..QueueDeclareOptions::default()
-                            },
-                            FieldTable::default(),
-                        )
-                        .await
-                        .map_err(|e| self.client_error("asking what is left", e))?;
-                    // Another consumer attached (or one whose connection is closing) may
-                    // hold messages unacknowledged that come back: wait until it is gone.
-                    if queue.message_count() == 0 && queue.consumer_count() <= 1 {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                Some(None) => {
-                    return Err(BrokerError::ConnectionLost {
-                        broker: self.describe(),
-                        unconfirmed: 0,
-                    });
-                }
-                Some(Some(Err(error))) => return Err(self.client_error("consuming", error)),
-                Some(Some(Ok(delivery))) => delivery,
-            };
-            *failures = 0;
-            self.process(handler, session, delivery, shutdown, totals, attempts)
-                .await?;
-        }
-    }
-
     /// Which delivery of its message `delivery` is.
     fn attempt(delivery: &AmqpDelivery, attempts: &mut HashMap<String, u32>) -> u32 {
         let counted = delivery
@@ -650,10 +588,55 @@ impl Sessions for RabbitConsumer {
         failures: &mut u32,
         attempts: &mut HashMap<String, u32>,
     ) -> Result<(), BrokerError> {
-        self.session(
-            handler, session, shutdown, drain, totals, failures, attempts,
-        )
-        .await
+        loop {
+            let next = async {
+                if drain {
+                    tokio::time::timeout(self.config.idle, session.deliveries.next())
+                        .await
+                        .ok()
+                } else {
+                    Some(session.deliveries.next().await)
+                }
+            };
+            let next = tokio::select! {
+                biased;
+                () = &mut *shutdown => return Ok(()),
+                next = next => next,
+            };
+            let delivery = match next {
+                None => {
+                    let queue = session
+                        .channel
+                        .queue_declare(
+                            self.queue.as_str().into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await
+                        .map_err(|e| self.client_error("asking what is left", e))?;
+                    // Another consumer attached (or one whose connection is closing) may
+                    // hold messages unacknowledged that come back: wait until it is gone.
+                    if queue.message_count() == 0 && queue.consumer_count() <= 1 {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Some(None) => {
+                    return Err(BrokerError::ConnectionLost {
+                        broker: self.describe(),
+                        unconfirmed: 0,
+                    });
+                }
+                Some(Some(Err(error))) => return Err(self.client_error("consuming", error)),
+                Some(Some(Ok(delivery))) => delivery,
+            };
+            *failures = 0;
+            self.process(handler, session, delivery, shutdown, totals, attempts)
+                .await?;
+        }
     }
 
     async fn close(&self, mut session: Session, _ended_well: bool) {
