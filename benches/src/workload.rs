@@ -82,6 +82,20 @@ pub fn count(batches: &[Batch]) -> u64 {
     batches.iter().map(|b| b.events.len() as u64).sum()
 }
 
+/// The deposits of some batches with their event ids, decoded, as the baselines write them.
+///
+/// # Errors
+/// A payload that is not a deposit.
+pub fn deposits(batches: &[Batch]) -> crate::BenchResult<Vec<(Uuid, Deposited)>> {
+    let mut out = Vec::with_capacity(count(batches) as usize);
+    for b in batches {
+        for e in &b.events {
+            out.push((e.event_id, e.payload.deserialize()?));
+        }
+    }
+    Ok(out)
+}
+
 /// The number of batches of `size` that hold `events` events (rounded up).
 pub fn batches(events: u64, size: usize) -> u64 {
     events.div_ceil(size.max(1) as u64)

@@ -115,7 +115,7 @@ struct Row<'a> {
     last: &'a str,
 }
 
-/// Writes the balances of `deposits` in batches of `batch` events: per batch, one `SELECT`
+/// Writes the balances of `deposits` (their event ids unused) in batches of `batch` events: per batch, one `SELECT`
 /// of the accounts' first counterparties from `lookups`, the batch folded into one row per
 /// account, then one transaction with one upsert of the new lookups and one of the rows
 /// (arrays bound per column), as the projection writes them.
@@ -124,14 +124,14 @@ struct Row<'a> {
 /// PostgreSQL failures.
 pub(crate) async fn write_batched(
     pool: &PgPool,
-    deposits: &[Deposited],
+    deposits: &[(Uuid, Deposited)],
     batch: usize,
 ) -> BenchResult<()> {
     for chunk in deposits.chunks(batch.max(1)) {
-        let mut firsts = Firsts::load(pool, chunk.iter()).await?;
+        let mut firsts = Firsts::load(pool, chunk.iter().map(|(_, d)| d)).await?;
         let mut rows: HashMap<&str, Row<'_>> = HashMap::new();
         let mut order: Vec<&str> = Vec::new();
-        for d in chunk {
+        for (_, d) in chunk {
             let counterparty = firsts.of(d)?;
             match rows.get_mut(d.account.as_str()) {
                 Some(row) => {

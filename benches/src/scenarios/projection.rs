@@ -10,18 +10,8 @@ use crate::{
     ledger::Deposited,
     raw,
     runner::{Measured, timed},
-    workload::{self, Batch},
+    workload,
 };
-
-fn deposits(batches: &[Batch]) -> BenchResult<Vec<(String, Deposited)>> {
-    let mut out = Vec::with_capacity(workload::count(batches) as usize);
-    for b in batches {
-        for e in &b.events {
-            out.push((e.event_id.to_string(), e.payload.deserialize()?));
-        }
-    }
-    Ok(out)
-}
 
 /// `projection.redis.rebuild`: the ledger projection rebuilt from position 0 into Redis,
 /// against the same Redis commands pipelined directly in batches of the same size.
@@ -29,7 +19,10 @@ pub(crate) fn redis(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
     Box::pin(async move {
         let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
         let events = workload::count(&batches);
-        let docs: Vec<Deposited> = deposits(&batches)?.into_iter().map(|(_, d)| d).collect();
+        let docs: Vec<Deposited> = workload::deposits(&batches)?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
         let mut m = Measured::new(events);
         m.framework = projection_run::redis(ctx, &batches, ctx.runs).await?;
         for _ in 0..ctx.runs {
@@ -53,7 +46,10 @@ pub(crate) fn tantivy(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
     Box::pin(async move {
         let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
         let events = workload::count(&batches);
-        let docs = deposits(&batches)?;
+        let docs: Vec<(String, Deposited)> = workload::deposits(&batches)?
+            .into_iter()
+            .map(|(id, d)| (id.to_string(), d))
+            .collect();
         let mut m = Measured::new(events);
         m.framework = projection_run::tantivy(ctx, &batches, ctx.runs).await?;
         for _ in 0..ctx.runs {

@@ -16,6 +16,7 @@ use annals_projections::{
 use annals_projections_sql::{PgTables, SqlBatch, SqlRow, SqlSchema};
 use futures::future::BoxFuture;
 use sqlx::{AssertSqlSafe, PgPool};
+use uuid::Uuid;
 
 use super::{
     pg_raw::check_count,
@@ -116,6 +117,22 @@ impl Model {
         Ok(())
     }
 
+    /// The baseline: the same rows written directly, in batches of the runner's size.
+    async fn write_raw(self, pool: &PgPool, rows: &[(Uuid, Deposited)]) -> BenchResult<()> {
+        match self {
+            Self::Balances => raw::sql::write_batched(pool, rows, BATCH).await,
+            Self::Entries => raw::sql::write_entries_batched(pool, rows, BATCH).await,
+        }
+    }
+
+    /// The events the baseline's table accounts for.
+    async fn raw_stored(self, pool: &PgPool) -> BenchResult<u64> {
+        match self {
+            Self::Balances => raw::sql::deposits_stored(pool).await,
+            Self::Entries => raw::sql::entries_stored(pool).await,
+        }
+    }
+
     /// Checks that the serving generation holds every event.
     async fn check(self, model: &PgTables, batches: &[Batch]) -> BenchResult<()> {
         match self {
@@ -130,16 +147,6 @@ impl Model {
             }
         }
     }
-}
-
-fn deposits(batches: &[Batch]) -> BenchResult<Vec<Deposited>> {
-    let mut out = Vec::with_capacity(workload::count(batches) as usize);
-    for b in batches {
-        for e in &b.events {
-            out.push(e.payload.deserialize()?);
-        }
-    }
-    Ok(out)
 }
 
 /// Checks that the serving generation holds every event, one row per account.
@@ -234,63 +241,36 @@ async fn rebuilds(
 /// `projection.sql.rebuild`: the ledger balances rebuilt from position 0 into `PgTables`,
 /// against the same rows written with raw batched upserts, batches of the same size.
 pub(crate) fn rebuild(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
-    Box::pin(async move {
-        let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
-        let events = workload::count(&batches);
-        let docs = deposits(&batches)?;
-        let mut m = Measured::new(events);
-        m.framework = rebuilds(ctx, &batches, ctx.runs, Model::Balances).await?;
-        let schema = ctx.pg_schema(2).await?;
-        let result = async {
-            for _ in 0..ctx.runs {
-                raw::sql::create_tables(&schema.pool).await?;
-                let rate = timed(events, async {
-                    raw::sql::write_batched(&schema.pool, &docs, BATCH).await
-                })
-                .await?;
-                check_count(raw::sql::deposits_stored(&schema.pool).await?, events)?;
-                m.baseline.push(rate);
-            }
-            BenchResult::Ok(())
-        }
-        .await;
-        schema.drop().await?;
-        result?;
-        Ok(m)
-    })
+    Box::pin(measure(ctx, Model::Balances))
 }
 
 /// `projection.sql.entries.rebuild`: one row per deposit rebuilt from position 0 into
 /// `PgTables`, against the same rows written with raw batched upserts, batches of the same
 /// size.
 pub(crate) fn entries(ctx: &Ctx) -> BoxFuture<'_, BenchResult<Measured>> {
-    Box::pin(async move {
-        let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
-        let events = workload::count(&batches);
-        let mut rows = Vec::with_capacity(events as usize);
-        for b in &batches {
-            for e in &b.events {
-                rows.push((e.event_id, e.payload.deserialize::<Deposited>()?));
-            }
+    Box::pin(measure(ctx, Model::Entries))
+}
+
+/// Times `which` rebuilt by the runner, then written by its raw baseline, `ctx.runs` times
+/// each.
+async fn measure(ctx: &Ctx, which: Model) -> BenchResult<Measured> {
+    let batches = workload::many_streams(ctx.sizes.events, ctx.sizes.batch);
+    let events = workload::count(&batches);
+    let rows = workload::deposits(&batches)?;
+    let mut m = Measured::new(events);
+    m.framework = rebuilds(ctx, &batches, ctx.runs, which).await?;
+    let schema = ctx.pg_schema(2).await?;
+    let result = async {
+        for _ in 0..ctx.runs {
+            raw::sql::create_tables(&schema.pool).await?;
+            let rate = timed(events, which.write_raw(&schema.pool, &rows)).await?;
+            check_count(which.raw_stored(&schema.pool).await?, events)?;
+            m.baseline.push(rate);
         }
-        let mut m = Measured::new(events);
-        m.framework = rebuilds(ctx, &batches, ctx.runs, Model::Entries).await?;
-        let schema = ctx.pg_schema(2).await?;
-        let result = async {
-            for _ in 0..ctx.runs {
-                raw::sql::create_tables(&schema.pool).await?;
-                let rate = timed(events, async {
-                    raw::sql::write_entries_batched(&schema.pool, &rows, BATCH).await
-                })
-                .await?;
-                check_count(raw::sql::entries_stored(&schema.pool).await?, events)?;
-                m.baseline.push(rate);
-            }
-            BenchResult::Ok(())
-        }
-        .await;
-        schema.drop().await?;
-        result?;
-        Ok(m)
-    })
+        BenchResult::Ok(())
+    }
+    .await;
+    schema.drop().await?;
+    result?;
+    Ok(m)
 }
