@@ -317,6 +317,45 @@ pub struct Consumed {
     pub dead_lettered: u64,
 }
 
+/// What waiting for a session's next message gave ([`next_message`]).
+pub(crate) enum Next<T> {
+    /// `shutdown` completed first.
+    Shutdown,
+    /// Draining, and nothing came within the idle time: ask the broker what is left.
+    Idle,
+    /// The broker's stream of messages ended (the connection is gone).
+    Ended,
+    /// A message, or the error the stream gave instead.
+    Message(T),
+}
+
+/// Waits for the next item of a session's `messages`, or for `shutdown`, which wins a tie;
+/// while draining, waits at most `idle`.
+pub(crate) async fn next_message<S: futures::Stream + Unpin>(
+    messages: &mut S,
+    shutdown: &mut (impl Future<Output = ()> + Send + Unpin),
+    drain: bool,
+    idle: Duration,
+) -> Next<S::Item> {
+    use futures::StreamExt;
+    let next = async {
+        if drain {
+            tokio::time::timeout(idle, messages.next()).await.ok()
+        } else {
+            Some(messages.next().await)
+        }
+    };
+    tokio::select! {
+        biased;
+        () = &mut *shutdown => Next::Shutdown,
+        next = next => match next {
+            None => Next::Idle,
+            Some(None) => Next::Ended,
+            Some(Some(item)) => Next::Message(item),
+        },
+    }
+}
+
 /// A broker's side of a consumer: opening a session, consuming on it, closing it. The
 /// session loop around them ([`consume_sessions`]) is the same for every broker.
 pub(crate) trait Sessions: Sync {

@@ -11,11 +11,13 @@ use async_nats::{
         stream,
     },
 };
-use futures::StreamExt;
 
 use crate::{
     BrokerError, Consumed, ConsumerConfig, Delivery, Handler, Poison,
-    consumer::{Sessions, Verdict, consume_sessions, dead_letter_headers, handle, log_given_up},
+    consumer::{
+        Next, Sessions, Verdict, consume_sessions, dead_letter_headers, handle, log_given_up,
+        next_message,
+    },
     error::error_chain,
 };
 
@@ -483,22 +485,10 @@ impl Sessions for NatsConsumer {
         _kept: &mut (),
     ) -> Result<(), BrokerError> {
         loop {
-            let next = async {
-                if drain {
-                    tokio::time::timeout(self.config.idle, session.messages.next())
-                        .await
-                        .ok()
-                } else {
-                    Some(session.messages.next().await)
-                }
-            };
-            let next = tokio::select! {
-                biased;
-                () = &mut *shutdown => return Ok(()),
-                next = next => next,
-            };
+            let next = next_message(&mut session.messages, shutdown, drain, self.config.idle).await;
             let message = match next {
-                None => {
+                Next::Shutdown => return Ok(()),
+                Next::Idle => {
                     let info = session
                         .consumer
                         .get_info()
@@ -509,17 +499,17 @@ impl Sessions for NatsConsumer {
                     }
                     continue;
                 }
-                Some(None) => {
+                Next::Ended => {
                     return Err(self.client_error("pulling messages", "the message stream ended"));
                 }
-                Some(Some(Err(error))) => {
+                Next::Message(Err(error)) => {
                     if matches!(error.kind(), pull::MessagesErrorKind::MissingHeartbeat) {
                         tracing::debug!(consumer = %self.durable, "missed a heartbeat");
                         continue;
                     }
                     return Err(self.client_error("pulling messages", error));
                 }
-                Some(Some(Ok(message))) => message,
+                Next::Message(Ok(message)) => message,
             };
             *failures = 0;
             self.process(handler, session, message, totals).await?;

@@ -2,7 +2,6 @@
 
 use std::{borrow::Cow, collections::HashMap, fmt, future::Future, time::Duration};
 
-use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
     message::Delivery as AmqpDelivery,
@@ -17,7 +16,10 @@ use time::OffsetDateTime;
 
 use crate::{
     BrokerError, Consumed, ConsumerConfig, Delivery, Handler, Poison,
-    consumer::{Sessions, Verdict, consume_sessions, dead_letter_headers, handle, log_given_up},
+    consumer::{
+        Next, Sessions, Verdict, consume_sessions, dead_letter_headers, handle, log_given_up,
+        next_message,
+    },
     error::error_chain,
     headers,
     nats_consumer::header_text,
@@ -589,22 +591,11 @@ impl Sessions for RabbitConsumer {
         attempts: &mut HashMap<String, u32>,
     ) -> Result<(), BrokerError> {
         loop {
-            let next = async {
-                if drain {
-                    tokio::time::timeout(self.config.idle, session.deliveries.next())
-                        .await
-                        .ok()
-                } else {
-                    Some(session.deliveries.next().await)
-                }
-            };
-            let next = tokio::select! {
-                biased;
-                () = &mut *shutdown => return Ok(()),
-                next = next => next,
-            };
+            let next =
+                next_message(&mut session.deliveries, shutdown, drain, self.config.idle).await;
             let delivery = match next {
-                None => {
+                Next::Shutdown => return Ok(()),
+                Next::Idle => {
                     let queue = session
                         .channel
                         .queue_declare(
@@ -624,14 +615,14 @@ impl Sessions for RabbitConsumer {
                     }
                     continue;
                 }
-                Some(None) => {
+                Next::Ended => {
                     return Err(BrokerError::ConnectionLost {
                         broker: self.describe(),
                         unconfirmed: 0,
                     });
                 }
-                Some(Some(Err(error))) => return Err(self.client_error("consuming", error)),
-                Some(Some(Ok(delivery))) => delivery,
+                Next::Message(Err(error)) => return Err(self.client_error("consuming", error)),
+                Next::Message(Ok(delivery)) => delivery,
             };
             *failures = 0;
             self.process(handler, session, delivery, shutdown, totals, attempts)
