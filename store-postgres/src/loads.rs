@@ -40,17 +40,55 @@ pub(crate) struct Load {
     pub(crate) want: usize,
 }
 
-/// The rows of one batch, per stream: columns as the stream read's for folding
-/// ([`crate::read::fold_columns`]), in version order.
-const BATCH: &str = concat!(
-    "SELECT e.tx, e.sequence, e.stream_version, e.event_type, e.schema_version, e.payload, s.k \
-     FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS s(id, from_v, upto, k) \
-     CROSS JOIN LATERAL (SELECT ",
-    crate::read::fold_columns!(),
-    " FROM events WHERE stream_id = s.id AND stream_version >= s.from_v \
-       AND stream_version < s.upto ORDER BY stream_version) AS e \
-     ORDER BY s.k, e.stream_version"
-);
+/// The statement reading a batch of `size` loads (a power of two): the folding columns of
+/// each stream's rows ([`crate::read::fold_columns`]) in version order, and the load's place
+/// `k` (1-based), from a `VALUES` list of `(stream, first version, version after)` bound one
+/// parameter each.
+///
+/// Not one statement over arrays (`unnest($1::text[], ...)`): PostgreSQL estimates an
+/// array parameter at 10 elements in a generic plan and at its true length in a custom
+/// one, so with batches of a few loads the custom plans always looked cheaper, and every
+/// batch was planned anew (a tenth of the server's time at 8 tasks). A `VALUES` list of
+/// fixed length is estimated alike either way, so each statement is planned a few times
+/// per connection, then runs its cached plan. Batches are padded up to the next size with
+/// loads that read nothing, so [`BATCH_SIZES`] statements serve every batch.
+fn batch_statement(size: usize) -> String {
+    let mut sql = String::from("SELECT e.tx, e.sequence, e.stream_version, e.event_type, \
+         e.schema_version, e.payload, s.k FROM (VALUES ");
+    for k in 0..size {
+        if k > 0 {
+            sql.push_str(", ");
+        }
+        let p = 3 * k;
+        if k == 0 {
+            sql.push_str("($1::text, $2::bigint, $3::bigint, 1)");
+        } else {
+            sql.push_str(&format!("(${}, ${}, ${}, {})", p + 1, p + 2, p + 3, k + 1));
+        }
+    }
+    sql.push_str(concat!(
+        ") AS s(id, from_v, upto, k) CROSS JOIN LATERAL (SELECT ",
+        crate::read::fold_columns!(),
+        " FROM events WHERE stream_id = s.id AND stream_version >= s.from_v \
+           AND stream_version < s.upto ORDER BY stream_version) AS e \
+         ORDER BY s.k, e.stream_version"
+    ));
+    sql
+}
+
+/// How many batch statements there are: sizes 2, 4, ... up to [`MAX_BATCH`].
+const BATCH_SIZES: usize = MAX_BATCH.trailing_zeros() as usize;
+
+/// The batch statements, by size: `BATCHES[i]` reads `2^(i+1)` loads.
+static BATCHES: std::sync::LazyLock<[String; BATCH_SIZES]> =
+    std::sync::LazyLock::new(|| std::array::from_fn(|i| batch_statement(2 << i)));
+
+/// The statement for a batch of `loads` loads (2 to [`MAX_BATCH`]) and its size.
+fn batch_for(loads: usize) -> (&'static str, usize) {
+    let size = loads.max(2).next_power_of_two().min(MAX_BATCH);
+    let i = size.trailing_zeros() as usize - 1;
+    (BATCHES[i].as_str(), size)
+}
 
 /// What a queued caller is told.
 enum Turn {
@@ -244,28 +282,29 @@ async fn alone(db: &Db, load: &Load) -> annals::Result<Vec<PgRow>> {
 
 /// The rows of each of `loads`, in order, from one statement.
 async fn batch(db: &Db, loads: &[&Load]) -> annals::Result<Vec<Vec<PgRow>>> {
-    let ids: Vec<&str> = loads.iter().map(|l| l.stream.as_str()).collect();
-    let from: Vec<i64> = loads
-        .iter()
-        .map(|l| i64::try_from(l.from).unwrap_or(i64::MAX))
-        .collect();
-    let upto: Vec<i64> = loads
-        .iter()
-        .map(|l| i64::try_from(l.from.saturating_add(l.want as u64)).unwrap_or(i64::MAX))
-        .collect();
+    let (sql, size) = batch_for(loads.len());
     let rows: Vec<PgRow> = db
         .read("reading aggregates", async |c| {
-            sqlx::query(BATCH)
-                .bind(&ids)
-                .bind(&from)
-                .bind(&upto)
-                .fetch_all(c)
-                .await
+            let mut query = sqlx::query(sql);
+            for load in loads {
+                query = query
+                    .bind(load.stream.as_str())
+                    .bind(i64::try_from(load.from).unwrap_or(i64::MAX))
+                    .bind(
+                        i64::try_from(load.from.saturating_add(load.want as u64))
+                            .unwrap_or(i64::MAX),
+                    );
+            }
+            // The padding: no stream is named "", and no version is below 1.
+            for _ in loads.len()..size {
+                query = query.bind("").bind(1i64).bind(1i64);
+            }
+            query.fetch_all(c).await
         })
         .await?;
     let mut per_load: Vec<Vec<PgRow>> = (0..loads.len()).map(|_| Vec::new()).collect();
     for row in rows {
-        let k: i64 = row.try_get_unchecked(6).map_err(backend)?;
+        let k: i32 = row.try_get_unchecked(6).map_err(backend)?;
         let slot = usize::try_from(k - 1)
             .ok()
             .and_then(|i| per_load.get_mut(i))
@@ -273,4 +312,19 @@ async fn batch(db: &Db, loads: &[&Load]) -> annals::Result<Vec<Vec<PgRow>>> {
         slot.push(row);
     }
     Ok(per_load)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_batch_has_a_statement_of_its_size_or_the_next() {
+        for loads in 1..=MAX_BATCH {
+            let (sql, size) = batch_for(loads);
+            assert!(size >= loads && size <= MAX_BATCH && size.is_power_of_two());
+            assert!(sql.contains(&format!("${}, {size})", 3 * size)));
+            assert!(!sql.contains(&format!("${}", 3 * size + 1)));
+        }
+    }
 }
