@@ -59,21 +59,20 @@ macro_rules! append_many {
 }
 
 /// One event: the same with scalar parameters (no arrays, `unnest` or ordinality for the
-/// most common command).
+/// most common command), the insert itself the statement: its one row (version, sequence
+/// number, transaction id) when the stream row was written, none otherwise. (The plan has
+/// half the nodes of a final `SELECT` over the two: measurably less of the server's time to
+/// start and run it.)
 macro_rules! append_one {
     ($stream:literal) => {
         concat!(
             locked_stream!(),
             $stream,
-            "), ins AS (\
-             INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
+            ") INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
                schema_version, payload, metadata) \
              SELECT pg_current_xact_id()::text::bigint, $1, s.version, \
                $4::uuid, $5::text, $6::int, $7::text, $8::text \
-             FROM s RETURNING sequence, tx) \
-             SELECT (SELECT version FROM s), \
-               coalesce((SELECT array_agg(sequence) FROM ins), '{}'), \
-               coalesce((SELECT min(tx) FROM ins), 0), $3::bigint"
+             FROM s RETURNING stream_version, sequence, tx"
         )
     };
 }
@@ -184,7 +183,7 @@ async fn plain(
     let events = &append.events;
     if let [event] = events.as_slice() {
         let version = i32::try_from(event.schema_version).unwrap_or(i32::MAX);
-        let row: (Option<i64>, Vec<i64>, i64, i64) = sqlx::query_as(sql[1])
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(sql[1])
             .bind(append.stream.as_str())
             .bind(1i64)
             .bind(expected)
@@ -193,9 +192,9 @@ async fn plain(
             .bind(version)
             .bind(event.payload.as_str())
             .bind(metadata.first().and_then(|m| m.as_deref()))
-            .fetch_one(conn)
+            .fetch_optional(conn)
             .await?;
-        return Ok(stored((row.0, row.1, row.2), 1));
+        return Ok(row.map(|(version, seq, tx)| (version, vec![seq], tx)));
     }
     let (ids, types, versions, payloads, metadata) = columns(append, metadata);
     let row: (Option<i64>, Vec<i64>, i64, i64) = sqlx::query_as(sql[0])
