@@ -23,6 +23,7 @@ use sqlx::{
 
 use crate::{
     bounded::Db,
+    direct::Direct,
     error::{backend, internal},
     loads::{Load, Loads},
     read::{Names, decode, fold_columns, stream_columns, stream_query},
@@ -71,6 +72,7 @@ const SNAPSHOT_COLUMNS_FULL: [usize; 4] = [2, 5, 6, 8];
 pub(crate) async fn read(
     db: &Db,
     loads: &Loads,
+    direct: Option<&Direct>,
     stream: StreamId,
     snapshot_version: Option<u32>,
     read: StreamRead,
@@ -118,7 +120,7 @@ pub(crate) async fn read(
             from,
             want,
         };
-        loads.read(db, load).await?
+        loads.read(db, direct, load).await?
     } else {
         db.read(OPERATION, statement).await?
     };

@@ -115,6 +115,44 @@ impl Direct {
     }
 }
 
+impl Direct {
+    /// Runs the read `statement` on the direct connection if it is idle (a lone command's
+    /// load, so that the load and the append of a command go to one server process, as a
+    /// hand-written command's do); `None` when another caller holds it (or there is none
+    /// yet): read on a pooled connection instead. A read that got no answer in time drops
+    /// the connection, as an append does.
+    pub(crate) async fn read<T>(
+        &self,
+        db: &Db,
+        operation: &'static str,
+        statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Option<annals::Result<T>> {
+        let mut conn = self.idle.lock().ok().and_then(|mut idle| idle.take())?;
+        let claim = Claim {
+            exists: &self.exists,
+            kept: false,
+        };
+        let Ok(result) = db.within(operation, statement(&mut conn)).await else {
+            drop(claim);
+            drop(conn);
+            return Some(Err(annals::Error::backend(true, db.timed_out(operation))));
+        };
+        let live = match &result {
+            Ok(_) => true,
+            Err(error @ sqlx::Error::Database(_)) => !is_connection_lost(error),
+            Err(_) => false,
+        };
+        let mut claim = claim;
+        claim.kept = live
+            && self.idle.lock().is_ok_and(|mut idle| {
+                idle.get_or_insert(conn);
+                true
+            });
+        drop(claim);
+        Some(result.map_err(crate::error::backend))
+    }
+}
+
 /// Marks the direct connection gone when it is not put back.
 struct Claim<'a> {
     exists: &'a AtomicBool,

@@ -20,7 +20,7 @@ use annals::StreamId;
 use sqlx::{Row, postgres::PgRow};
 use tokio::sync::oneshot;
 
-use crate::{bounded::Db, error::backend, read::stream_query};
+use crate::{bounded::Db, direct::Direct, error::backend, read::stream_query};
 
 /// Batches in flight at once: while one is read, the next gathers. (One measured best: at 8
 /// tasks two thirds of the loads were read in batches, against two fifths with two, and the
@@ -139,10 +139,15 @@ impl Loads {
     }
 
     /// The rows of `load`: read at once, or in a batch with other callers' loads.
-    pub(crate) async fn read(&self, db: &Db, load: Load) -> annals::Result<Vec<PgRow>> {
+    pub(crate) async fn read(
+        &self,
+        db: &Db,
+        direct: Option<&Direct>,
+        load: Load,
+    ) -> annals::Result<Vec<PgRow>> {
         loop {
             let rx = match self.join(&load) {
-                Joined::Lead(followers) => return self.lead(db, load, followers).await,
+                Joined::Lead(followers) => return self.lead(db, direct, load, followers).await,
                 Joined::Queued(rx) => rx,
             };
             let mut waiting = Waiting {
@@ -158,9 +163,9 @@ impl Loads {
                 Ok(Turn::Rows(rows)) => return Ok(rows),
                 Ok(Turn::Lead) => {
                     let followers = self.followers();
-                    return self.lead(db, load, followers).await;
+                    return self.lead(db, direct, load, followers).await;
                 }
-                Ok(Turn::Alone) => return alone(db, &load).await,
+                Ok(Turn::Alone) => return alone(db, direct, &load).await,
                 // The leader was dropped with this caller's place: queue again.
                 Err(_) => {}
             }
@@ -187,12 +192,13 @@ impl Loads {
     async fn lead(
         &self,
         db: &Db,
+        direct: Option<&Direct>,
         load: Load,
         followers: Vec<Waiter>,
     ) -> annals::Result<Vec<PgRow>> {
         let _lead = Leading(self);
         if followers.is_empty() {
-            return alone(db, &load).await;
+            return alone(db, direct, &load).await;
         }
         let mut loads = Vec::with_capacity(followers.len() + 1);
         loads.push(&load);
@@ -208,7 +214,7 @@ impl Loads {
                 for waiter in followers {
                     let _ = waiter.reply.send(Turn::Alone);
                 }
-                alone(db, &load).await
+                alone(db, direct, &load).await
             }
         }
     }
@@ -269,15 +275,20 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// One load's statement, alone.
-async fn alone(db: &Db, load: &Load) -> annals::Result<Vec<PgRow>> {
+/// One load's statement, alone: on the direct connection when it is idle.
+async fn alone(db: &Db, direct: Option<&Direct>, load: &Load) -> annals::Result<Vec<PgRow>> {
     let id = load.stream.as_str();
-    db.read("reading an aggregate", async |c| {
+    let statement = async |c: &mut sqlx::PgConnection| {
         stream_query(id, load.from, true, true, load.want)
             .fetch_all(c)
             .await
-    })
-    .await
+    };
+    if let Some(direct) = direct
+        && let Some(read) = direct.read(db, "reading an aggregate", statement).await
+    {
+        return read;
+    }
+    db.read("reading an aggregate", statement).await
 }
 
 /// The rows of each of `loads`, in order, from one statement.

@@ -362,6 +362,7 @@ impl EventStore for PgEventStore {
             let found: AggregateRead<'a> = aggregate::read(
                 &self.inner.db,
                 &self.inner.loads,
+                self.inner.direct.as_ref(),
                 stream,
                 snapshot_version,
                 read,
