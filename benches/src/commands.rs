@@ -119,6 +119,10 @@ pub(crate) async fn new_store(url: &str, connections: u32) -> BenchResult<PgEven
         Some(writers) => config.with_writers(writers),
         None => config,
     };
+    let config = match std::env::var("DIRECT").ok().and_then(|w| w.parse().ok()) {
+        Some(direct) => config.with_direct_connections(direct),
+        None => config,
+    };
     let store = PgEventStore::connect(config).await?;
     store.migrate().await?;
     Ok(store)

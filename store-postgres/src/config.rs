@@ -71,6 +71,7 @@ pub struct PgConfig {
     pub(crate) limits: Limits,
     pub(crate) max_connections: u32,
     pub(crate) writers: usize,
+    pub(crate) direct_connections: usize,
     pub(crate) max_group_requests: usize,
     pub(crate) max_group_events: usize,
     pub(crate) poll_interval: Duration,
@@ -96,6 +97,7 @@ impl fmt::Debug for PgConfig {
             .field("limits", &self.limits)
             .field("max_connections", &self.max_connections)
             .field("writers", &self.writers)
+            .field("direct_connections", &self.direct_connections)
             .field("max_group_requests", &self.max_group_requests)
             .field("max_group_events", &self.max_group_events)
             .field("poll_interval", &self.poll_interval)
@@ -131,6 +133,7 @@ impl PgConfig {
             limits: Limits::default(),
             max_connections: 10,
             writers: 2,
+            direct_connections: 1,
             max_group_requests: 256,
             max_group_events: 20_000,
             poll_interval: Duration::from_millis(500),
@@ -178,6 +181,18 @@ impl PgConfig {
     /// and starts. Each holds a pooled connection while it writes.
     pub fn with_writers(mut self, writers: usize) -> Self {
         self.writers = writers.max(1);
+        self
+    }
+
+    /// How many connections the direct path may hold (default 1): a one-stream append made
+    /// while one of them is idle runs on the caller's task, as its own transaction, instead
+    /// of waiting to be grouped by a writer; so does a load. Taken from the pool (counted in
+    /// [`with_max_connections`](Self::with_max_connections)) only when one is idle there.
+    /// More of them suit moderate concurrency on a server whose commits are fast; at high
+    /// concurrency group commit does better (BENCHMARKS.md, "the command path at every
+    /// concurrency").
+    pub fn with_direct_connections(mut self, connections: usize) -> Self {
+        self.direct_connections = connections.max(1);
         self
     }
 

@@ -12,7 +12,7 @@
 
 use std::sync::{
     Mutex,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicUsize, Ordering},
 };
 
 use annals::{AppendResult, StreamAppend};
@@ -25,17 +25,71 @@ use crate::{
     single,
 };
 
-/// The connection the direct path uses, when no caller holds it.
+/// The connections the direct path uses, when no caller holds them.
 ///
-/// There is at most one: while a caller holds it, concurrent callers go to the writers,
-/// whose group commit serves many callers better than one connection each. (Up to eight
-/// direct connections measured no better at 8 tasks and a fifth slower at 64: BENCHMARKS.md,
-/// "the command path at every concurrency".)
-#[derive(Default)]
+/// At most [`PgConfig::with_direct_connections`](crate::PgConfig::with_direct_connections)
+/// (one by default): while callers hold them all, concurrent callers go to the writers,
+/// whose group commit serves many callers better than one connection each.
 pub(crate) struct Direct {
-    idle: Mutex<Option<PgConnection>>,
-    /// Whether the direct connection exists (idle in the slot or held by a caller).
-    exists: AtomicBool,
+    idle: Mutex<Vec<PgConnection>>,
+    /// How many direct connections exist (idle here or held by a caller).
+    exists: AtomicUsize,
+    max: usize,
+    /// How many append calls are in the store right now, direct or with the writers.
+    appending: AtomicUsize,
+}
+
+/// An append call counted in [`Direct::enter`] until dropped.
+pub(crate) struct Appending<'a> {
+    direct: &'a Direct,
+    /// Calls in the store when this one came, itself included.
+    pub(crate) at: usize,
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.direct.appending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Direct {
+    /// A direct path of at most `max` connections (at least one).
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            exists: AtomicUsize::new(0),
+            max: max.max(1),
+            appending: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts an append call in until the guard is dropped.
+    pub(crate) fn enter(&self) -> Appending<'_> {
+        let at = self.appending.fetch_add(1, Ordering::AcqRel) + 1;
+        Appending { direct: self, at }
+    }
+
+    /// An idle direct connection, if any.
+    fn take(&self) -> Option<PgConnection> {
+        self.idle.lock().ok().and_then(|mut idle| idle.pop())
+    }
+
+    /// Puts `conn` back for the next caller.
+    fn put_back(&self, conn: PgConnection) -> bool {
+        self.idle.lock().is_ok_and(|mut idle| {
+            idle.push(conn);
+            true
+        })
+    }
+
+    /// Claims a place for a new direct connection, if one is free.
+    fn claim_new(&self) -> bool {
+        self.exists
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
 }
 
 impl Direct {
@@ -43,24 +97,31 @@ impl Direct {
     /// written, or an error left the outcome open: the writers' idempotent retry decides).
     /// A statement that got no answer within the I/O timeout is an error: it may have been
     /// stored, and the writers would only wait as long again on the same silent network.
+    ///
+    /// `appending` is the caller's place among the append calls in the store: beyond the
+    /// number of direct connections, concurrency is up and the writers' group commit does
+    /// better, so the caller goes there even if a direct connection is idle.
     pub(crate) async fn append(
         &self,
         db: &Db,
+        appending: &Appending<'_>,
         append: &StreamAppend,
         metadata: &[Option<String>],
     ) -> annals::Result<Option<AppendResult>> {
-        let held = self.idle.lock().ok().and_then(|mut idle| idle.take());
-        let mut conn = match held {
+        if appending.at > self.max {
+            return Ok(None);
+        }
+        let mut conn = match self.take() {
             Some(conn) => conn,
-            // Another caller holds the direct connection: concurrency is up, let the
+            // Other callers hold every direct connection: concurrency is up, let the
             // writers group this append with the others.
-            None if self.exists.swap(true, Ordering::AcqRel) => return Ok(None),
+            None if !self.claim_new() => return Ok(None),
             // Only an idle connection (a lane's, or the pool's): never wait here while the
             // writers need one.
             None => match db.lanes.take().or_else(|| db.pool.try_acquire()) {
                 Some(pooled) => pooled.detach(),
                 None => {
-                    self.exists.store(false, Ordering::Release);
+                    self.exists.fetch_sub(1, Ordering::AcqRel);
                     return Ok(None);
                 }
             },
@@ -95,11 +156,7 @@ impl Direct {
             Ok(_) => true,
             Err(error @ sqlx::Error::Database(_)) => !is_connection_lost(error),
             Err(_) => false,
-        } && self.idle.lock().is_ok_and(|mut idle| {
-            // The connection answered, so it is ready for the next statement.
-            idle.get_or_insert(conn);
-            true
-        });
+        } && self.put_back(conn);
         drop(claim);
         let Some((version, seq, tx)) = stored.ok().flatten() else {
             return Ok(None);
@@ -127,7 +184,7 @@ impl Direct {
         operation: &'static str,
         statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Option<annals::Result<T>> {
-        let mut conn = self.idle.lock().ok().and_then(|mut idle| idle.take())?;
+        let mut conn = self.take()?;
         let claim = Claim {
             exists: &self.exists,
             kept: false,
@@ -143,26 +200,22 @@ impl Direct {
             Err(_) => false,
         };
         let mut claim = claim;
-        claim.kept = live
-            && self.idle.lock().is_ok_and(|mut idle| {
-                idle.get_or_insert(conn);
-                true
-            });
+        claim.kept = live && self.put_back(conn);
         drop(claim);
         Some(result.map_err(crate::error::backend))
     }
 }
 
-/// Marks the direct connection gone when it is not put back.
+/// Counts a direct connection gone when it is not put back.
 struct Claim<'a> {
-    exists: &'a AtomicBool,
+    exists: &'a AtomicUsize,
     kept: bool,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.kept {
-            self.exists.store(false, Ordering::Release);
+            self.exists.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

@@ -111,7 +111,7 @@ impl PgEventStore {
         let notify = channel
             .clone()
             .map(|c| writer::spawn_notifier(db.clone(), c));
-        let direct = (!config.hooks.active()).then(Direct::default);
+        let direct = (!config.hooks.active()).then(|| Direct::new(config.direct_connections));
         let writer = writer::spawn(
             WriterContext {
                 pool: pool.clone(),
@@ -236,8 +236,12 @@ impl PgEventStore {
                 Some(event.metadata.to_json()?)
             });
         }
-        if let (Some(direct), [append]) = (&self.inner.direct, appends.as_slice())
-            && let Some(result) = direct.append(&self.inner.db, append, &metadata).await?
+        let appending = self.inner.direct.as_ref().map(Direct::enter);
+        if let (Some(direct), Some(appending), [append]) =
+            (&self.inner.direct, &appending, appends.as_slice())
+            && let Some(result) = direct
+                .append(&self.inner.db, appending, append, &metadata)
+                .await?
         {
             if let Some(notify) = &self.inner.notify {
                 let _ = notify.try_send(());
