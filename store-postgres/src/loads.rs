@@ -53,8 +53,10 @@ pub(crate) struct Load {
 /// per connection, then runs its cached plan. Batches are padded up to the next size with
 /// loads that read nothing, so [`BATCH_SIZES`] statements serve every batch.
 fn batch_statement(size: usize) -> String {
-    let mut sql = String::from("SELECT e.tx, e.sequence, e.stream_version, e.event_type, \
-         e.schema_version, e.payload, s.k FROM (VALUES ");
+    let mut sql = String::from(
+        "SELECT e.tx, e.sequence, e.stream_version, e.event_type, \
+         e.schema_version, e.payload, s.k FROM (VALUES ",
+    );
     for k in 0..size {
         if k > 0 {
             sql.push_str(", ");
