@@ -17,7 +17,7 @@ use std::{
 use sqlx::{PgPool, Postgres, pool::PoolConnection, postgres::PgConnection};
 
 use crate::{
-    error::{Error, Failure, is_connection_lost},
+    error::{Error, Failure, answered_live},
     single::Privileges,
 };
 
@@ -157,12 +157,7 @@ impl Db {
             Ok(result) => {
                 // Answered on a live connection: keep it in a lane for the next statement.
                 // Otherwise it goes back to the pool, which tests it.
-                let live = match &result {
-                    Ok(_) => true,
-                    Err(error @ sqlx::Error::Database(_)) => !is_connection_lost(error),
-                    Err(_) => false,
-                };
-                if live {
+                if answered_live(&result) {
                     self.lanes.keep(conn, &self.pool);
                 }
                 Ok(result?)

@@ -20,7 +20,7 @@ use sqlx::postgres::PgConnection;
 
 use crate::{
     bounded::{Db, timed_out},
-    error::is_connection_lost,
+    error::{Failure, answered_live},
     group::position,
     single,
 };
@@ -152,11 +152,7 @@ impl Direct {
         };
         // A database error answered by a live connection keeps it; one that says the
         // connection is closed (57P01 after `pg_terminate_backend`) does not.
-        claim.kept = match &stored {
-            Ok(_) => true,
-            Err(error @ sqlx::Error::Database(_)) => !is_connection_lost(error),
-            Err(_) => false,
-        } && self.put_back(conn);
+        claim.kept = answered_live(&stored) && self.put_back(conn);
         drop(claim);
         let Some((version, seq, tx)) = stored.ok().flatten() else {
             return Ok(None);
@@ -170,14 +166,12 @@ impl Direct {
             last_position: position(tx, *last),
         }))
     }
-}
 
-impl Direct {
-    /// Runs the read `statement` on the direct connection if it is idle (a lone command's
-    /// load, so that the load and the append of a command go to one server process, as a
-    /// hand-written command's do); `None` when another caller holds it (or there is none
-    /// yet): read on a pooled connection instead. A read that got no answer in time drops
-    /// the connection, as an append does.
+    /// Runs the read `statement` on an idle direct connection (a lone command's load, so
+    /// that the load and the append of a command go to one server process, as a
+    /// hand-written command's do); `None` when callers hold them all (or there is none yet):
+    /// read on a pooled connection instead. A read that got no answer in time drops the
+    /// connection, as an append does.
     pub(crate) async fn read<T>(
         &self,
         db: &Db,
@@ -185,24 +179,16 @@ impl Direct {
         statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Option<annals::Result<T>> {
         let mut conn = self.take()?;
-        let claim = Claim {
+        let mut claim = Claim {
             exists: &self.exists,
             kept: false,
         };
         let Ok(result) = db.within(operation, statement(&mut conn)).await else {
-            drop(claim);
-            drop(conn);
-            return Some(Err(annals::Error::backend(true, db.timed_out(operation))));
+            // The claim drops the connection's place; the connection is closed with it.
+            return Some(Err(Failure::TimedOut(db.timed_out(operation)).into()));
         };
-        let live = match &result {
-            Ok(_) => true,
-            Err(error @ sqlx::Error::Database(_)) => !is_connection_lost(error),
-            Err(_) => false,
-        };
-        let mut claim = claim;
-        claim.kept = live && self.put_back(conn);
-        drop(claim);
-        Some(result.map_err(crate::error::backend))
+        claim.kept = answered_live(&result) && self.put_back(conn);
+        Some(result.map_err(|error| Failure::Sql(error).into()))
     }
 }
 

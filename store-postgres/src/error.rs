@@ -236,6 +236,17 @@ pub(crate) fn is_connection_lost(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a statement that ended with `result` leaves its connection ready for the next
+/// one: it answered, with rows or with a database error that does not say the connection is
+/// gone (57P01 after `pg_terminate_backend` does).
+pub(crate) fn answered_live<T>(result: &Result<T, sqlx::Error>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(error @ sqlx::Error::Database(_)) => !is_connection_lost(error),
+        Err(_) => false,
+    }
+}
+
 /// The SQLSTATE of a database error, if it is one.
 pub(crate) fn sql_state(error: &sqlx::Error) -> Option<String> {
     match error {

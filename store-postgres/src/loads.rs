@@ -53,20 +53,21 @@ pub(crate) struct Load {
 /// per connection, then runs its cached plan. Batches are padded up to the next size with
 /// loads that read nothing, so [`BATCH_SIZES`] statements serve every batch.
 fn batch_statement(size: usize) -> String {
+    // The first row names the columns' types; the others take them from it.
     let mut sql = String::from(
         "SELECT e.tx, e.sequence, e.stream_version, e.event_type, \
-         e.schema_version, e.payload, s.k FROM (VALUES ",
+         e.schema_version, e.payload, s.k \
+         FROM (VALUES ($1::text, $2::bigint, $3::bigint, 1)",
     );
-    for k in 0..size {
-        if k > 0 {
-            sql.push_str(", ");
-        }
+    for k in 1..size {
         let p = 3 * k;
-        if k == 0 {
-            sql.push_str("($1::text, $2::bigint, $3::bigint, 1)");
-        } else {
-            sql.push_str(&format!("(${}, ${}, ${}, {})", p + 1, p + 2, p + 3, k + 1));
-        }
+        sql.push_str(&format!(
+            ", (${}, ${}, ${}, {})",
+            p + 1,
+            p + 2,
+            p + 3,
+            k + 1
+        ));
     }
     sql.push_str(concat!(
         ") AS s(id, from_v, upto, k) CROSS JOIN LATERAL (SELECT ",
