@@ -91,8 +91,13 @@ impl Firsts {
         Ok(d.counterparty.clone())
     }
 
-    /// Writes the new lookups in the chunk's transaction.
-    async fn write(&self, tx: &mut sqlx::PgConnection) -> BenchResult<()> {
+    /// Writes the new lookups and the chunk's `rows` (one statement) in one transaction.
+    async fn commit_with(
+        &self,
+        pool: &PgPool,
+        rows: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> BenchResult<()> {
+        let mut tx = pool.begin().await?;
         if !self.new_keys.is_empty() {
             sqlx::query(
                 "INSERT INTO lookups (key, value) SELECT * FROM unnest($1::text[], $2::text[])
@@ -100,9 +105,11 @@ impl Firsts {
             )
             .bind(&self.new_keys)
             .bind(&self.new_values)
-            .execute(tx)
+            .execute(&mut *tx)
             .await?;
         }
+        rows.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 }
@@ -167,9 +174,7 @@ pub(crate) async fn write_batched(
             first_values.push(row.first);
             lasts.push(row.last);
         }
-        let mut tx = pool.begin().await?;
-        firsts.write(&mut tx).await?;
-        sqlx::query(
+        let rows = sqlx::query(
             "INSERT INTO accounts AS t (id, balance, deposits, first_counterparty, last_counterparty)
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])
              ON CONFLICT (id) DO UPDATE SET balance = t.balance + excluded.balance,
@@ -181,10 +186,8 @@ pub(crate) async fn write_batched(
         .bind(&balances)
         .bind(&counts)
         .bind(&first_values)
-        .bind(&lasts)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(&lasts);
+        firsts.commit_with(pool, rows).await?;
     }
     Ok(())
 }
@@ -227,9 +230,7 @@ pub(crate) async fn write_entries_batched(
             amounts.push(d.amount);
             counterparties.push(d.counterparty.as_str());
         }
-        let mut tx = pool.begin().await?;
-        firsts.write(&mut tx).await?;
-        sqlx::query(
+        let rows = sqlx::query(
             "INSERT INTO entries AS t (id, account, amount, counterparty, first_counterparty)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[])
              ON CONFLICT (id) DO UPDATE SET account = excluded.account,
@@ -240,10 +241,8 @@ pub(crate) async fn write_entries_batched(
         .bind(&accounts)
         .bind(&amounts)
         .bind(&counterparties)
-        .bind(&first)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(&first);
+        firsts.commit_with(pool, rows).await?;
     }
     Ok(())
 }
