@@ -138,6 +138,29 @@ impl Metadata {
         serde_json::to_string(self).map_err(Error::Encode)
     }
 
+    /// The length in bytes of [`Metadata::to_json`]'s text, counted as it is written, with
+    /// no text built: what an append's size check needs (the limits check every event's
+    /// size, and a store that keeps the text builds it once, later).
+    ///
+    /// # Errors
+    /// As [`Metadata::to_json`].
+    pub fn json_len(&self) -> Result<usize> {
+        /// Counts the bytes written to it and keeps none.
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 += bytes.len();
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, self).map_err(Error::Encode)?;
+        Ok(count.0)
+    }
+
     /// Parses metadata that a store kept with [`Metadata::to_json`].
     ///
     /// # Errors

@@ -78,7 +78,7 @@ impl Limits {
                 let metadata = if event.metadata.is_empty() {
                     2
                 } else {
-                    event.metadata.to_json()?.len()
+                    event.metadata.json_len()?
                 };
                 let size = event.payload.len() + metadata;
                 if size > self.max_event_bytes {

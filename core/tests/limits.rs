@@ -43,3 +43,23 @@ async fn configured_limits_refuse_oversized_and_overlong_appends() {
         3
     );
 }
+
+#[tokio::test]
+async fn metadata_counts_toward_an_events_size() {
+    let store = InMemoryEventStore::with_limits(Limits::default().with_max_event_bytes(100));
+    let s = StreamId::new("limited-by-metadata").unwrap();
+    let mut event = new_event("Small", json!({ "n": 1 }));
+    event
+        .metadata
+        .custom
+        .insert("note".into(), json!("m".repeat(80)));
+    let expected = event.payload.len() + event.metadata.to_json().unwrap().len();
+    assert!(event.payload.len() <= 100 && expected > 100);
+    match store.append(&s, ExpectedVersion::Any, vec![event]).await {
+        Err(Error::PayloadTooLarge {
+            size, limit: 100, ..
+        }) => assert_eq!(size, expected),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&s).await.unwrap(), 0, "nothing stored");
+}

@@ -246,7 +246,10 @@ proptest! {
         let text = serde_json::to_string(&event).unwrap();
         let back: RecordedEvent = serde_json::from_str(&text).unwrap();
         prop_assert_eq!(&back, &event);
-        let meta_back = Metadata::from_json(&metadata.to_json().unwrap()).unwrap();
+        let meta_text = metadata.to_json().unwrap();
+        // The size the limits check is the stored text's, counted without building it.
+        prop_assert_eq!(metadata.json_len().unwrap(), meta_text.len());
+        let meta_back = Metadata::from_json(&meta_text).unwrap();
         prop_assert_eq!(meta_back, metadata);
         // The payload text is kept exactly, and is valid JSON equal to the value.
         let reparsed = Payload::from_json(event.payload.as_str()).unwrap();
