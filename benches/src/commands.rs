@@ -107,22 +107,21 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
-/// A store in a new schema of its own, migrated, with the default group-commit settings
-/// (the environment variable `WRITERS`, when set, sets the number of writers: for
-/// experiments with `command_cpu`).
+/// A store in a new schema of its own, migrated, with the default group-commit settings.
+/// For experiments with `command_cpu`, the environment variables `WRITERS` and `DIRECT`,
+/// when set, set the number of writers and of direct connections.
 pub(crate) async fn new_store(url: &str, connections: u32) -> BenchResult<PgEventStore> {
+    let setting = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
     let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let config = PgConfig::new(url)
+    let mut config = PgConfig::new(url)
         .with_schema(schema)
         .with_max_connections(connections);
-    let config = match std::env::var("WRITERS").ok().and_then(|w| w.parse().ok()) {
-        Some(writers) => config.with_writers(writers),
-        None => config,
-    };
-    let config = match std::env::var("DIRECT").ok().and_then(|w| w.parse().ok()) {
-        Some(direct) => config.with_direct_connections(direct),
-        None => config,
-    };
+    if let Some(writers) = setting("WRITERS") {
+        config = config.with_writers(writers);
+    }
+    if let Some(direct) = setting("DIRECT") {
+        config = config.with_direct_connections(direct);
+    }
     let store = PgEventStore::connect(config).await?;
     store.migrate().await?;
     Ok(store)
