@@ -141,6 +141,9 @@ pub(crate) async fn read(
     }
     drop(rows);
     let last = page.last().map(|e| e.stream_version);
+    if let Some(last) = last {
+        db.seen.record(stream.as_str(), last);
+    }
     let read_so_far = page.len() as u64;
     let first = stream::iter(page.into_iter().map(Ok));
     let events = match last {

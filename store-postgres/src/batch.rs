@@ -4,23 +4,26 @@
 //!
 //! The statement takes the streams' advisory locks first (the log's lock shared, then each
 //! stream's key in ascending order, as `lock_streams` in migrations/0003_stream_order.sql
-//! does), before anything takes the transaction's id. It then moves every existing stream
-//! whose version passes its call's check on in one `UPDATE`, creates the new streams of the
-//! calls that allow creating one in one `INSERT .. ON CONFLICT DO NOTHING`, and inserts the
-//! events of exactly the calls whose stream row was written. A call whose stream was not
-//! written (a conflict, or a stream created by a transaction the statement's snapshot does
-//! not see) stores nothing and is left to `append_group`, which gives the exact answer; one
-//! call's conflict so never fails another. An event id stored already fails the whole
-//! statement (a unique violation, nothing written), and the writer hands the group to
-//! `append_group` with the stored-id lookup.
+//! does), before anything takes the transaction's id. It then reads each stream's newest
+//! version from `events` (or, for a call expecting a version this store has seen, takes that
+//! version without reading: [`crate::seen`]), and inserts the events of exactly the calls
+//! whose check passes, after their streams' versions. A call whose check fails stores nothing
+//! and is left to `append_group`, which gives the exact answer; one call's conflict so never
+//! fails another. An event id stored already fails the whole statement (a unique violation,
+//! nothing written), and the writer hands the group to `append_group` with the stored-id
+//! lookup.
 //!
 //! Why this is correct under concurrency: every append to a stream holds its advisory lock
-//! until it commits, so the statement reaches a stream's row only after the previous append
-//! to it has committed. The `UPDATE` then rechecks its `WHERE` on the newest version of the
-//! row (READ COMMITTED re-evaluates it on a concurrently updated row), so the version check
-//! sees the committed version even when the statement's snapshot is older.
+//! until it commits, and versions only grow. The statement's snapshot is taken before its
+//! locks are granted, so a version read may be older than an append it waited for; the
+//! version it then writes is taken, and the key on `(stream_id, stream_version)` refuses it,
+//! failing the whole statement with nothing written (the writer then asks `append_group`,
+//! whose statements each see every commit before them). A version read or seen is never
+//! ahead of the stream, so the statement can write a taken version but never leave a gap.
 
 use std::collections::HashSet;
+
+use annals::ExpectedVersion;
 
 use crate::{
     bounded::Db,
@@ -30,45 +33,43 @@ use crate::{
 };
 
 /// One statement for the whole group: the `append_batch` function
-/// (migrations/0005_least_privilege.sql, owned by the migrating role so an application role
-/// may append without any right to write the tables), bound to the arrays `append_group` takes
-/// ([`crate::group::Arrays`]): `$1..$3` per call (stream, expected version code, number of
-/// events; each call is one stream append here), `$4..$10` per event (its call, 1-based, its
-/// place in that call, 1-based, and its columns). Inside, one statement: `a` reads from `l`
-/// and `l` from `g`, so the locks are taken in that order before any row is written; the keys
-/// are sorted in a sub-query that is not flattened (`OFFSET 0`), so the outer query locks them
-/// in order. The `UPDATE` names its rows with `= ANY` as well as by the join: a young
-/// `streams` table without statistics otherwise gets a generic plan that scans the whole table
-/// for every group.
+/// (migrations/0007_versions_from_events.sql, owned by the migrating role so an application
+/// role may append without any right to write the tables), bound to the arrays
+/// `append_group` takes ([`crate::group::Arrays`]): `$1..$3` per call (stream, expected
+/// version code, number of events; each call is one stream append here), `$4..$10` per event
+/// (its call, 1-based, its place in that call, 1-based, and its columns). Inside, the locks
+/// are one statement and the versions' read and the insert the next, so the read sees every
+/// append the locks waited for.
 const APPEND_BATCH: &str =
     "SELECT o_k, o_version, o_seq, o_tx FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
-/// `append_batch`'s statement sent plain, for a role that may write the tables itself (see
-/// [`crate::single::Privileges`]): the same statement, the same parameters, and `$11`, the
-/// number of calls, as a `LIMIT` on `a`. It changes no row, but it tells the planner that `a`
-/// is small even in a generic plan (a `LIMIT` parameter is estimated at a tenth of its
-/// input, where `unnest` of a parameter is estimated at 100 rows): without it, the generic
-/// plan that the statement settles on after five runs joins `streams` by hashing a scan of
-/// the whole table when the table is young and without statistics (measured: 10,000 streams
-/// scanned for every group of the 64-task command path, a third of its speed), instead of
-/// looking each stream up in its primary key.
+/// `append_batch`'s work sent plain, as one statement, for a role that may write the tables
+/// itself (see [`crate::single::Privileges`]): the same parameters, `$11`, the number of
+/// calls, as a `LIMIT` on `a`, and `$12`, per call, whether its expected version is one this
+/// store has seen (no read: [`crate::seen`]). `a` reads from `l` and `l` from `g`, so the
+/// locks are taken in that order before any row is written; the keys are sorted in a
+/// sub-query that is not flattened (`OFFSET 0`), so the outer query locks them in order. The
+/// `LIMIT` changes no row, but it tells the planner that `a` is small even in a generic plan
+/// (a `LIMIT` parameter is estimated at a tenth of its input, where `unnest` of a parameter
+/// is estimated at 100 rows), so each stream's newest version is looked up in the events'
+/// key rather than found by hashing a scan (measured on the former `streams` table: a third
+/// of the 64-task command path's speed).
 const APPEND_BATCH_PLAIN: &str = "\
 WITH g AS (SELECT pg_advisory_xact_lock_shared(stream_lock_key(''))), \
 l AS (SELECT count(pg_advisory_xact_lock(o.k)) AS n \
         FROM (SELECT stream_lock_key(s) AS k FROM g, unnest($1::text[]) AS s \
                ORDER BY 1 OFFSET 0) AS o), \
-a AS (SELECT u.stream, u.expected, u.n, u.k \
-        FROM l, unnest($1::text[], $2::bigint[], $3::int[]) WITH ORDINALITY \
-          AS u(stream, expected, n, k) LIMIT $11), \
-upd AS (UPDATE streams AS st SET version = st.version + a.n FROM a \
-         WHERE st.stream_id = ANY ($1::text[]) AND st.stream_id = a.stream \
-           AND (a.expected IN (-1, -2) OR st.version = a.expected) \
-        RETURNING a.k, st.version), \
-ins AS (INSERT INTO streams AS st (stream_id, version) \
-        SELECT a.stream, a.n FROM a WHERE a.expected IN (-1, 0) \
-        ON CONFLICT (stream_id) DO NOTHING RETURNING st.stream_id, st.version), \
-w AS (SELECT upd.k, upd.version FROM upd \
-      UNION ALL SELECT a.k, ins.version FROM ins JOIN a ON a.stream = ins.stream_id), \
+a AS (SELECT u.stream, u.expected, u.n, u.k, u.seen \
+        FROM l, unnest($1::text[], $2::bigint[], $3::int[], $12::bool[]) WITH ORDINALITY \
+          AS u(stream, expected, n, seen, k) LIMIT $11), \
+c AS (SELECT a.stream, a.expected, a.n, a.k, \
+              CASE WHEN a.seen THEN a.expected \
+                   ELSE coalesce((SELECT e.stream_version FROM events AS e \
+                                   WHERE e.stream_id = a.stream \
+                                   ORDER BY e.stream_version DESC LIMIT 1), 0) END AS cur \
+         FROM a), \
+w AS (SELECT c.k, c.cur + c.n AS version FROM c \
+       WHERE c.expected = -1 OR (c.expected = -2 AND c.cur > 0) OR c.expected = c.cur), \
 ev AS (INSERT INTO events (tx, stream_id, stream_version, event_id, event_type, \
                            schema_version, payload, metadata) \
        SELECT pg_current_xact_id()::text::bigint, a.stream, w.version - a.n + e.pos, \
@@ -113,6 +114,16 @@ pub(crate) struct Stored {
 pub(crate) async fn append(db: &Db, group: &[Request]) -> Result<Stored, Failure> {
     let n = group.len();
     let a = arrays(group);
+    // Per call: its expected version is one this store has seen, and needs no read.
+    let seen: Vec<bool> = group
+        .iter()
+        .map(|request| {
+            request.appends.first().is_some_and(|append| {
+                matches!(append.expected, ExpectedVersion::Exact(n)
+                    if db.seen.reached(append.stream.as_str(), n))
+            })
+        })
+        .collect();
     let (ks, versions, seq, tx): (Vec<i64>, Vec<i64>, Vec<i64>, i64) = db
         .append(async |c| {
             let run = |sql| {
@@ -130,7 +141,8 @@ pub(crate) async fn append(db: &Db, group: &[Request]) -> Result<Stored, Failure
             };
             if db.privileges.plain() {
                 let calls = i64::try_from(a.stream.len()).unwrap_or(i64::MAX);
-                match run(APPEND_BATCH_PLAIN).bind(calls).fetch_one(&mut *c).await {
+                let query = run(APPEND_BATCH_PLAIN).bind(calls).bind(&seen);
+                match query.fetch_one(&mut *c).await {
                     Err(error) if db.privileges.refused(&error) => {}
                     other => return other,
                 }

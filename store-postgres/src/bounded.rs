@@ -18,6 +18,7 @@ use sqlx::{PgPool, Postgres, pool::PoolConnection, postgres::PgConnection};
 
 use crate::{
     error::{Error, Failure, answered_live},
+    seen::Seen,
     single::Privileges,
 };
 
@@ -30,6 +31,8 @@ pub(crate) struct Db {
     pub(crate) lanes: Arc<Lanes>,
     /// Whether appends go as plain statements or through the append functions.
     pub(crate) privileges: Arc<Privileges>,
+    /// The streams' versions this store has seen in `events` (see [`Seen`]).
+    pub(crate) seen: Arc<Seen>,
 }
 
 /// A few pooled connections kept checked out between the store's short statements (appends,

@@ -134,10 +134,7 @@ impl Direct {
         };
         // Out of time, the connection is dropped with the claim (closed, its socket shut).
         let stored = match db
-            .within(
-                "an append",
-                single::append(&mut conn, append, metadata, &db.privileges),
-            )
+            .within("an append", single::append(&mut conn, append, metadata, db))
             .await
         {
             Ok(stored) => stored,
@@ -160,8 +157,11 @@ impl Direct {
         let (Some(first), Some(last)) = (seq.first(), seq.last()) else {
             return Ok(None);
         };
+        // Answered in autocommit mode: committed.
+        let stream_version = u64::try_from(version).unwrap_or(0);
+        db.seen.record(append.stream.as_str(), stream_version);
         Ok(Some(AppendResult {
-            stream_version: u64::try_from(version).unwrap_or(0),
+            stream_version,
             first_position: position(tx, *first),
             last_position: position(tx, *last),
         }))

@@ -138,6 +138,11 @@ pub(crate) fn reply_each(group: Vec<Request>, result: GroupResult, context: &Wri
             .zip(status.iter().zip(version))
             .find_map(|(a, (s, v))| (*s == 1).then_some((a, *v)))
         {
+            // Read with the stream's lock held: its newest version, stored.
+            context
+                .db
+                .seen
+                .record(append.stream.as_str(), u64::try_from(actual).unwrap_or(0));
             Err(Error::Conflict {
                 stream: append.stream.clone(),
                 expected: append.expected,
@@ -154,8 +159,13 @@ pub(crate) fn reply_each(group: Vec<Request>, result: GroupResult, context: &Wri
                     complete = false;
                     break;
                 };
+                let stream_version = u64::try_from(*version).unwrap_or(0);
+                context
+                    .db
+                    .seen
+                    .record(append.stream.as_str(), stream_version);
                 results.push(AppendResult {
-                    stream_version: u64::try_from(*version).unwrap_or(0),
+                    stream_version,
                     first_position: position(result.tx, *first),
                     last_position: position(result.tx, *last),
                 });

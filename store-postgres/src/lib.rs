@@ -18,6 +18,7 @@ mod log;
 mod pages;
 mod probe;
 mod read;
+mod seen;
 mod single;
 mod store;
 mod stream;

@@ -1,7 +1,8 @@
 //! The fast path of a group holding one call to one stream (the common command): one
-//! statement, the stream's advisory lock taken, its row upserted or updated with the
-//! expected-version check in its `WHERE`, and the events inserted only if that row was
-//! written. Anything else (a conflict, a stored event id) falls back to `append_group`, which
+//! statement, the stream's advisory lock taken, its newest version read from `events` and
+//! checked (or, for a version this store has seen, not read at all: [`crate::seen`]), and the
+//! events inserted after it. Anything else (a conflict, a stored event id, a version taken
+//! since the statement's snapshot, which the key refuses) falls back to `append_group`, which
 //! gives the exact answer.
 //!
 //! The statement is the `append_stream` function (migration 0005), which runs as its owner so
@@ -16,12 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use annals::{ExpectedVersion, StreamAppend};
 use sqlx::postgres::PgConnection;
 
-use crate::error::sql_state;
+use crate::{bounded::Db, error::sql_state};
 
-/// The one-stream append: `append_stream` (migrations/0005_least_privilege.sql) takes the
+/// The one-stream append: `append_stream` (migrations/0007_versions_from_events.sql) takes the
 /// log's lock (shared) and the stream's first, before anything takes the transaction's id, as
-/// `lock_streams` in migrations/0003_stream_order.sql does, then moves the stream row on with
-/// the expected-version check and inserts the events only if that row was written. A function
+/// `lock_streams` in migrations/0003_stream_order.sql does, then reads the stream's newest
+/// version in a statement of its own, checks it and inserts the events after it. A function
 /// owned by the migrating role, so an application role may append without any right to write
 /// the tables; one statement, one round trip, as before.
 const APPEND_STREAM: &str =
@@ -39,7 +40,7 @@ macro_rules! locked_stream {
 
 /// `append_stream`'s body as one statement, events bound as arrays.
 macro_rules! append_many {
-    ($stream:literal) => {
+    ($stream:expr) => {
         concat!(
             locked_stream!(),
             $stream,
@@ -64,7 +65,7 @@ macro_rules! append_many {
 /// half the nodes of a final `SELECT` over the two: measurably less of the server's time to
 /// start and run it.)
 macro_rules! append_one {
-    ($stream:literal) => {
+    ($stream:expr) => {
         concat!(
             locked_stream!(),
             $stream,
@@ -78,31 +79,54 @@ macro_rules! append_one {
 }
 
 macro_rules! statements {
-    ($(#[$doc:meta])* $name:ident, $stream:literal) => {
+    ($(#[$doc:meta])* $name:ident, $stream:expr) => {
         $(#[$doc])*
         const $name: [&str; 2] = [append_many!($stream), append_one!($stream)];
     };
 }
 
+/// The stream's newest version, from the last entry of the events' key for it (`NULL` for a
+/// stream with no events). It is read with the statement's snapshot, taken before the lock
+/// was granted: a version appended meanwhile is not seen, the version written after the one
+/// read is then taken, and the key refuses it (nothing is written; `append_group` answers).
+macro_rules! newest {
+    () => {
+        "(SELECT e.stream_version FROM events AS e WHERE e.stream_id = $1 \
+          ORDER BY e.stream_version DESC LIMIT 1)"
+    };
+}
+
 statements!(
-    /// `Any` (`$3` = -1): create the stream or move it on, whatever its version.
+    /// `Any` (`$3` = -1): append after the stream's newest version, whatever it is.
     ANY,
-    "INSERT INTO streams AS st (stream_id, version) SELECT $1, $2 FROM l \
-     ON CONFLICT (stream_id) DO UPDATE SET version = st.version + $2 RETURNING version"
+    concat!("SELECT coalesce(", newest!(), ", 0) + $2 AS version FROM l")
 );
 
 statements!(
-    /// `NoStream`, `Exact(0)` (`$3` = 0): create the stream, or write nothing if it exists.
+    /// `NoStream`, `Exact(0)` (`$3` = 0): append only to a stream with no events.
     NEW,
-    "INSERT INTO streams (stream_id, version) SELECT $1, $2 FROM l \
-     ON CONFLICT (stream_id) DO NOTHING RETURNING version"
+    "SELECT $2::bigint AS version FROM l \
+     WHERE NOT EXISTS (SELECT 1 FROM events AS e WHERE e.stream_id = $1)"
 );
 
 statements!(
-    /// `StreamExists` (`$3` = -2), `Exact(n)`: move an existing stream on if it is at `n`.
+    /// `StreamExists` (`$3` = -2), `Exact(n)`: append if the stream has events, and its
+    /// newest is `n`.
     EXISTING,
-    "UPDATE streams SET version = version + $2 FROM l \
-     WHERE stream_id = $1 AND ($3 = -2 OR version = $3) RETURNING version"
+    concat!(
+        "SELECT c.v + $2 AS version FROM (SELECT ",
+        newest!(),
+        " AS v FROM l) AS c WHERE c.v IS NOT NULL AND ($3 = -2 OR c.v = $3)"
+    )
+);
+
+statements!(
+    /// `Exact(n)` for a version `n` this store has read or written ([`crate::seen`]): append
+    /// after it without reading anything. Version `n` exists for ever (events are never
+    /// deleted), so the events written after it either continue the stream or collide with
+    /// events stored since, which the key refuses.
+    SEEN,
+    "SELECT $3 + $2 AS version FROM l"
 );
 
 /// Whether appends may be sent as plain statements: true until the server refuses one for
@@ -148,10 +172,13 @@ pub(crate) async fn append(
     conn: &mut PgConnection,
     append: &StreamAppend,
     metadata: &[Option<String>],
-    privileges: &Privileges,
+    db: &Db,
 ) -> Result<Stored, sqlx::Error> {
+    let privileges = &db.privileges;
     if privileges.plain() {
-        match plain(&mut *conn, append, metadata).await {
+        let seen = matches!(append.expected, ExpectedVersion::Exact(n)
+            if db.seen.reached(append.stream.as_str(), n));
+        match plain(&mut *conn, append, metadata, seen).await {
             Err(error) if privileges.refused(&error) => {}
             other => return other,
         }
@@ -168,16 +195,19 @@ fn expected_code(expected: ExpectedVersion) -> i64 {
     }
 }
 
-/// The plain statements, with `append_stream`'s parameters.
+/// The plain statements, with `append_stream`'s parameters; `seen`: the expected version is
+/// one this store has seen, and needs no read.
 async fn plain(
     conn: &mut PgConnection,
     append: &StreamAppend,
     metadata: &[Option<String>],
+    seen: bool,
 ) -> Result<Stored, sqlx::Error> {
     let expected = expected_code(append.expected);
     let sql = match expected {
         -1 => ANY,
         0 => NEW,
+        n if n > 0 && seen => SEEN,
         _ => EXISTING,
     };
     let events = &append.events;

@@ -106,6 +106,7 @@ impl PgEventStore {
             timeout: config.io_timeout,
             lanes: Lanes::new(&pool, config.max_connections),
             privileges: Default::default(),
+            seen: Default::default(),
         };
         let channel = config.notify.then(|| config.channel());
         let notify = channel
@@ -404,10 +405,13 @@ impl EventStore for PgEventStore {
             .inner
             .db
             .read("a stream's version", async |c| {
-                sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
-                    .bind(stream)
-                    .fetch_optional(c)
-                    .await
+                sqlx::query_scalar(
+                    "SELECT stream_version FROM events WHERE stream_id = $1 \
+                     ORDER BY stream_version DESC LIMIT 1",
+                )
+                .bind(stream)
+                .fetch_optional(c)
+                .await
             })
             .await?;
         Ok(version.and_then(|v| u64::try_from(v).ok()).unwrap_or(0))

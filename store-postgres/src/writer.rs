@@ -203,9 +203,7 @@ async fn execute_single(group: &[Request], context: &WriterContext) -> Single {
     };
     let stored = context
         .db
-        .append(async |c| {
-            single::append(c, append, &request.metadata, &context.db.privileges).await
-        })
+        .append(async |c| single::append(c, append, &request.metadata, &context.db).await)
         .await;
     match stored {
         Ok(Some((version, seq, tx))) => Single::Stored(GroupResult {

@@ -162,7 +162,7 @@ async fn a_store_that_was_never_migrated_says_what_is_missing() {
         .expect_err("no tables");
     let missing = pg_error(&error).to_string();
     assert!(
-        missing.contains(r#"relation "streams" does not exist"#) && missing.contains("migrate()"),
+        missing.contains(r#"relation "events" does not exist"#) && missing.contains("migrate()"),
         "{missing}"
     );
     assert!(!error.is_transient());

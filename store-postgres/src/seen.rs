@@ -1,0 +1,95 @@
+//! The newest version of each stream this store has read from `events` or written there
+//! itself, so that an append expecting one of those versions needs no read to check it.
+//!
+//! A stream's version is its newest event's (migrations/0007_versions_from_events.sql).
+//! Stored events are never updated or deleted, so a version seen once exists for ever: an
+//! append of `Exact(n)`, with `n` at most the version seen, either continues the stream (`n`
+//! is still the newest) or writes a version that is taken, which the key on
+//! `(stream_id, stream_version)` refuses, and the writers answer with the conflict. A version
+//! never seen (a guess, or one from another store) is read and checked as before: writing
+//! after a version the stream has not reached would leave a gap.
+//!
+//! Only events read or written through this store count; a snapshot's version does not (a
+//! snapshot is written by the application and may name anything).
+
+use std::{collections::HashMap, sync::Mutex};
+
+/// How many streams are remembered; past that the memory starts over (an append to a
+/// forgotten stream only reads its version, as every append did before).
+const CAPACITY: usize = 1 << 16;
+
+/// Streams' newest versions seen in `events`.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    versions: Mutex<HashMap<Box<str>, u64>>,
+}
+
+impl Seen {
+    /// Records that `stream` has an event at `version`.
+    pub(crate) fn record(&self, stream: &str, version: u64) {
+        if version == 0 {
+            return;
+        }
+        let Ok(mut versions) = self.versions.lock() else {
+            return;
+        };
+        if let Some(seen) = versions.get_mut(stream) {
+            *seen = (*seen).max(version);
+            return;
+        }
+        if versions.len() >= CAPACITY {
+            versions.clear();
+        }
+        versions.insert(stream.into(), version);
+    }
+
+    /// Whether `stream` is known to have an event at `version` (at least 1).
+    pub(crate) fn reached(&self, stream: &str, version: u64) -> bool {
+        version > 0
+            && self
+                .versions
+                .lock()
+                .ok()
+                .and_then(|versions| versions.get(stream).copied())
+                .is_some_and(|seen| seen >= version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::Seen;
+
+    proptest! {
+        /// A version is reached exactly when some recorded version of its stream is at least
+        /// it: recording never forgets a higher version for a lower one, and never claims a
+        /// version of another stream or above everything recorded.
+        #[test]
+        fn reached_means_recorded_at_or_above(
+            records in proptest::collection::vec((0u8..4, 0u64..20), 0..40),
+            stream in 0u8..4,
+            version in 0u64..22,
+        ) {
+            let seen = Seen::default();
+            for (s, v) in &records {
+                seen.record(&format!("s{s}"), *v);
+            }
+            let highest = records.iter().filter(|(s, _)| *s == stream).map(|(_, v)| *v).max();
+            let expected = version > 0 && highest.is_some_and(|h| h >= version);
+            prop_assert_eq!(seen.reached(&format!("s{stream}"), version), expected);
+        }
+    }
+
+    #[test]
+    fn a_full_memory_starts_over_rather_than_growing() {
+        let seen = Seen::default();
+        for n in 0..super::CAPACITY {
+            seen.record(&format!("s{n}"), 1);
+        }
+        assert!(seen.reached("s0", 1));
+        seen.record("one-more", 3);
+        assert!(!seen.reached("s0", 1), "the memory was not cleared");
+        assert!(seen.reached("one-more", 3));
+    }
+}
