@@ -109,7 +109,8 @@ impl std::fmt::Debug for Prepared {
 
 /// A store in a new schema of its own, migrated, with the default group-commit settings.
 /// For experiments with `command_cpu`, the environment variables `WRITERS` and `DIRECT`,
-/// when set, set the number of writers and of direct connections.
+/// when set, set the number of writers and of direct connections, and `NOTIFY=false` turns
+/// the store's notifications to subscribers off.
 pub(crate) async fn new_store(url: &str, connections: u32) -> BenchResult<PgEventStore> {
     let setting = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
     let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
@@ -121,6 +122,9 @@ pub(crate) async fn new_store(url: &str, connections: u32) -> BenchResult<PgEven
     }
     if let Some(direct) = setting("DIRECT") {
         config = config.with_direct_connections(direct);
+    }
+    if let Some(notify) = std::env::var("NOTIFY").ok().and_then(|v| v.parse().ok()) {
+        config = config.with_notify(notify);
     }
     let store = PgEventStore::connect(config).await?;
     store.migrate().await?;

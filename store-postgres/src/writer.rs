@@ -82,10 +82,16 @@ pub(crate) fn spawn_notifier(db: Db, channel: String) -> mpsc::Sender<()> {
         while rx.recv().await.is_some() {
             let sent = db
                 .run("a notification", async |c| {
-                    sqlx::query("SELECT pg_notify($1, '')")
-                        .bind(&channel)
-                        .execute(c)
-                        .await
+                    // Its own transaction, committed without waiting for the disk: a
+                    // notification is a wake-up, not data (subscribers poll without one),
+                    // and a synchronous commit here would cost the server a WAL flush.
+                    sqlx::query(
+                        "SELECT set_config('synchronous_commit', 'off', true), \
+                         pg_notify($1, '')",
+                    )
+                    .bind(&channel)
+                    .execute(c)
+                    .await
                 })
                 .await;
             if let Err(error) = sent {

@@ -120,3 +120,43 @@ async fn subscription_without_notifications_polls() {
     )
     .await;
 }
+
+/// With polling all but off, a live subscription still sees each append of another store at
+/// once: the writer's notification (committed asynchronously, see `writer.rs`) wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_wakes_a_subscription_that_does_not_poll() {
+    let config = common::config().with_poll_interval(Duration::from_secs(3600));
+    let schema = config.schema().to_owned();
+    let Some(reader) = common::try_store(config).await else {
+        return;
+    };
+    let writer = PgEventStore::connect(
+        PgConfig::new(common::database_url())
+            .with_schema(schema)
+            .with_max_connections(2),
+    )
+    .await
+    .expect("a second store");
+    let s = StreamId::new("woken").unwrap();
+    let mut live = reader.subscribe(LogPosition::START);
+    for i in 0..3 {
+        let e = new_event("Noted", json!({ "i": i }));
+        let id = e.event_id;
+        writer
+            .append(&s, ExpectedVersion::Any, vec![e])
+            .await
+            .unwrap();
+        // A notification comes in milliseconds; without one, nothing would wake the
+        // subscription before its listener's check, 15 s away, or its poll, an hour away.
+        let seen = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .expect("woken by the notification")
+            .expect("the subscription goes on")
+            .expect("an event");
+        assert_eq!(seen.event_id, id);
+        // Past the notifier's 5 ms spacing: each append gets a notification of its own.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(live);
+    reader.drop_schema().await.unwrap();
+}
