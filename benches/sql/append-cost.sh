@@ -60,6 +60,8 @@ variant() {
     names+=("$1")
 }
 names=()
+# `store` is the store's statement before migration 0007. Since then, `locks-newest-event` is
+# its statement for a version it has not seen, and `locks-no-read` the one for a version it has.
 variant store "WITH $locks, s AS (UPDATE streams SET version = version + 1 FROM l WHERE stream_id = 's' || :n RETURNING version) $insert SELECT pg_current_xact_id()::text::bigint, 's' || :n, s.version, $values FROM s $returning"
 variant streams-no-locks "WITH s AS (UPDATE streams SET version = version + 1 WHERE stream_id = 's' || :n RETURNING version) $insert SELECT pg_current_xact_id()::text::bigint, 's' || :n, s.version, $values FROM s $returning"
 variant locks-newest-event "WITH $locks, s AS (SELECT coalesce($newest, 0) + 1 AS version FROM l) $insert SELECT pg_current_xact_id()::text::bigint, 's' || :n, s.version, $values FROM s $returning"
