@@ -56,8 +56,8 @@ impl Limits {
                 reason: "too many events in one append call",
             });
         }
-        let mut streams = HashSet::with_capacity(appends.len());
-        let mut ids = HashSet::with_capacity(total);
+        let mut streams = Distinct::for_len(appends.len());
+        let mut ids = Distinct::for_len(total);
         for append in appends {
             if append.events.is_empty() {
                 return Err(Error::InvalidAppend {
@@ -70,7 +70,7 @@ impl Limits {
                 });
             }
             for event in &append.events {
-                if !ids.insert(event.event_id) {
+                if !ids.insert(&event.event_id) {
                     return Err(Error::InvalidAppend {
                         reason: "the same event id appears twice in one append call",
                     });
@@ -91,5 +91,41 @@ impl Limits {
             }
         }
         Ok(())
+    }
+}
+
+/// Tells repeated items apart among at most the number given, cheaply for the few items of a
+/// usual append: nothing to check for one, a scan of a short list for up to 16, a hash set
+/// beyond (the append path runs this for every command).
+enum Distinct<'a, T> {
+    One,
+    Few(Vec<&'a T>),
+    Many(HashSet<&'a T>),
+}
+
+impl<'a, T: Eq + std::hash::Hash> Distinct<'a, T> {
+    fn for_len(len: usize) -> Self {
+        match len {
+            0 | 1 => Self::One,
+            2..=16 => Self::Few(Vec::with_capacity(len)),
+            _ => Self::Many(HashSet::with_capacity(len)),
+        }
+    }
+
+    /// False if `item` was inserted before. `One` holds at most one item, so it never
+    /// repeats.
+    fn insert(&mut self, item: &'a T) -> bool {
+        match self {
+            Self::One => true,
+            Self::Few(items) => {
+                if items.contains(&item) {
+                    false
+                } else {
+                    items.push(item);
+                    true
+                }
+            }
+            Self::Many(items) => items.insert(item),
+        }
     }
 }

@@ -63,3 +63,56 @@ async fn metadata_counts_toward_an_events_size() {
     }
     assert_eq!(store.stream_version(&s).await.unwrap(), 0, "nothing stored");
 }
+
+proptest::proptest! {
+    /// A stream named twice, or an event id used twice, is refused exactly when it happens,
+    /// with its own reason, for appends of one to forty streams and events (below and above
+    /// the sizes where the check changes how it looks for repeats).
+    #[test]
+    fn repeats_are_refused_exactly_when_present(
+        appends in proptest::collection::vec(
+            (0u8..24, proptest::collection::vec(0u8..48, 1..4)),
+            1..14,
+        ),
+    ) {
+        let ids: Vec<uuid::Uuid> = (0..48).map(|_| uuid::Uuid::new_v4()).collect();
+        let built: Vec<annals::StreamAppend> = appends
+            .iter()
+            .map(|(stream, events)| {
+                let events = events
+                    .iter()
+                    .map(|i| {
+                        let mut e = new_event("E", json!({}));
+                        e.event_id = ids[usize::from(*i)];
+                        e
+                    })
+                    .collect();
+                annals::StreamAppend::new(
+                    StreamId::new(format!("s-{stream}")).unwrap(),
+                    ExpectedVersion::Any,
+                    events,
+                )
+            })
+            .collect();
+        let first_repeat = |names: Vec<u8>| {
+            let mut seen = std::collections::HashSet::new();
+            names.into_iter().position(|n| !seen.insert(n))
+        };
+        let stream_repeat = first_repeat(appends.iter().map(|(s, _)| *s).collect());
+        let id_repeat = first_repeat(appends.iter().flat_map(|(_, e)| e.clone()).collect());
+        let result = Limits::default().check(&built);
+        match result {
+            Ok(()) => proptest::prop_assert!(stream_repeat.is_none() && id_repeat.is_none()),
+            Err(Error::InvalidAppend { reason }) => {
+                let names_stream = reason.contains("stream appears twice");
+                let names_id = reason.contains("event id appears twice");
+                proptest::prop_assert!(
+                    (names_stream && stream_repeat.is_some())
+                        || (names_id && id_repeat.is_some()),
+                    "{reason}"
+                );
+            }
+            Err(other) => proptest::prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+}
