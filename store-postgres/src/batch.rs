@@ -23,12 +23,14 @@
 
 use std::collections::HashSet;
 
-use annals::ExpectedVersion;
+use annals::{ExpectedVersion, StreamAppend};
 
 use crate::{
     bounded::Db,
     error::Failure,
     group::{GroupResult, arrays},
+    seen::Seen,
+    single::version_taken,
     writer::Request,
 };
 
@@ -88,7 +90,11 @@ SELECT (SELECT coalesce(array_agg(w.k ORDER BY w.k), '{}') FROM w), \
 /// stream named twice. (`MAX_GROUP_STREAMS` in the writer keeps the number of streams, and so
 /// of advisory locks, at most 128, far below the 1,000 where `lock_streams` would switch to the
 /// log-wide lock.)
-pub(crate) fn applies(group: &[Request]) -> bool {
+///
+/// A call whose version would be read, to a stream where a one-statement append read its
+/// version too early ([`Seen::contended`]), goes to `append_group` instead, which reads it
+/// after the locks: in one statement it would likely fail the whole group again.
+pub(crate) fn applies(group: &[Request], seen: &Seen) -> bool {
     if group.len() < 2 {
         return false;
     }
@@ -96,9 +102,18 @@ pub(crate) fn applies(group: &[Request]) -> bool {
     group
         .iter()
         .all(|request| match request.appends.as_slice() {
-            [append] => streams.insert(append.stream.as_str()),
+            [append] => {
+                streams.insert(append.stream.as_str())
+                    && (is_seen(append, seen) || !seen.contended(append.stream.as_str()))
+            }
             _ => false,
         })
+}
+
+/// Whether `append` expects a version the store has seen (no read: [`crate::seen`]).
+fn is_seen(append: &StreamAppend, seen: &Seen) -> bool {
+    matches!(append.expected, ExpectedVersion::Exact(n)
+        if seen.reached(append.stream.as_str(), n))
 }
 
 /// What the fast path stored: for the calls that were written, in group order, their
@@ -118,10 +133,10 @@ pub(crate) async fn append(db: &Db, group: &[Request]) -> Result<Stored, Failure
     let seen: Vec<bool> = group
         .iter()
         .map(|request| {
-            request.appends.first().is_some_and(|append| {
-                matches!(append.expected, ExpectedVersion::Exact(n)
-                    if db.seen.reached(append.stream.as_str(), n))
-            })
+            request
+                .appends
+                .first()
+                .is_some_and(|append| is_seen(append, &db.seen))
         })
         .collect();
     let (ks, versions, seq, tx): (Vec<i64>, Vec<i64>, Vec<i64>, i64) = db
@@ -149,7 +164,20 @@ pub(crate) async fn append(db: &Db, group: &[Request]) -> Result<Stored, Failure
             }
             run(APPEND_BATCH).fetch_one(c).await
         })
-        .await?;
+        .await
+        .inspect_err(|failure| {
+            // A version read before an append the locks waited for: which stream is not
+            // said, so every stream whose version was read counts as contended.
+            if let Failure::Sql(error) = failure
+                && version_taken(error)
+            {
+                for (request, seen) in group.iter().zip(&seen) {
+                    if let (false, Some(append)) = (seen, request.appends.first()) {
+                        db.seen.contend(append.stream.as_str());
+                    }
+                }
+            }
+        })?;
     // The answer must account for every event of every call it names: otherwise (it cannot
     // happen, but nothing here may guess) `append_group` finds the stored ids and answers.
     let mut written = vec![false; n];

@@ -11,6 +11,12 @@
 //!
 //! Only events read or written through this store count; a snapshot's version does not (a
 //! snapshot is written by the application and may name anything).
+//!
+//! It also remembers the streams whose version a one-statement append read too early: the
+//! statement's snapshot is taken before its lock is granted, so when another append to the
+//! stream held the lock, the version read misses that append's events, and the key refuses
+//! the write. Appends to such a contended stream then take `append_stream`, which reads the
+//! version in a statement of its own once the lock is held (see `single.rs`).
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -18,40 +24,65 @@ use std::{collections::HashMap, sync::Mutex};
 /// forgotten stream only reads its version, as every append did before).
 const CAPACITY: usize = 1 << 16;
 
-/// Streams' newest versions seen in `events`.
+/// Streams' newest versions seen in `events`, and which streams are contended.
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
-    versions: Mutex<HashMap<Box<str>, u64>>,
+    streams: Mutex<HashMap<Box<str>, Entry>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Entry {
+    /// The newest version seen (0: none).
+    version: u64,
+    /// A one-statement append to it read its version before another append committed.
+    contended: bool,
 }
 
 impl Seen {
-    /// Records that `stream` has an event at `version`.
-    pub(crate) fn record(&self, stream: &str, version: u64) {
-        if version == 0 {
-            return;
-        }
-        let Ok(mut versions) = self.versions.lock() else {
+    /// Changes `stream`'s entry, making one if needed (the memory starts over when full).
+    fn update(&self, stream: &str, change: impl FnOnce(&mut Entry)) {
+        let Ok(mut streams) = self.streams.lock() else {
             return;
         };
-        if let Some(seen) = versions.get_mut(stream) {
-            *seen = (*seen).max(version);
+        if let Some(entry) = streams.get_mut(stream) {
+            change(entry);
             return;
         }
-        if versions.len() >= CAPACITY {
-            versions.clear();
+        if streams.len() >= CAPACITY {
+            streams.clear();
         }
-        versions.insert(stream.into(), version);
+        let mut entry = Entry::default();
+        change(&mut entry);
+        streams.insert(stream.into(), entry);
+    }
+
+    fn entry(&self, stream: &str) -> Option<Entry> {
+        self.streams
+            .lock()
+            .ok()
+            .and_then(|streams| streams.get(stream).copied())
+    }
+
+    /// Records that `stream` has an event at `version`.
+    pub(crate) fn record(&self, stream: &str, version: u64) {
+        if version > 0 {
+            self.update(stream, |entry| entry.version = entry.version.max(version));
+        }
     }
 
     /// Whether `stream` is known to have an event at `version` (at least 1).
     pub(crate) fn reached(&self, stream: &str, version: u64) -> bool {
-        version > 0
-            && self
-                .versions
-                .lock()
-                .ok()
-                .and_then(|versions| versions.get(stream).copied())
-                .is_some_and(|seen| seen >= version)
+        version > 0 && self.entry(stream).is_some_and(|e| e.version >= version)
+    }
+
+    /// Records that an append to `stream` read its version too early.
+    pub(crate) fn contend(&self, stream: &str) {
+        self.update(stream, |entry| entry.contended = true);
+    }
+
+    /// Whether an append to `stream` has read its version too early.
+    pub(crate) fn contended(&self, stream: &str) -> bool {
+        self.entry(stream).is_some_and(|e| e.contended)
     }
 }
 
@@ -88,8 +119,11 @@ mod tests {
             seen.record(&format!("s{n}"), 1);
         }
         assert!(seen.reached("s0", 1));
-        seen.record("one-more", 3);
+        seen.contend("one-more");
         assert!(!seen.reached("s0", 1), "the memory was not cleared");
-        assert!(seen.reached("one-more", 3));
+        assert!(seen.contended("one-more"));
+        assert!(!seen.reached("one-more", 1), "contended is not seen");
+        seen.record("one-more", 3);
+        assert!(seen.reached("one-more", 3) && seen.contended("one-more"));
     }
 }

@@ -175,15 +175,29 @@ pub(crate) async fn append(
     db: &Db,
 ) -> Result<Stored, sqlx::Error> {
     let privileges = &db.privileges;
+    let stream = append.stream.as_str();
     if privileges.plain() {
         let seen = matches!(append.expected, ExpectedVersion::Exact(n)
-            if db.seen.reached(append.stream.as_str(), n));
-        match plain(&mut *conn, append, metadata, seen).await {
-            Err(error) if privileges.refused(&error) => {}
-            other => return other,
+            if db.seen.reached(stream, n));
+        // A contended stream's version is read by the function, after its lock.
+        if seen || !db.seen.contended(stream) {
+            match plain(&mut *conn, append, metadata, seen).await {
+                Err(error) if privileges.refused(&error) => {}
+                // The version was read before an append the lock waited for: the function
+                // reads it again once the lock is held. (A version seen and then taken is a
+                // conflict, which the writers answer.)
+                Err(error) if !seen && version_taken(&error) => db.seen.contend(stream),
+                other => return other,
+            }
         }
     }
     function(conn, append, metadata).await
+}
+
+/// Whether `error` is the events' key refusing a version that is taken (not an event id).
+pub(crate) fn version_taken(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23505") && db.constraint() == Some("events_pkey"))
 }
 
 fn expected_code(expected: ExpectedVersion) -> i64 {

@@ -278,7 +278,7 @@ async fn execute(mut group: Vec<Request>, context: &WriterContext) {
         Single::TimedOut(error) => return time_out(group, &error),
         Single::NoConnection => return fail(group, sqlx::Error::PoolTimedOut, context).await,
     };
-    if !check_dups && !context.hooks.active() && batch::applies(&group) {
+    if !check_dups && !context.hooks.active() && batch::applies(&group, &context.db.seen) {
         // An error: nothing was written, or the outcome is unknown; the lookup decides.
         let stored = match batch::append(&context.db, &group).await {
             Err(Failure::TimedOut(error)) => return time_out(group, &error),
