@@ -86,6 +86,7 @@ pub(crate) async fn read(
         let events = crate::stream::read_stream(db.clone(), stream, read);
         return Ok(AggregateRead { snapshot, events });
     }
+    let since = db.seen.epoch();
     let limit = read.limit.unwrap_or(u64::MAX);
     let page_size = read.page_size.max(1);
     let want = usize::try_from(limit).map_or(page_size, |l| l.min(page_size));
@@ -142,7 +143,7 @@ pub(crate) async fn read(
     drop(rows);
     let last = page.last().map(|e| e.stream_version);
     if let Some(last) = last {
-        db.seen.record(stream.as_str(), last);
+        db.seen.record(stream.as_str(), last, since);
     }
     let read_so_far = page.len() as u64;
     let first = stream::iter(page.into_iter().map(Ok));

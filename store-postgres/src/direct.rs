@@ -111,6 +111,7 @@ impl Direct {
         if appending.at > self.max {
             return Ok(None);
         }
+        let since = db.seen.epoch();
         let mut conn = match self.take() {
             Some(conn) => conn,
             // Other callers hold every direct connection: concurrency is up, let the
@@ -159,7 +160,8 @@ impl Direct {
         };
         // Answered in autocommit mode: committed.
         let stream_version = u64::try_from(version).unwrap_or(0);
-        db.seen.record(append.stream.as_str(), stream_version);
+        db.seen
+            .record(append.stream.as_str(), stream_version, since);
         Ok(Some(AppendResult {
             stream_version,
             first_position: position(tx, *first),

@@ -139,10 +139,11 @@ pub(crate) fn reply_each(group: Vec<Request>, result: GroupResult, context: &Wri
             .find_map(|(a, (s, v))| (*s == 1).then_some((a, *v)))
         {
             // Read with the stream's lock held: its newest version, stored.
-            context
-                .db
-                .seen
-                .record(append.stream.as_str(), u64::try_from(actual).unwrap_or(0));
+            context.db.seen.record(
+                append.stream.as_str(),
+                u64::try_from(actual).unwrap_or(0),
+                request.epoch,
+            );
             Err(Error::Conflict {
                 stream: append.stream.clone(),
                 expected: append.expected,
@@ -163,7 +164,7 @@ pub(crate) fn reply_each(group: Vec<Request>, result: GroupResult, context: &Wri
                 context
                     .db
                     .seen
-                    .record(append.stream.as_str(), stream_version);
+                    .record(append.stream.as_str(), stream_version, request.epoch);
                 results.push(AppendResult {
                     stream_version,
                     first_position: position(result.tx, *first),

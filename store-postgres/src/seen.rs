@@ -12,13 +12,25 @@
 //! Only events read or written through this store count; a snapshot's version does not (a
 //! snapshot is written by the application and may name anything).
 //!
+//! The memory is forgotten whenever the store opens a connection, and when it drops or
+//! migrates its schema: a server failed over to a standby that had not received the last
+//! commits, or a schema made anew, may lack versions seen before. What a statement begun
+//! before that saw is not recorded after it (each record names the [`Seen::epoch`] its
+//! statement began in).
+//!
 //! It also remembers the streams whose version a one-statement append read too early: the
 //! statement's snapshot is taken before its lock is granted, so when another append to the
 //! stream held the lock, the version read misses that append's events, and the key refuses
 //! the write. Appends to such a contended stream then take `append_stream`, which reads the
 //! version in a statement of its own once the lock is held (see `single.rs`).
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 /// How many streams are remembered; past that the memory starts over (an append to a
 /// forgotten stream only reads its version, as every append did before).
@@ -28,6 +40,8 @@ const CAPACITY: usize = 1 << 16;
 #[derive(Debug, Default)]
 pub(crate) struct Seen {
     streams: Mutex<HashMap<Box<str>, Entry>>,
+    /// Moves on, under the lock, each time the memory is forgotten.
+    epoch: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -63,11 +77,45 @@ impl Seen {
             .and_then(|streams| streams.get(stream).copied())
     }
 
-    /// Records that `stream` has an event at `version`.
-    pub(crate) fn record(&self, stream: &str, version: u64) {
-        if version > 0 {
-            self.update(stream, |entry| entry.version = entry.version.max(version));
+    /// The memory's epoch now: take it before the statement whose answer is recorded.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Forgets every stream (a new connection, a schema dropped or migrated).
+    pub(crate) fn forget_all(&self) {
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.clear();
+            self.epoch.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Records that `stream` has an event at `version`, as a statement begun in epoch
+    /// `since` read or wrote it: nothing if the memory was forgotten since.
+    pub(crate) fn record(&self, stream: &str, version: u64, since: u64) {
+        if version == 0 {
+            return;
+        }
+        let Ok(mut streams) = self.streams.lock() else {
+            return;
+        };
+        if self.epoch.load(Ordering::Acquire) != since {
+            return;
+        }
+        if let Some(entry) = streams.get_mut(stream) {
+            entry.version = entry.version.max(version);
+            return;
+        }
+        if streams.len() >= CAPACITY {
+            streams.clear();
+        }
+        streams.insert(
+            stream.into(),
+            Entry {
+                version,
+                contended: false,
+            },
+        );
     }
 
     /// Whether `stream` is known to have an event at `version` (at least 1).
@@ -104,7 +152,7 @@ mod tests {
         ) {
             let seen = Seen::default();
             for (s, v) in &records {
-                seen.record(&format!("s{s}"), *v);
+                seen.record(&format!("s{s}"), *v, 0);
             }
             let highest = records.iter().filter(|(s, _)| *s == stream).map(|(_, v)| *v).max();
             let expected = version > 0 && highest.is_some_and(|h| h >= version);
@@ -116,14 +164,31 @@ mod tests {
     fn a_full_memory_starts_over_rather_than_growing() {
         let seen = Seen::default();
         for n in 0..super::CAPACITY {
-            seen.record(&format!("s{n}"), 1);
+            seen.record(&format!("s{n}"), 1, 0);
         }
         assert!(seen.reached("s0", 1));
         seen.contend("one-more");
         assert!(!seen.reached("s0", 1), "the memory was not cleared");
         assert!(seen.contended("one-more"));
         assert!(!seen.reached("one-more", 1), "contended is not seen");
-        seen.record("one-more", 3);
+        seen.record("one-more", 3, 0);
         assert!(seen.reached("one-more", 3) && seen.contended("one-more"));
+    }
+
+    #[test]
+    fn what_a_statement_saw_before_the_memory_was_forgotten_is_not_recorded() {
+        let seen = Seen::default();
+        let before = seen.epoch();
+        seen.record("s", 3, before);
+        assert!(seen.reached("s", 3));
+        seen.forget_all();
+        assert!(!seen.reached("s", 1), "forgotten");
+        seen.record("s", 5, before);
+        assert!(
+            !seen.reached("s", 1),
+            "recorded from a statement begun before"
+        );
+        seen.record("s", 2, seen.epoch());
+        assert!(seen.reached("s", 2) && !seen.reached("s", 3));
     }
 }

@@ -22,7 +22,9 @@ use crate::{
     loads::Loads,
     log,
     probe::Probe,
-    read, stream,
+    read,
+    seen::Seen,
+    stream,
     writer::{self, Outcome, Request, WriterContext},
 };
 
@@ -89,6 +91,7 @@ impl PgEventStore {
         validate_schema_name(&config.schema)?;
         let options = config.connect_options()?;
         let probe = Probe::new(options.clone(), config.connect_timeout);
+        let seen: Arc<Seen> = Arc::default();
         let listen_options = options.clone();
         probe.check().await?;
         let pool = PgPoolOptions::new()
@@ -100,13 +103,22 @@ impl PgEventStore {
             // No ping round trip before every query: a broken connection fails its call, and
             // the writers send an append again on a tested connection (see writer.rs).
             .test_before_acquire(false)
+            // A new connection may reach a server that lacks versions seen before (a
+            // standby promoted without the last commits): forget them (see `seen.rs`).
+            .after_connect({
+                let seen = seen.clone();
+                move |_, _| {
+                    seen.forget_all();
+                    Box::pin(async { Ok(()) })
+                }
+            })
             .connect_lazy_with(options);
         let db = Db {
             pool: pool.clone(),
             timeout: config.io_timeout,
             lanes: Lanes::new(&pool, config.max_connections),
             privileges: Default::default(),
-            seen: Default::default(),
+            seen,
         };
         let channel = config.notify.then(|| config.channel());
         let notify = channel
@@ -171,7 +183,10 @@ impl PgEventStore {
             Err(e) => return Err(self.explain(e).await),
             Ok(_) => {}
         }
-        MIGRATOR.run(&self.inner.pool).await.map_err(Error::Migrate)
+        let migrated = MIGRATOR.run(&self.inner.pool).await.map_err(Error::Migrate);
+        // The schema may be new, under a name that held other events before.
+        self.inner.db.seen.forget_all();
+        migrated
     }
 
     /// Lets the existing role `role` append to and read this store, and nothing more: USAGE on
@@ -206,10 +221,13 @@ impl PgEventStore {
     /// [`Error::Connect`] when the statement fails.
     pub async fn drop_schema(&self) -> Result<()> {
         let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.inner.schema);
-        sqlx::query(sqlx::AssertSqlSafe(drop))
+        let dropped = sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&self.inner.pool)
             .await
-            .map_err(Error::Connect)?;
+            .map_err(Error::Connect);
+        // Its events are gone, and with them every version seen.
+        self.inner.db.seen.forget_all();
+        dropped?;
         Ok(())
     }
 
@@ -237,6 +255,9 @@ impl PgEventStore {
                 Some(event.metadata.to_json()?)
             });
         }
+        // Before any statement: what the writers store is recorded only if the memory of
+        // versions was not forgotten meanwhile.
+        let epoch = self.inner.db.seen.epoch();
         let appending = self.inner.direct.as_ref().map(Direct::enter);
         if let (Some(direct), Some(appending), [append]) =
             (&self.inner.direct, &appending, appends.as_slice())
@@ -263,6 +284,7 @@ impl PgEventStore {
                 metadata,
                 reply,
                 queued: std::time::Instant::now(),
+                epoch,
             })
             .await
             .map_err(|_| internal(false, "the store's writers have stopped"))?;

@@ -37,6 +37,8 @@ pub(crate) struct Request {
     pub(crate) reply: oneshot::Sender<annals::Result<Outcome>>,
     /// When the call was queued.
     pub(crate) queued: std::time::Instant,
+    /// The epoch of the store's memory of versions when the call came ([`crate::seen`]).
+    pub(crate) epoch: u64,
 }
 
 /// What the writer made of one call.
