@@ -86,6 +86,24 @@ pub(crate) struct Session {
     deliveries: lapin::Consumer,
 }
 
+impl Drop for Session {
+    /// Closes the connection in the background, holding the session's channels and consumer
+    /// until it is closed. lapin 4.12 can deadlock when the last handle of a consumer is
+    /// dropped by the connection's error handling (it then holds its consumers' lock and waits
+    /// for the channel's state) while its I/O thread receives a delivery for that channel
+    /// (holding the state and waiting for the consumers): seen as a consumer that hung for
+    /// ever after a `run` future was dropped mid-delivery. Kept here, no handle is the last
+    /// one until the connection is closed.
+    fn drop(&mut self) {
+        let keep = (
+            self.channel.clone(),
+            self.dead.clone(),
+            self.deliveries.clone(),
+        );
+        self.connection.close_in_background(keep);
+    }
+}
+
 /// A connection closed when dropped, however a session ends: a `run` or `drain` future
 /// dropped mid-message (or while the session opens) included. RabbitMQ gives a message back
 /// to the queue only when the channel that holds it unacknowledged closes, and lapin keeps a
@@ -101,6 +119,20 @@ impl Closing {
             let _ = connection.close(200, "bye".into()).await;
         }
     }
+
+    /// Closes it on a task of its own (when there is a runtime), dropping `keep` only once
+    /// it is closed; `keep` is dropped at once if it is closed already.
+    fn close_in_background<K: Send + 'static>(&mut self, keep: K) {
+        let Some(connection) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = connection.close(200, "consumer stopped".into()).await;
+                drop(keep);
+            });
+        }
+    }
 }
 
 impl std::ops::Deref for Closing {
@@ -114,14 +146,7 @@ impl std::ops::Deref for Closing {
 
 impl Drop for Closing {
     fn drop(&mut self) {
-        let Some(connection) = self.0.take() else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = connection.close(200, "consumer stopped".into()).await;
-            });
-        }
+        self.close_in_background(());
     }
 }
 
