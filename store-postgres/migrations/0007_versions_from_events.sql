@@ -86,9 +86,9 @@ CREATE OR REPLACE FUNCTION append_batch(
     OUT o_tx      bigint)
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(stream_lock_key(''));
-    PERFORM pg_advisory_xact_lock(o.k)
-       FROM (SELECT stream_lock_key(s) AS k FROM unnest(p_stream) AS s ORDER BY 1 OFFSET 0) AS o;
+    -- First, before anything takes the transaction's id; a statement of its own, so the
+    -- next one's snapshot sees every append the locks waited for.
+    PERFORM lock_streams(p_stream);
     WITH a AS (SELECT u.stream, u.expected, u.n, u.k,
                       coalesce((SELECT e.stream_version FROM events AS e
                                  WHERE e.stream_id = u.stream
