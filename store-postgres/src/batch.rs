@@ -23,13 +23,11 @@
 
 use std::collections::HashSet;
 
-use annals::{ExpectedVersion, StreamAppend};
-
 use crate::{
     bounded::Db,
     error::Failure,
     group::{GroupResult, arrays},
-    seen::Seen,
+    seen::{Check, Seen},
     single::version_taken,
     writer::Request,
 };
@@ -92,7 +90,7 @@ SELECT (SELECT coalesce(array_agg(w.k ORDER BY w.k), '{}') FROM w), \
 /// log-wide lock.)
 ///
 /// A call whose version would be read, to a stream where a one-statement append read its
-/// version too early ([`Seen::contended`]), goes to `append_group` instead, which reads it
+/// version too early ([`Check::ReadAfterLock`]), goes to `append_group` instead, which reads it
 /// after the locks: in one statement it would likely fail the whole group again.
 pub(crate) fn applies(group: &[Request], seen: &Seen) -> bool {
     if group.len() < 2 {
@@ -103,17 +101,10 @@ pub(crate) fn applies(group: &[Request], seen: &Seen) -> bool {
         .iter()
         .all(|request| match request.appends.as_slice() {
             [append] => {
-                streams.insert(append.stream.as_str())
-                    && (is_seen(append, seen) || !seen.contended(append.stream.as_str()))
+                streams.insert(append.stream.as_str()) && seen.check(append) != Check::ReadAfterLock
             }
             _ => false,
         })
-}
-
-/// Whether `append` expects a version the store has seen (no read: [`crate::seen`]).
-fn is_seen(append: &StreamAppend, seen: &Seen) -> bool {
-    matches!(append.expected, ExpectedVersion::Exact(n)
-        if seen.reached(append.stream.as_str(), n))
 }
 
 /// What the fast path stored: for the calls that were written, in group order, their
@@ -136,7 +127,7 @@ pub(crate) async fn append(db: &Db, group: &[Request]) -> Result<Stored, Failure
             request
                 .appends
                 .first()
-                .is_some_and(|append| is_seen(append, &db.seen))
+                .is_some_and(|append| db.seen.check(append) == Check::Seen)
         })
         .collect();
     let (ks, versions, seq, tx): (Vec<i64>, Vec<i64>, Vec<i64>, i64) = db

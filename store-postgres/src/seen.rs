@@ -32,6 +32,8 @@ use std::{
     },
 };
 
+use annals::{ExpectedVersion, StreamAppend};
+
 /// How many streams are remembered; past that the memory starts over (an append to a
 /// forgotten stream only reads its version, as every append did before).
 const CAPACITY: usize = 1 << 16;
@@ -52,24 +54,27 @@ struct Entry {
     contended: bool,
 }
 
-impl Seen {
-    /// Changes `stream`'s entry, making one if needed (the memory starts over when full).
-    fn update(&self, stream: &str, change: impl FnOnce(&mut Entry)) {
-        let Ok(mut streams) = self.streams.lock() else {
-            return;
-        };
-        if let Some(entry) = streams.get_mut(stream) {
-            change(entry);
-            return;
-        }
-        if streams.len() >= CAPACITY {
-            streams.clear();
-        }
-        let mut entry = Entry::default();
-        change(&mut entry);
-        streams.insert(stream.into(), entry);
-    }
+/// How an append's expected version is to be checked, from one look at the memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// `Exact(n)` with `n` seen: no read.
+    Seen,
+    /// Read the version (in the same statement as the write).
+    Read,
+    /// Read the version in a statement of its own, after the stream's lock: the stream is
+    /// contended.
+    ReadAfterLock,
+}
 
+/// `stream`'s entry in `streams`, made if needed (the memory starts over when full).
+fn entry_mut<'a>(streams: &'a mut HashMap<Box<str>, Entry>, stream: &str) -> &'a mut Entry {
+    if !streams.contains_key(stream) && streams.len() >= CAPACITY {
+        streams.clear();
+    }
+    streams.entry(stream.into()).or_default()
+}
+
+impl Seen {
     fn entry(&self, stream: &str) -> Option<Entry> {
         self.streams
             .lock()
@@ -96,49 +101,53 @@ impl Seen {
         if version == 0 {
             return;
         }
-        let Ok(mut streams) = self.streams.lock() else {
-            return;
-        };
-        if self.epoch.load(Ordering::Acquire) != since {
-            return;
-        }
-        if let Some(entry) = streams.get_mut(stream) {
+        if let Ok(mut streams) = self.streams.lock()
+            && self.epoch.load(Ordering::Acquire) == since
+        {
+            let entry = entry_mut(&mut streams, stream);
             entry.version = entry.version.max(version);
-            return;
         }
-        if streams.len() >= CAPACITY {
-            streams.clear();
-        }
-        streams.insert(
-            stream.into(),
-            Entry {
-                version,
-                contended: false,
-            },
-        );
     }
 
-    /// Whether `stream` is known to have an event at `version` (at least 1).
-    pub(crate) fn reached(&self, stream: &str, version: u64) -> bool {
-        version > 0 && self.entry(stream).is_some_and(|e| e.version >= version)
+    /// How `append`'s expected version is to be checked.
+    pub(crate) fn check(&self, append: &StreamAppend) -> Check {
+        let entry = self.entry(append.stream.as_str()).unwrap_or_default();
+        match append.expected {
+            ExpectedVersion::Exact(n) if n > 0 && entry.version >= n => Check::Seen,
+            _ if entry.contended => Check::ReadAfterLock,
+            _ => Check::Read,
+        }
     }
 
     /// Records that an append to `stream` read its version too early.
     pub(crate) fn contend(&self, stream: &str) {
-        self.update(stream, |entry| entry.contended = true);
-    }
-
-    /// Whether an append to `stream` has read its version too early.
-    pub(crate) fn contended(&self, stream: &str) -> bool {
-        self.entry(stream).is_some_and(|e| e.contended)
+        if let Ok(mut streams) = self.streams.lock() {
+            entry_mut(&mut streams, stream).contended = true;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use annals::{ExpectedVersion, StreamAppend, StreamId};
     use proptest::prelude::*;
 
-    use super::Seen;
+    use super::{Check, Seen};
+
+    fn check(seen: &Seen, stream: &str, expected: ExpectedVersion) -> Check {
+        let stream = StreamId::new(stream).expect("a stream id");
+        seen.check(&StreamAppend::new(stream, expected, Vec::new()))
+    }
+
+    /// Whether `Exact(version)` on `stream` needs no read.
+    fn reached(seen: &Seen, stream: &str, version: u64) -> bool {
+        check(seen, stream, ExpectedVersion::Exact(version)) == Check::Seen
+    }
+
+    /// Whether a read of `stream`'s version waits for its lock.
+    fn contended(seen: &Seen, stream: &str) -> bool {
+        check(seen, stream, ExpectedVersion::Any) == Check::ReadAfterLock
+    }
 
     proptest! {
         /// A version is reached exactly when some recorded version of its stream is at least
@@ -156,7 +165,7 @@ mod tests {
             }
             let highest = records.iter().filter(|(s, _)| *s == stream).map(|(_, v)| *v).max();
             let expected = version > 0 && highest.is_some_and(|h| h >= version);
-            prop_assert_eq!(seen.reached(&format!("s{stream}"), version), expected);
+            prop_assert_eq!(reached(&seen, &format!("s{stream}"), version), expected);
         }
     }
 
@@ -166,13 +175,13 @@ mod tests {
         for n in 0..super::CAPACITY {
             seen.record(&format!("s{n}"), 1, 0);
         }
-        assert!(seen.reached("s0", 1));
+        assert!(reached(&seen, "s0", 1));
         seen.contend("one-more");
-        assert!(!seen.reached("s0", 1), "the memory was not cleared");
-        assert!(seen.contended("one-more"));
-        assert!(!seen.reached("one-more", 1), "contended is not seen");
+        assert!(!reached(&seen, "s0", 1), "the memory was not cleared");
+        assert!(contended(&seen, "one-more"));
+        assert!(!reached(&seen, "one-more", 1), "contended is not seen");
         seen.record("one-more", 3, 0);
-        assert!(seen.reached("one-more", 3) && seen.contended("one-more"));
+        assert!(reached(&seen, "one-more", 3) && contended(&seen, "one-more"));
     }
 
     #[test]
@@ -180,15 +189,15 @@ mod tests {
         let seen = Seen::default();
         let before = seen.epoch();
         seen.record("s", 3, before);
-        assert!(seen.reached("s", 3));
+        assert!(reached(&seen, "s", 3));
         seen.forget_all();
-        assert!(!seen.reached("s", 1), "forgotten");
+        assert!(!reached(&seen, "s", 1), "forgotten");
         seen.record("s", 5, before);
         assert!(
-            !seen.reached("s", 1),
+            !reached(&seen, "s", 1),
             "recorded from a statement begun before"
         );
         seen.record("s", 2, seen.epoch());
-        assert!(seen.reached("s", 2) && !seen.reached("s", 3));
+        assert!(reached(&seen, "s", 2) && !reached(&seen, "s", 3));
     }
 }

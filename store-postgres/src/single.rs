@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use annals::{ExpectedVersion, StreamAppend};
 use sqlx::postgres::PgConnection;
 
-use crate::{bounded::Db, error::sql_state};
+use crate::{bounded::Db, error::sql_state, seen::Check};
 
 /// The one-stream append: `append_stream` (migrations/0007_versions_from_events.sql) takes the
 /// log's lock (shared) and the stream's first, before anything takes the transaction's id, as
@@ -175,20 +175,19 @@ pub(crate) async fn append(
     db: &Db,
 ) -> Result<Stored, sqlx::Error> {
     let privileges = &db.privileges;
-    let stream = append.stream.as_str();
-    if privileges.plain() {
-        let seen = matches!(append.expected, ExpectedVersion::Exact(n)
-            if db.seen.reached(stream, n));
-        // A contended stream's version is read by the function, after its lock.
-        if seen || !db.seen.contended(stream) {
-            match plain(&mut *conn, append, metadata, seen).await {
-                Err(error) if privileges.refused(&error) => {}
-                // The version was read before an append the lock waited for: the function
-                // reads it again once the lock is held. (A version seen and then taken is a
-                // conflict, which the writers answer.)
-                Err(error) if !seen && version_taken(&error) => db.seen.contend(stream),
-                other => return other,
+    // A contended stream's version is read by the function, after its lock.
+    let check = db.seen.check(append);
+    if privileges.plain() && check != Check::ReadAfterLock {
+        let seen = check == Check::Seen;
+        match plain(&mut *conn, append, metadata, seen).await {
+            Err(error) if privileges.refused(&error) => {}
+            // The version was read before an append the lock waited for: the function reads
+            // it again once the lock is held. (A version seen and then taken is a conflict,
+            // which the writers answer.)
+            Err(error) if !seen && version_taken(&error) => {
+                db.seen.contend(append.stream.as_str());
             }
+            other => return other,
         }
     }
     function(conn, append, metadata).await

@@ -30,6 +30,16 @@ async fn versions(store: &PgEventStore, stream: &StreamId) -> Vec<u64> {
         .expect("read the stream")
 }
 
+/// Appends versions 1, 2 and 3 to `stream`, one by one, each expecting the one before.
+async fn three_events(store: &PgEventStore, stream: &StreamId) {
+    for v in 0..3 {
+        store
+            .append(stream, ExpectedVersion::Exact(v), one(v))
+            .await
+            .expect("append");
+    }
+}
+
 fn conflict_actual(result: annals::Result<annals::AppendResult>) -> u64 {
     match result {
         Err(AnnalsError::Conflict { actual, .. }) => actual,
@@ -174,11 +184,7 @@ async fn a_stale_seen_version_is_a_conflict_not_a_lost_or_gapped_write() {
     let b = second(&a).await;
     let streams: Vec<StreamId> = (0..8).map(|i| sid(&format!("s{i}"))).collect();
     for stream in &streams {
-        for v in 0..3 {
-            a.append(stream, ExpectedVersion::Exact(v), one(v))
-                .await
-                .expect("a writes");
-        }
+        three_events(&a, stream).await;
     }
     // `b` moves every stream on; `a` still believes version 3.
     for stream in &streams {
@@ -233,12 +239,7 @@ async fn a_schema_made_anew_forgets_the_versions_seen() {
         return;
     };
     let s = sid("s");
-    for v in 0..3 {
-        store
-            .append(&s, ExpectedVersion::Exact(v), one(v))
-            .await
-            .expect("append");
-    }
+    three_events(&store, &s).await;
     store.drop_schema().await.expect("drop");
     store.migrate().await.expect("migrate anew");
     assert_eq!(
@@ -260,12 +261,7 @@ async fn new_connections_forget_the_versions_seen() {
     };
     let other = second(&store).await;
     let s = sid("s");
-    for v in 0..3 {
-        store
-            .append(&s, ExpectedVersion::Exact(v), one(v))
-            .await
-            .expect("append");
-    }
+    three_events(&store, &s).await;
     other.drop_schema().await.expect("drop");
     other.migrate().await.expect("migrate anew");
     sqlx::query(
