@@ -26,11 +26,9 @@ use annals_bench::{
     cpu,
 };
 
+/// `name` from the environment, or `default`.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    annals_bench::env_setting(name).unwrap_or(default)
 }
 
 fn list<T: std::str::FromStr>(name: &str, default: &str) -> BenchResult<Vec<T>>

@@ -12,11 +12,9 @@ use annals::{EventStore, EventType, ExpectedVersion, NewEvent, Payload, StreamId
 use annals_postgres::{PgConfig, PgEventStore};
 use futures::TryStreamExt;
 
+/// `name` from the environment, or `default`.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    annals_bench::env_setting(name).unwrap_or(default)
 }
 
 #[tokio::main]

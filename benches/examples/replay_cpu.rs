@@ -33,11 +33,9 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+/// `name` from the environment, or `default`.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    annals_bench::env_setting(name).unwrap_or(default)
 }
 
 /// A row of the raw table, decoded as `annals-bench`'s baseline decodes it.

@@ -112,18 +112,17 @@ impl std::fmt::Debug for Prepared {
 /// when set, set the number of writers and of direct connections, and `NOTIFY=false` turns
 /// the store's notifications to subscribers off.
 pub(crate) async fn new_store(url: &str, connections: u32) -> BenchResult<PgEventStore> {
-    let setting = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
     let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let mut config = PgConfig::new(url)
         .with_schema(schema)
         .with_max_connections(connections);
-    if let Some(writers) = setting("WRITERS") {
+    if let Some(writers) = crate::env_setting("WRITERS") {
         config = config.with_writers(writers);
     }
-    if let Some(direct) = setting("DIRECT") {
+    if let Some(direct) = crate::env_setting("DIRECT") {
         config = config.with_direct_connections(direct);
     }
-    if let Some(notify) = std::env::var("NOTIFY").ok().and_then(|v| v.parse().ok()) {
+    if let Some(notify) = crate::env_setting("NOTIFY") {
         config = config.with_notify(notify);
     }
     let store = PgEventStore::connect(config).await?;

@@ -18,6 +18,12 @@ mod runner;
 mod scenarios;
 
 pub use cli::{Args, run};
+
+/// The environment variable `name` parsed as a `T`; `None` when it is unset or does not
+/// parse. The examples and `command_cpu`'s stores read their settings with it.
+pub fn env_setting<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
 pub use report::{BaselineResult, Row, Stats, Status, Target};
 
 /// The runner's error type: anything, with its message.
