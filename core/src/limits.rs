@@ -2,7 +2,10 @@
 
 use std::collections::HashSet;
 
-use crate::{Error, Result, StreamAppend};
+use crate::{Error, NewEvent, Result, StreamAppend};
+
+/// Empty metadata as stored: its size counts toward an event's.
+const EMPTY_METADATA: &str = "{}";
 
 /// Limits a store enforces on appends, before it sends anything to its database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +48,36 @@ impl Limits {
     /// an event id used twice or too many events; [`Error::PayloadTooLarge`] for an event over
     /// the size limit; [`Error::Encode`] if metadata cannot be encoded.
     pub fn check(&self, appends: &[StreamAppend]) -> Result<()> {
+        self.check_sized(appends, |_, event| event.metadata.json_len())
+    }
+
+    /// [`check`](Self::check) for a store that has encoded the events' metadata already:
+    /// `metadata` holds each event's metadata JSON, in order over all streams, `None` for
+    /// empty metadata (stored as `{}`). The sizes are those of the text the store writes, and
+    /// the metadata is not encoded a second time to measure it. An event without an entry
+    /// (a `metadata` shorter than the events) is measured by encoding its metadata.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn check_encoded(
+        &self,
+        appends: &[StreamAppend],
+        metadata: &[Option<String>],
+    ) -> Result<()> {
+        self.check_sized(appends, |i, event| match metadata.get(i) {
+            Some(Some(json)) => Ok(json.len()),
+            Some(None) => Ok(EMPTY_METADATA.len()),
+            None => event.metadata.json_len(),
+        })
+    }
+
+    /// The checks, with `metadata_len(i, event)` the size of the `i`-th event's non-empty
+    /// metadata.
+    fn check_sized(
+        &self,
+        appends: &[StreamAppend],
+        mut metadata_len: impl FnMut(usize, &NewEvent) -> Result<usize>,
+    ) -> Result<()> {
         if appends.is_empty() {
             return Err(Error::InvalidAppend {
                 reason: "an append needs at least one stream",
@@ -58,6 +91,7 @@ impl Limits {
         }
         let mut streams = Distinct::for_len(appends.len());
         let mut ids = Distinct::for_len(total);
+        let mut index = 0usize;
         for append in appends {
             if append.events.is_empty() {
                 return Err(Error::InvalidAppend {
@@ -76,10 +110,11 @@ impl Limits {
                     });
                 }
                 let metadata = if event.metadata.is_empty() {
-                    2
+                    EMPTY_METADATA.len()
                 } else {
-                    event.metadata.json_len()?
+                    metadata_len(index, event)?
                 };
+                index += 1;
                 let size = event.payload.len() + metadata;
                 if size > self.max_event_bytes {
                     return Err(Error::PayloadTooLarge {

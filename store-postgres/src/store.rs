@@ -241,20 +241,39 @@ impl PgEventStore {
         &self.inner.schema
     }
 
-    async fn submit(&self, appends: Vec<StreamAppend>) -> annals::Result<Outcome> {
-        let mut metadata = Vec::new();
+    /// Checks `appends` against the store's limits, and encodes their metadata once for
+    /// both the check and the statements: per event, in order, `None` when empty.
+    fn checked_metadata(&self, appends: &[StreamAppend]) -> annals::Result<Vec<Option<String>>> {
+        let limits = &self.inner.limits;
+        let events: usize = appends.iter().map(|a| a.events.len()).sum();
+        if events > limits.max_events_per_append {
+            // Refused by the count alone: nothing to encode.
+            limits.check(appends)?;
+        }
+        let mut metadata = Vec::with_capacity(events);
         for event in appends.iter().flat_map(|a| &a.events) {
-            if event.payload.as_str().contains('\0') {
-                return Err(annals::Error::InvalidAppend {
-                    reason: "a payload contains a NUL byte, which PostgreSQL cannot store",
-                });
-            }
             metadata.push(if event.metadata.is_empty() {
                 None
             } else {
                 Some(event.metadata.to_json()?)
             });
         }
+        limits.check_encoded(appends, &metadata)?;
+        for event in appends.iter().flat_map(|a| &a.events) {
+            if event.payload.as_str().contains('\0') {
+                return Err(annals::Error::InvalidAppend {
+                    reason: "a payload contains a NUL byte, which PostgreSQL cannot store",
+                });
+            }
+        }
+        Ok(metadata)
+    }
+
+    async fn submit(
+        &self,
+        appends: Vec<StreamAppend>,
+        metadata: Vec<Option<String>>,
+    ) -> annals::Result<Outcome> {
         // Before any statement: what the writers store is recorded only if the memory of
         // versions was not forgotten meanwhile.
         let epoch = self.inner.db.seen.epoch();
@@ -351,10 +370,10 @@ impl EventStore for PgEventStore {
         appends: Vec<StreamAppend>,
     ) -> impl Future<Output = annals::Result<Vec<AppendResult>>> + Send {
         Box::pin(async move {
-            self.inner.limits.check(&appends)?;
+            let metadata = self.checked_metadata(&appends)?;
             let span = append_span(&appends);
             let results = async {
-                match self.submit(appends).await? {
+                match self.submit(appends, metadata).await? {
                     Outcome::Appended(results) => Ok(results),
                     Outcome::Duplicate(appends) => {
                         idempotency::resolve(&self.inner.db, &appends).await
