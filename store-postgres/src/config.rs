@@ -168,8 +168,12 @@ impl PgConfig {
 
     /// The most pooled connections (default 10). The group-commit writers use up to
     /// [`with_writers`](Self::with_writers) of them while they write, and each running read
-    /// uses one at a time. A live subscription listens for notifications on a connection of
-    /// its own, outside the pool.
+    /// uses one at a time. Two kinds of connection are held outside the pool's count: the
+    /// direct path's ([`with_direct_connections`](Self::with_direct_connections), one by
+    /// default), and one per live subscription, on which it listens for notifications. So a
+    /// store holds at most `max + direct` connections at a time, plus its live
+    /// subscriptions', and one brief connection that names the cause when the pool cannot
+    /// reach the server.
     pub fn with_max_connections(mut self, max: u32) -> Self {
         self.max_connections = max.max(1);
         self
@@ -186,11 +190,13 @@ impl PgConfig {
 
     /// How many connections the direct path may hold (default 1): a one-stream append made
     /// while one of them is idle runs on the caller's task, as its own transaction, instead
-    /// of waiting to be grouped by a writer; so does a load. Taken from the pool (counted in
-    /// [`with_max_connections`](Self::with_max_connections)) only when one is idle there.
-    /// More of them suit moderate concurrency on a server whose commits are fast; at high
-    /// concurrency group commit does better (BENCHMARKS.md, "the command path at every
-    /// concurrency").
+    /// of waiting to be grouped by a writer; so does a load. A direct connection is taken
+    /// from the pool only when one is idle there, and is then held aside, outside the pool's
+    /// count ([`with_max_connections`](Self::with_max_connections)): the pool may open another
+    /// in its place. More of them suit moderate concurrency on a server whose commits are
+    /// fast (on one such 2-core machine 8 of them ran 8 tasks' commands 10% faster, and 64
+    /// tasks' 5% slower); at high concurrency group commit does better (BENCHMARKS.md, "the
+    /// command path at every concurrency" and "a machine with quicker commits").
     pub fn with_direct_connections(mut self, connections: usize) -> Self {
         self.direct_connections = connections.max(1);
         self

@@ -30,6 +30,10 @@ use crate::{
 /// At most [`PgConfig::with_direct_connections`](crate::PgConfig::with_direct_connections)
 /// (one by default): while callers hold them all, concurrent callers go to the writers,
 /// whose group commit serves many callers better than one connection each.
+///
+/// They are detached from the pool and do not count in its size (the pool may open others
+/// in their place): a connection closed here, by a dropped caller or a timeout, is simply
+/// gone, and the pool never sees one left mid-protocol.
 pub(crate) struct Direct {
     idle: Mutex<Vec<PgConnection>>,
     /// How many direct connections exist (idle here or held by a caller).
