@@ -194,9 +194,10 @@ impl PgConfig {
     /// from the pool only when one is idle there, and is then held aside, outside the pool's
     /// count ([`with_max_connections`](Self::with_max_connections)): the pool may open another
     /// in its place. More of them suit moderate concurrency on a server whose commits are
-    /// fast (on one such 2-core machine 8 of them ran 8 tasks' commands 10% faster, and 64
-    /// tasks' 5% slower); at high concurrency group commit does better (BENCHMARKS.md, "the
-    /// command path at every concurrency" and "a machine with quicker commits").
+    /// fast (on one such 2-core machine 8 of them ran 8 tasks' uncached commands 5-10%
+    /// faster, and 64 tasks' about 7% slower); at high concurrency group commit does better
+    /// (BENCHMARKS.md, "the command path at every concurrency" and "a machine with quicker
+    /// commits").
     pub fn with_direct_connections(mut self, connections: usize) -> Self {
         self.direct_connections = connections.max(1);
         self
