@@ -14,6 +14,9 @@
 //! - `TASKS`: concurrent tasks, comma-separated (default `1,8,64`);
 //! - `STREAMS` (10000), `RUNS` (rounds per task count, 3), `DATABASE_URL`.
 //!
+//! Under each line, the mean wall time of a load and of an append (the hand-written path's
+//! `SELECT` and `INSERT`), from [`annals_bench::timed`]: where a command's time goes.
+//!
 //! `backends` is the CPU of the PostgreSQL backends serving this process's connections
 //! ([`annals_bench::cpu::Sample`]): other sessions in the same cluster (test suites, say) do
 //! not disturb it, but it leaves out the server's shared work (the WAL writer's). `all
@@ -67,6 +70,7 @@ async fn run() -> BenchResult<()> {
                 let ran = prepared.run().await;
                 let wall = start.elapsed().as_secs_f64();
                 let used = cpu::Sample::take().since(&before);
+                let calls = prepared.call_split();
                 prepared.drop().await?;
                 let commands = ran?;
                 let us = |t: u64| t as f64 / cpu::TICKS_PER_SECOND / commands as f64 * 1e6;
@@ -80,6 +84,14 @@ async fn run() -> BenchResult<()> {
                     us(used.client + used.backends),
                     us(used.all_postgres),
                     (used.client + used.all_postgres) as f64 / cpu::TICKS_PER_SECOND / wall
+                );
+                let mean =
+                    |us: Option<f64>| us.map_or_else(|| "-".to_owned(), |us| format!("{us:.0} us"));
+                println!(
+                    "{:>23} a load {:>7}, an append {:>7} (wall time, mean)",
+                    "",
+                    mean(calls.load_us),
+                    mean(calls.append_us)
                 );
             }
         }

@@ -22,13 +22,20 @@ use annals::{Aggregate, CommandContext, DomainEvent, Repository};
 use annals_postgres::{PgConfig, PgEventStore};
 use sqlx::PgConnection;
 
+use std::{sync::Arc, time::Instant};
+
 use crate::{
     BenchResult,
     env::{PgSchema, pg_schema},
     ledger::{Account, Deposit, Deposited, LedgerEvent, account_id},
     raw::pg,
+    timed::{CallSplit, CallTimes, Timed},
     workload::{self, RawRow},
 };
+
+/// The store of the framework's command paths: every load and append timed
+/// ([`crate::timed`]).
+type Store = Timed<PgEventStore>;
 
 /// Commands each aggregate gets in the uncached paths.
 pub const COMMANDS_PER_AGGREGATE: u64 = 10;
@@ -81,12 +88,14 @@ pub struct Prepared {
     streams: u64,
     tasks: usize,
     side: Side,
+    /// The loads and appends of the timed run (the untimed preparation's are not counted).
+    times: Arc<CallTimes>,
 }
 
 enum Side {
     Store {
         store: PgEventStore,
-        repo: Repository<Account, PgEventStore>,
+        repo: Repository<Account, Store>,
         /// The round of the timed commands (the cached path's second command per stream).
         cached: bool,
     },
@@ -142,11 +151,12 @@ pub async fn prepare(
     tasks: usize,
 ) -> BenchResult<Prepared> {
     let tasks = tasks.max(1);
+    let times = Arc::new(CallTimes::default());
     let side = match path {
         CommandPath::Cached | CommandPath::Uncached => {
             let store = new_store(url, STORE_CONNECTIONS).await?;
             let cached = path == CommandPath::Cached;
-            let repo = Repository::<Account, _>::new(store.clone());
+            let repo = Repository::<Account, _>::new(Timed::new(store.clone(), times.clone()));
             let repo = if cached {
                 repo.with_cache(streams as usize)
             } else {
@@ -156,6 +166,8 @@ pub async fn prepare(
                 drop_store(store).await?;
                 return Err(e);
             }
+            // The timers count the timed run only.
+            times.reset();
             Side::Store {
                 store,
                 repo,
@@ -182,6 +194,7 @@ pub async fn prepare(
         streams,
         tasks,
         side,
+        times,
     })
 }
 
@@ -236,10 +249,16 @@ impl Prepared {
                 Ok(streams)
             }
             Side::Raw { conns, .. } => {
-                *conns = raw_commands(std::mem::take(conns), streams).await?;
+                *conns = raw_commands(std::mem::take(conns), streams, &self.times).await?;
                 Ok(streams * COMMANDS_PER_AGGREGATE)
             }
         }
+    }
+
+    /// The mean time of a load and of an append (or the hand-written path's `SELECT` and
+    /// `INSERT`) in the runs so far. The raw `INSERT` transactions are not timed.
+    pub fn call_split(&self) -> CallSplit {
+        self.times.split()
     }
 
     /// Drops the schema and closes the connections.
@@ -288,7 +307,7 @@ fn deposit(n: u64, round: u64) -> Deposit {
 
 /// One deposit command per stream, spread over `tasks` concurrent tasks.
 async fn cached_round(
-    repo: &Repository<Account, PgEventStore>,
+    repo: &Repository<Account, Store>,
     streams: u64,
     tasks: usize,
     round: u64,
@@ -317,7 +336,7 @@ async fn cached_round(
 /// [`COMMANDS_PER_AGGREGATE`] commands on each of `streams` aggregates, each task taking its
 /// share of the aggregates round by round.
 async fn uncached_commands(
-    repo: &Repository<Account, PgEventStore>,
+    repo: &Repository<Account, Store>,
     streams: u64,
     tasks: usize,
 ) -> BenchResult<()> {
@@ -396,17 +415,22 @@ async fn raw_inserts(
 
 /// The hand-written command path: per command one `SELECT` of the aggregate, fold, decide,
 /// encode, one `INSERT`. Gives the connections back (as [`raw_inserts`]).
-async fn raw_commands(conns: Vec<PgConnection>, streams: u64) -> BenchResult<Vec<PgConnection>> {
+async fn raw_commands(
+    conns: Vec<PgConnection>,
+    streams: u64,
+    times: &Arc<CallTimes>,
+) -> BenchResult<Vec<PgConnection>> {
     let shares = split((0..streams).collect::<Vec<_>>(), conns.len());
     let tasks: Vec<_> = conns
         .into_iter()
         .zip(shares)
         .map(|(mut conn, share)| {
+            let times = times.clone();
             tokio::spawn(async move {
                 let context = CommandContext::new();
                 for round in 0..COMMANDS_PER_AGGREGATE {
                     for &n in &share {
-                        raw_command(&mut conn, n, round, &context).await?;
+                        raw_command(&mut conn, n, round, &context, &times).await?;
                     }
                 }
                 BenchResult::Ok(conn)
@@ -426,9 +450,12 @@ async fn raw_command(
     n: u64,
     round: u64,
     context: &CommandContext,
+    times: &CallTimes,
 ) -> BenchResult<()> {
     let stream = workload::stream_of(n);
+    let started = Instant::now();
     let (account, version) = pg::load_stream(&mut *conn, stream.as_str()).await?;
+    times.load_ended(started);
     if version != round {
         return Err(
             format!("raw aggregate {n} at version {version} before command {round}").into(),
@@ -439,7 +466,9 @@ async fn raw_command(
     for (i, event) in events.iter().enumerate() {
         let new = event.to_new_event()?.with_metadata(metadata.clone());
         let row = RawRow::of(&stream, version + 1 + i as u64, &new);
+        let started = Instant::now();
         pg::insert_row(&mut *conn, &row).await?;
+        times.append_ended(started);
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod commands;
 pub mod cpu;
 pub mod ledger;
+pub mod timed;
 pub mod workload;
 
 mod cli;
