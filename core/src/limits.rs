@@ -48,35 +48,45 @@ impl Limits {
     /// an event id used twice or too many events; [`Error::PayloadTooLarge`] for an event over
     /// the size limit; [`Error::Encode`] if metadata cannot be encoded.
     pub fn check(&self, appends: &[StreamAppend]) -> Result<()> {
-        self.check_sized(appends, |_, event| event.metadata.json_len())
-    }
-
-    /// [`check`](Self::check) for a store that has encoded the events' metadata already:
-    /// `metadata` holds each event's metadata JSON, in order over all streams, `None` for
-    /// empty metadata (stored as `{}`). The sizes are those of the text the store writes, and
-    /// the metadata is not encoded a second time to measure it. An event without an entry
-    /// (a `metadata` shorter than the events) is measured by encoding its metadata.
-    ///
-    /// # Errors
-    /// As [`check`](Self::check).
-    pub fn check_encoded(
-        &self,
-        appends: &[StreamAppend],
-        metadata: &[Option<String>],
-    ) -> Result<()> {
-        self.check_sized(appends, |i, event| match metadata.get(i) {
-            Some(Some(json)) => Ok(json.len()),
-            Some(None) => Ok(EMPTY_METADATA.len()),
-            None => event.metadata.json_len(),
+        self.check_sized(appends, |event| {
+            if event.metadata.is_empty() {
+                Ok(EMPTY_METADATA.len())
+            } else {
+                event.metadata.json_len()
+            }
         })
     }
 
-    /// The checks, with `metadata_len(i, event)` the size of the `i`-th event's non-empty
-    /// metadata.
+    /// [`check`](Self::check), for a store that writes the events' metadata as JSON text:
+    /// each event's metadata is encoded once, measured by that text, and returned, in order
+    /// over all streams (`None` for empty metadata, which counts as `{}`). A call refused by
+    /// a check that comes before the sizes (no streams, too many events) encodes nothing.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn check_and_encode_metadata(
+        &self,
+        appends: &[StreamAppend],
+    ) -> Result<Vec<Option<String>>> {
+        let mut encoded = Vec::new();
+        self.check_sized(appends, |event| {
+            let json = if event.metadata.is_empty() {
+                None
+            } else {
+                Some(event.metadata.to_json()?)
+            };
+            let len = json.as_ref().map_or(EMPTY_METADATA.len(), String::len);
+            encoded.push(json);
+            Ok(len)
+        })?;
+        Ok(encoded)
+    }
+
+    /// The checks, with `metadata_len(event)` the size of an event's metadata as stored.
     fn check_sized(
         &self,
         appends: &[StreamAppend],
-        mut metadata_len: impl FnMut(usize, &NewEvent) -> Result<usize>,
+        mut metadata_len: impl FnMut(&NewEvent) -> Result<usize>,
     ) -> Result<()> {
         if appends.is_empty() {
             return Err(Error::InvalidAppend {
@@ -91,7 +101,6 @@ impl Limits {
         }
         let mut streams = Distinct::for_len(appends.len());
         let mut ids = Distinct::for_len(total);
-        let mut index = 0usize;
         for append in appends {
             if append.events.is_empty() {
                 return Err(Error::InvalidAppend {
@@ -109,13 +118,7 @@ impl Limits {
                         reason: "the same event id appears twice in one append call",
                     });
                 }
-                let metadata = if event.metadata.is_empty() {
-                    EMPTY_METADATA.len()
-                } else {
-                    metadata_len(index, event)?
-                };
-                index += 1;
-                let size = event.payload.len() + metadata;
+                let size = event.payload.len() + metadata_len(event)?;
                 if size > self.max_event_bytes {
                     return Err(Error::PayloadTooLarge {
                         event_id: event.event_id,

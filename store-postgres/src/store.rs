@@ -241,24 +241,10 @@ impl PgEventStore {
         &self.inner.schema
     }
 
-    /// Checks `appends` against the store's limits, and encodes their metadata once for
-    /// both the check and the statements: per event, in order, `None` when empty.
+    /// Checks `appends` against the store's limits, encoding their metadata once for both
+    /// the check and the statements (per event, in order, `None` when empty).
     fn checked_metadata(&self, appends: &[StreamAppend]) -> annals::Result<Vec<Option<String>>> {
-        let limits = &self.inner.limits;
-        let events: usize = appends.iter().map(|a| a.events.len()).sum();
-        if events > limits.max_events_per_append {
-            // Refused by the count alone: nothing to encode.
-            limits.check(appends)?;
-        }
-        let mut metadata = Vec::with_capacity(events);
-        for event in appends.iter().flat_map(|a| &a.events) {
-            metadata.push(if event.metadata.is_empty() {
-                None
-            } else {
-                Some(event.metadata.to_json()?)
-            });
-        }
-        limits.check_encoded(appends, &metadata)?;
+        let metadata = self.inner.limits.check_and_encode_metadata(appends)?;
         for event in appends.iter().flat_map(|a| &a.events) {
             if event.payload.as_str().contains('\0') {
                 return Err(annals::Error::InvalidAppend {

@@ -44,26 +44,20 @@ struct Row<'a> {
     metadata: &'a str,
 }
 
-/// Runs a checked append; the caller has applied [`annals::Limits::check`].
+/// Runs a checked append: `metadata` is each event's metadata JSON, in order over all
+/// streams (`None` when empty), from [`annals::Limits::check_and_encode_metadata`].
 pub(crate) async fn append(
     shared: &Shared,
     appends: Vec<StreamAppend>,
+    metadata: Vec<Option<String>>,
 ) -> annals::Result<Vec<AppendResult>> {
-    let metadata = appends
-        .iter()
-        .map(|a| {
-            a.events
-                .iter()
-                .map(|e| {
-                    if e.metadata.is_empty() {
-                        Ok(String::from("{}"))
-                    } else {
-                        e.metadata.to_json()
-                    }
-                })
-                .collect::<annals::Result<Vec<_>>>()
-        })
-        .collect::<annals::Result<Vec<_>>>()?;
+    // One text per event, or some event would be left out of the rows.
+    if metadata.len() != appends.iter().map(|a| a.events.len()).sum::<usize>() {
+        return Err(Error::backend(
+            false,
+            "the encoded metadata does not match the events",
+        ));
+    }
     let mut conn = shared
         .writer
         .acquire()
@@ -80,7 +74,7 @@ async fn attempts(
     shared: &Shared,
     conn: &mut SqliteConnection,
     appends: &[StreamAppend],
-    metadata: &[Vec<String>],
+    metadata: &[Option<String>],
 ) -> annals::Result<Vec<AppendResult>> {
     let outcome = match attempt(shared, conn, appends, metadata, false).await? {
         Outcome::CheckIds => attempt(shared, conn, appends, metadata, true).await?,
@@ -98,7 +92,7 @@ async fn attempt(
     shared: &Shared,
     conn: &mut SqliteConnection,
     appends: &[StreamAppend],
-    metadata: &[Vec<String>],
+    metadata: &[Option<String>],
     check_ids: bool,
 ) -> annals::Result<Outcome> {
     let err = |e| shared.backend(e);
@@ -145,14 +139,16 @@ async fn attempt(
     let mut rows = Vec::with_capacity(total);
     let mut results = Vec::with_capacity(appends.len());
     let mut seq = base;
-    for ((append, metadata), (key, actual)) in appends.iter().zip(metadata).zip(streams) {
+    // As many texts as events (`append` checked it), taken stream by stream.
+    let mut texts = metadata.iter().map(|m| m.as_deref().unwrap_or("{}"));
+    for (append, (key, actual)) in appends.iter().zip(streams) {
         let actual = i64::try_from(actual).unwrap_or(i64::MAX);
         let count = i64::try_from(append.events.len()).unwrap_or(i64::MAX);
         let version = actual + count;
         let key = upsert_stream(&mut tx, append, key, version)
             .await
             .map_err(err)?;
-        for (i, (event, metadata)) in (1..).zip(append.events.iter().zip(metadata)) {
+        for (i, (event, metadata)) in (1..).zip(append.events.iter().zip(&mut texts)) {
             rows.push(Row {
                 seq: seq + i,
                 stream_key: key,

@@ -144,10 +144,10 @@ impl SqliteEventStore {
 
 impl EventStore for SqliteEventStore {
     async fn append_multi(&self, appends: Vec<StreamAppend>) -> annals::Result<Vec<AppendResult>> {
-        self.shared.limits.check(&appends)?;
+        let metadata = self.shared.limits.check_and_encode_metadata(&appends)?;
         let span = append_span(&appends);
         let shared = Arc::clone(&self.shared);
-        let write = async move { crate::append::append(&shared, appends).await };
+        let write = async move { crate::append::append(&shared, appends, metadata).await };
         let results = detached(write.instrument(span.clone())).await;
         record_positions(&span, &results);
         results
