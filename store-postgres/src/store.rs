@@ -134,6 +134,7 @@ impl PgEventStore {
                 max_events: config.max_group_events,
                 probe: probe.clone(),
                 hooks: config.hooks.clone(),
+                in_flight: writer::InFlight::default(),
             },
             config.writers,
         );
