@@ -80,7 +80,9 @@ pub(crate) async fn filled(
         if snapshot {
             save_snapshot(&store, batches).await?;
         }
-        sqlx::query("ANALYZE").execute(store.pool()).await?;
+        sqlx::query("ANALYZE events, snapshots")
+            .execute(store.pool())
+            .await?;
         BenchResult::Ok(())
     }
     .await;

@@ -118,7 +118,7 @@ async fn fill(store: &PgEventStore, streams: u64) -> BenchResult<()> {
     for chunk in appends.chunks(FILL_STREAMS) {
         store.append_multi(chunk.to_vec()).await?;
     }
-    sqlx::query("ANALYZE").execute(store.pool()).await?;
+    sqlx::query("ANALYZE events").execute(store.pool()).await?;
     Ok(())
 }
 
