@@ -130,8 +130,10 @@ impl PgEventStore {
                 pool: pool.clone(),
                 db: db.clone(),
                 notify: notify.clone(),
-                max_requests: config.max_group_requests,
-                max_events: config.max_group_events,
+                limits: writer::GroupLimits {
+                    requests: config.max_group_requests,
+                    events: config.max_group_events,
+                },
                 probe: probe.clone(),
                 hooks: config.hooks.clone(),
                 in_flight: writer::InFlight::default(),

@@ -60,8 +60,8 @@ pub(crate) struct WriterContext {
     /// Wakes the notifier after a commit that stored events; a full channel already holds a
     /// wake-up, so notifications coalesce under load.
     pub(crate) notify: Option<mpsc::Sender<()>>,
-    pub(crate) max_requests: usize,
-    pub(crate) max_events: usize,
+    /// The most calls and events one group takes.
+    pub(crate) limits: GroupLimits,
     /// Names the server when an append fails because it cannot be reached.
     pub(crate) probe: Probe,
     pub(crate) hooks: TestHooks,
@@ -71,23 +71,14 @@ pub(crate) struct WriterContext {
 
 /// The most calls and events one group takes.
 #[derive(Debug, Clone, Copy)]
-struct GroupLimits {
-    requests: usize,
-    events: usize,
-}
-
-impl WriterContext {
-    fn limits(&self) -> GroupLimits {
-        GroupLimits {
-            requests: self.max_requests,
-            events: self.max_events,
-        }
-    }
+pub(crate) struct GroupLimits {
+    pub(crate) requests: usize,
+    pub(crate) events: usize,
 }
 
 /// Starts `writers` writer tasks that serve the returned queue until every sender is dropped.
 pub(crate) fn spawn(context: WriterContext, writers: usize) -> mpsc::Sender<Request> {
-    let (tx, rx) = mpsc::channel(4 * context.max_requests.max(64));
+    let (tx, rx) = mpsc::channel(4 * context.limits.requests.max(64));
     let rx = Arc::new(Mutex::new(rx));
     let context = Arc::new(context);
     for _ in 0..writers {
@@ -141,9 +132,9 @@ async fn run(rx: Arc<Mutex<mpsc::Receiver<Request>>>, context: Arc<WriterContext
                     Vec::new(),
                     Some(&mut rx),
                     &mut deferred,
-                    context.limits(),
+                    context.limits,
                 ),
-                Err(_) => gather(first, Vec::new(), None, &mut deferred, context.limits()),
+                Err(_) => gather(first, Vec::new(), None, &mut deferred, context.limits),
             },
             None => {
                 let mut rx = rx.lock().await;
@@ -154,13 +145,7 @@ async fn run(rx: Arc<Mutex<mpsc::Receiver<Request>>>, context: Arc<WriterContext
                 // let them run once, so they join this group instead of the one after.
                 tokio::task::yield_now().await;
                 let company = context.in_flight.company(&mut rx).await;
-                gather(
-                    first,
-                    company,
-                    Some(&mut rx),
-                    &mut deferred,
-                    context.limits(),
-                )
+                gather(first, company, Some(&mut rx), &mut deferred, context.limits)
             }
         };
         if !group.is_empty() {
@@ -177,8 +162,9 @@ async fn run(rx: Arc<Mutex<mpsc::Receiver<Request>>>, context: Arc<WriterContext
 /// the first, so a second group of one or two calls costs a flush (and its statement) for
 /// few calls, and leaves the next group smaller. Measured with `command_cpu`, 8 tasks,
 /// 2 writers: groups of 2.4 calls, one flush each, against 3.3 with this rule; the uncached
-/// command path went from 0.80-0.88 of its baseline to 0.85-0.95, and at 64 tasks from 2.1 to
-/// 2.3-2.5.
+/// command path went from 0.79-0.91 of its baseline to 0.80-0.96 (mean 0.90), and at 64
+/// tasks from 2.1 to 2.2-2.5 (store-postgres/PERFORMANCE.md, "Two groups in flight do not
+/// share a flush").
 const MIN_OVERLAPPING_GROUP: usize = 4;
 
 /// The longest a writer waits for [`MIN_OVERLAPPING_GROUP`] calls while another group is in
@@ -220,29 +206,27 @@ impl InFlight {
     /// first. A closed queue ends the wait too.
     async fn company(&self, rx: &mut mpsc::Receiver<Request>) -> Vec<Request> {
         let mut received = Vec::new();
-        let mut deadline = None;
-        loop {
-            // Registered before the count is read: a group that ends after the read still
-            // wakes this wait.
-            let ended = self.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if self.groups.load(Ordering::Acquire) == 0
-                || 1 + received.len() + rx.len() >= MIN_OVERLAPPING_GROUP
-            {
-                return received;
-            }
-            let deadline =
-                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + OVERLAP_WAIT);
+        // Registered before the count is read: a group that ends after the read still wakes
+        // this wait.
+        let ended = self.ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if self.groups.load(Ordering::Acquire) == 0 {
+            return received;
+        }
+        let deadline = tokio::time::sleep(OVERLAP_WAIT);
+        tokio::pin!(deadline);
+        while 1 + received.len() + rx.len() < MIN_OVERLAPPING_GROUP {
             tokio::select! {
                 call = rx.recv() => match call {
                     Some(call) => received.push(call),
-                    None => return received,
+                    None => break,
                 },
-                () = &mut ended => return received,
-                () = tokio::time::sleep_until(deadline) => return received,
+                () = &mut ended => break,
+                () = &mut deadline => break,
             }
         }
+        received
     }
 }
 
@@ -640,16 +624,13 @@ mod tests {
             events: 1_000,
         };
         let (first, _a) = call();
-        let (calls, _answers): (Vec<_>, Vec<_>) = (0..3).map(|_| call()).unzip();
-        let received: Vec<u64> = (1..=3).collect();
-        let calls: Vec<Request> = calls
-            .into_iter()
-            .zip(&received)
-            .map(|(mut c, k)| {
-                c.epoch = *k;
-                c
+        let (calls, _answers): (Vec<_>, Vec<_>) = (1..=3)
+            .map(|k| {
+                let (mut request, answer) = call();
+                request.epoch = k;
+                (request, answer)
             })
-            .collect();
+            .unzip();
         let mut deferred = VecDeque::new();
         let group = gather(first, calls, None, &mut deferred, limits);
         assert_eq!(group.iter().map(|c| c.epoch).collect::<Vec<_>>(), [0, 1]);
