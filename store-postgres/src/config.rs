@@ -330,6 +330,9 @@ pub struct TestHooks {
     /// Counts the groups of several one-stream calls that the one-statement path stored
     /// (`batch.rs`), so a test can tell that it ran.
     pub batched_groups: Arc<AtomicUsize>,
+    /// Counts those of them stored by the statement for groups whose every version was known
+    /// before it ran (no read, no judging: `batch.rs`).
+    pub known_groups: Arc<AtomicUsize>,
 }
 
 impl TestHooks {
@@ -362,6 +365,7 @@ impl fmt::Debug for TestHooks {
             .field("fail_after_insert", &self.fail_after_insert.is_some())
             .field("lose_results", &self.lose_results)
             .field("batched_groups", &self.batched_groups)
+            .field("known_groups", &self.known_groups)
             .finish()
     }
 }

@@ -398,6 +398,9 @@ async fn execute(mut group: Vec<Request>, context: &WriterContext) {
                 .partition(|(_, written)| *written);
             if !written.is_empty() {
                 context.hooks.batched_groups.fetch_add(1, Ordering::Relaxed);
+                if stored.known {
+                    context.hooks.known_groups.fetch_add(1, Ordering::Relaxed);
+                }
                 notify(context);
                 reply_each(
                     written.into_iter().map(|(r, _)| r).collect(),

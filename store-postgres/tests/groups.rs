@@ -59,6 +59,34 @@ fn stream() -> impl Strategy<Value = Stream> {
         .prop_map(|(seeded, call)| Stream { seeded, call })
 }
 
+/// A stream whose call expects a version the store knows before it runs: a new stream's
+/// (`NoStream`, `Exact(0)`), or one it stored itself while seeding (`Exact(k)` for `k` up to
+/// the seeded length: the newest, which continues the stream, or an older, taken one), and
+/// now and then one beyond the stream, which the store does not know.
+/// Retries and tampered retries of the seeding append expect a new stream too.
+fn known_stream() -> impl Strategy<Value = Stream> {
+    (0usize..4).prop_flat_map(|seeded| {
+        // Mostly the version that continues the stream, so that many groups are stored whole.
+        let expect = prop_oneof![
+            4 => Just(Expect::Exact(seeded as u64)),
+            1 => Just(Expect::NoStream),
+            1 => (0..=seeded as u64).prop_map(Expect::Exact),
+            // Beyond the stream: not known, so the group must be judged (writing it blind
+            // would leave a gap).
+            1 => (seeded as u64 + 1..seeded as u64 + 3).prop_map(Expect::Exact),
+        ];
+        let call = prop_oneof![
+            10 => (expect, 1usize..4).prop_map(|(expect, events)| Call::Fresh { expect, events }),
+            1 => Just(Call::Retry),
+            1 => Just(Call::Tamper),
+        ];
+        call.prop_map(move |call| Stream {
+            seeded,
+            call: Some(call),
+        })
+    })
+}
+
 /// What a call returned, comparable across stores (positions are checked apart).
 #[derive(Debug, PartialEq)]
 enum Answer {
@@ -227,6 +255,36 @@ fn grouped_one_stream_calls_get_the_answers_they_would_get_alone() {
     );
 }
 
+/// The same for groups whose every call expects a version known before the statement runs:
+/// they go to the statement that neither reads nor judges (`APPEND_KNOWN_PLAIN`), and a
+/// taken version, a retry or a tampered retry among them sends the whole group to the
+/// judging functions, which must still give each call its own answer.
+#[test]
+fn groups_of_known_versions_get_the_answers_they_would_get_alone() {
+    let runtime = runtime();
+    let Some((store, hooks)) = one_writer(&runtime) else {
+        return;
+    };
+    // About one case in six makes a group that is stored whole: enough cases that some do.
+    let mut runner = TestRunner::new(Config::with_cases(128));
+    let case = AtomicUsize::new(0);
+    let result = runner.run(&prop::collection::vec(known_stream(), 2..8), |streams| {
+        let case = case.fetch_add(1, Ordering::Relaxed);
+        runtime.block_on(check(&store, case, streams));
+        Ok(())
+    });
+    runtime
+        .block_on(store.drop_schema())
+        .expect("drop the schema");
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+    assert!(
+        hooks.known_groups.load(Ordering::Relaxed) > 0,
+        "no group went through the statement for known versions"
+    );
+}
+
 /// Many concurrent commands on streams of their own: most are stored by the one-statement
 /// path in shared transactions, each with its own version and positions.
 #[test]
@@ -271,6 +329,65 @@ fn concurrent_commands_share_one_statement_groups() {
         store.drop_schema().await.expect("drop the schema");
     });
     assert!(hooks.batched_groups.load(Ordering::Relaxed) > 0);
+    assert!(hooks.known_groups.load(Ordering::Relaxed) > 0);
+}
+
+/// A group whose every version is known before it runs is stored without reading or judging
+/// anything; a version another process took meanwhile (here a second handle, whose appends
+/// this store has not seen) fails that statement on the key, and each call still gets its own
+/// answer: the stale one a conflict naming the stream's true version, the others stored.
+#[test]
+fn a_version_taken_behind_the_stores_back_fails_only_its_call() {
+    let runtime = runtime();
+    let Some((store, _)) = one_writer(&runtime) else {
+        return;
+    };
+    runtime.block_on(async {
+        let other = PgEventStore::connect(common::config().with_schema(store.schema()))
+            .await
+            .expect("a second store on the same schema");
+        let id = |i: usize| StreamId::new(format!("known-{i}")).expect("a valid id");
+        for round in 0..8usize {
+            let streams: Vec<StreamId> = (0..16).map(|i| id(round * 16 + i)).collect();
+            for stream in &streams {
+                let seed =
+                    StreamAppend::new(stream.clone(), ExpectedVersion::NoStream, events(1, "seed"));
+                store.append_multi(vec![seed]).await.expect("seed");
+            }
+            // Behind this store's back: stream `round` moves to version 2.
+            let stale = &streams[round];
+            let moved =
+                StreamAppend::new(stale.clone(), ExpectedVersion::Exact(1), events(1, "other"));
+            other
+                .append_multi(vec![moved])
+                .await
+                .expect("the other handle's append");
+            let calls = streams.iter().map(|stream| {
+                let store = store.clone();
+                let append =
+                    StreamAppend::new(stream.clone(), ExpectedVersion::Exact(1), events(1, "call"));
+                tokio::spawn(async move { store.append_multi(vec![append]).await })
+            });
+            for (i, result) in join_all(calls).await.into_iter().enumerate() {
+                match (i == round, result.expect("task")) {
+                    (true, Err(Error::Conflict { actual: 2, .. })) => {}
+                    (false, Ok(results)) => assert_eq!(results[0].stream_version, 2, "call {i}"),
+                    (_, other) => panic!("round {round}, call {i}: {other:?}"),
+                }
+            }
+            for (i, stream) in streams.iter().enumerate() {
+                let tags: Vec<String> = read(&store, stream)
+                    .await
+                    .iter()
+                    .map(|e| e.payload.as_str().to_owned())
+                    .collect();
+                let second = if i == round { "other" } else { "call" };
+                assert_eq!(tags.len(), 2, "stream {i}: {tags:?}");
+                assert!(tags[1].contains(second), "stream {i}: {tags:?}");
+            }
+        }
+        store.drop_schema().await.expect("drop the schema");
+    });
 }
 
 /// Creators of one stream racing from two store handles (two processes, as far as the
