@@ -229,16 +229,15 @@ fn one_writer(runtime: &tokio::runtime::Runtime) -> Option<(PgEventStore, TestHo
     Some((store, hooks))
 }
 
-#[test]
-fn grouped_one_stream_calls_get_the_answers_they_would_get_alone() {
+/// Runs `cases` generated cases through [`check`] on a store with one writer, then drops its
+/// schema; the hooks tell which paths the groups took. `None` without a database.
+fn check_cases(cases: u32, streams: impl Strategy<Value = Vec<Stream>>) -> Option<TestHooks> {
     let runtime = runtime();
-    let Some((store, hooks)) = one_writer(&runtime) else {
-        return;
-    };
-    let mut runner = TestRunner::new(Config::with_cases(64));
+    let (store, hooks) = one_writer(&runtime)?;
+    let mut runner = TestRunner::new(Config::with_cases(cases));
     // Shrinking runs cases again: each run gets streams of its own.
     let case = AtomicUsize::new(0);
-    let result = runner.run(&prop::collection::vec(stream(), 2..24), |streams| {
+    let result = runner.run(&streams, |streams| {
         let case = case.fetch_add(1, Ordering::Relaxed);
         runtime.block_on(check(&store, case, streams));
         Ok(())
@@ -249,6 +248,14 @@ fn grouped_one_stream_calls_get_the_answers_they_would_get_alone() {
     if let Err(failure) = result {
         panic!("{failure}");
     }
+    Some(hooks)
+}
+
+#[test]
+fn grouped_one_stream_calls_get_the_answers_they_would_get_alone() {
+    let Some(hooks) = check_cases(64, prop::collection::vec(stream(), 2..24)) else {
+        return;
+    };
     assert!(
         hooks.batched_groups.load(Ordering::Relaxed) > 0,
         "no group went through the one-statement path"
@@ -261,24 +268,10 @@ fn grouped_one_stream_calls_get_the_answers_they_would_get_alone() {
 /// judging functions, which must still give each call its own answer.
 #[test]
 fn groups_of_known_versions_get_the_answers_they_would_get_alone() {
-    let runtime = runtime();
-    let Some((store, hooks)) = one_writer(&runtime) else {
+    // About one case in six makes a group that is stored whole: enough cases that some do.
+    let Some(hooks) = check_cases(128, prop::collection::vec(known_stream(), 2..8)) else {
         return;
     };
-    // About one case in six makes a group that is stored whole: enough cases that some do.
-    let mut runner = TestRunner::new(Config::with_cases(128));
-    let case = AtomicUsize::new(0);
-    let result = runner.run(&prop::collection::vec(known_stream(), 2..8), |streams| {
-        let case = case.fetch_add(1, Ordering::Relaxed);
-        runtime.block_on(check(&store, case, streams));
-        Ok(())
-    });
-    runtime
-        .block_on(store.drop_schema())
-        .expect("drop the schema");
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
     assert!(
         hooks.known_groups.load(Ordering::Relaxed) > 0,
         "no group went through the statement for known versions"
