@@ -133,7 +133,7 @@ impl PgConfig {
             limits: Limits::default(),
             max_connections: 10,
             writers: 2,
-            direct_connections: 1,
+            direct_connections: 4,
             max_group_requests: 256,
             max_group_events: 20_000,
             poll_interval: Duration::from_millis(500),
@@ -169,7 +169,7 @@ impl PgConfig {
     /// The most pooled connections (default 10). The group-commit writers use up to
     /// [`with_writers`](Self::with_writers) of them while they write, and each running read
     /// uses one at a time. Two kinds of connection are held outside the pool's count: the
-    /// direct path's ([`with_direct_connections`](Self::with_direct_connections), one by
+    /// direct path's ([`with_direct_connections`](Self::with_direct_connections), four by
     /// default), and one per live subscription, on which it listens for notifications. So a
     /// store holds at most `max + direct` connections at a time, plus its live
     /// subscriptions', and one brief connection that names the cause when the pool cannot
@@ -188,16 +188,18 @@ impl PgConfig {
         self
     }
 
-    /// How many connections the direct path may hold (default 1): a one-stream append made
-    /// while one of them is idle runs on the caller's task, as its own transaction, instead
-    /// of waiting to be grouped by a writer; so does a load. A direct connection is taken
-    /// from the pool only when one is idle there, and is then held aside, outside the pool's
-    /// count ([`with_max_connections`](Self::with_max_connections)): the pool may open another
-    /// in its place. More of them suit moderate concurrency on a server whose commits are
-    /// fast (on one such 2-core machine 8 of them ran 8 tasks' uncached commands 5-10%
-    /// faster, and 64 tasks' about 7% slower); at high concurrency group commit does better
-    /// (BENCHMARKS.md, "the command path at every concurrency" and "a machine with quicker
-    /// commits").
+    /// How many connections the direct path may hold (default 4; it was 1). While at most
+    /// this many calls (appends and loads of aggregates) are in the store, each runs on the
+    /// caller's task, over a direct connection, as its own statement: a one-stream append as
+    /// its own transaction instead of waiting to be grouped by a writer, a load alone instead
+    /// of waiting to be read in a batch. Beyond that, concurrency is up, and calls go to the
+    /// writers' group commits and the load batches, which serve many callers better. At 2 and
+    /// 4 tasks of uncached commands, 4 measured 0.87-0.96 and 0.96-1.08 of the hand-written
+    /// path against 0.59-0.67 and 0.76-0.93 with 1 (store-postgres/PERFORMANCE.md, "Few
+    /// callers go direct"). A direct connection is taken from the pool only when one is idle
+    /// there, and is then held aside, outside the pool's count
+    /// ([`with_max_connections`](Self::with_max_connections)): the pool may open another in
+    /// its place.
     pub fn with_direct_connections(mut self, connections: usize) -> Self {
         self.direct_connections = connections.max(1);
         self
@@ -333,6 +335,8 @@ pub struct TestHooks {
     /// Counts those of them stored by the statement for groups whose every version was known
     /// before it ran (no read, no judging: `batch.rs`).
     pub known_groups: Arc<AtomicUsize>,
+    /// Counts the appends stored on the direct path (`direct.rs`), on the caller's task.
+    pub direct_appends: Arc<AtomicUsize>,
 }
 
 impl TestHooks {
@@ -366,6 +370,7 @@ impl fmt::Debug for TestHooks {
             .field("lose_results", &self.lose_results)
             .field("batched_groups", &self.batched_groups)
             .field("known_groups", &self.known_groups)
+            .field("direct_appends", &self.direct_appends)
             .finish()
     }
 }

@@ -1,7 +1,9 @@
-//! The direct path: a call to one stream, made while no other call holds the direct
-//! connection, runs the single-stream statement ([`crate::single`]) on the caller's own task instead of
-//! handing it to a writer and waiting for the answer (two task hand-offs, a pool checkout and
-//! the pool's release ping per command).
+//! The direct path: while few calls are in the store (at most as many appends and loads as
+//! it has direct connections), a call to one stream runs the single-stream statement
+//! ([`crate::single`]) on the caller's own task instead of handing it to a writer and waiting
+//! for the answer (two task hand-offs, a pool checkout and the pool's release ping per
+//! command), and a load reads alone instead of waiting for a batch. With few callers, groups
+//! and batches would be small anyway, and each would wait for the one before.
 //!
 //! The statement runs in autocommit mode: it is its own transaction, committed wholly or not
 //! at all, so no transaction can stay open whatever happens to the caller. The connection is
@@ -28,8 +30,9 @@ use crate::{
 /// The connections the direct path uses, when no caller holds them.
 ///
 /// At most [`PgConfig::with_direct_connections`](crate::PgConfig::with_direct_connections)
-/// (one by default): while callers hold them all, concurrent callers go to the writers,
-/// whose group commit serves many callers better than one connection each.
+/// (four by default), used while no more calls than that are in the store: with more,
+/// concurrent callers go to the writers, whose group commit serves many callers better than
+/// one connection each.
 ///
 /// They are detached from the pool and do not count in its size (the pool may open others
 /// in their place): a connection closed here, by a dropped caller or a timeout, is simply
@@ -41,18 +44,33 @@ pub(crate) struct Direct {
     max: usize,
     /// How many append calls are in the store right now, direct or with the writers.
     appending: AtomicUsize,
+    /// How many loads of aggregates are in the store right now.
+    loading: AtomicUsize,
 }
 
 /// An append call counted in [`Direct::enter`] until dropped.
 pub(crate) struct Appending<'a> {
     direct: &'a Direct,
-    /// Calls in the store when this one came, itself included.
+    /// Calls in the store (appends and loads) when this one came, itself included.
     pub(crate) at: usize,
 }
 
 impl Drop for Appending<'_> {
     fn drop(&mut self) {
         self.direct.appending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A load counted in [`Direct::enter_load`] until dropped.
+pub(crate) struct Loading<'a> {
+    direct: &'a Direct,
+    /// Calls in the store (appends and loads) when this one came, itself included.
+    pub(crate) at: usize,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.direct.loading.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -64,13 +82,46 @@ impl Direct {
             exists: AtomicUsize::new(0),
             max: max.max(1),
             appending: AtomicUsize::new(0),
+            loading: AtomicUsize::new(0),
         }
     }
 
     /// Counts an append call in until the guard is dropped.
     pub(crate) fn enter(&self) -> Appending<'_> {
         let at = self.appending.fetch_add(1, Ordering::AcqRel) + 1;
+        let at = at + self.loading.load(Ordering::Acquire);
         Appending { direct: self, at }
+    }
+
+    /// Counts a load in until the guard is dropped.
+    pub(crate) fn enter_load(&self) -> Loading<'_> {
+        let at = self.loading.fetch_add(1, Ordering::AcqRel) + 1;
+        let at = at + self.appending.load(Ordering::Acquire);
+        Loading { direct: self, at }
+    }
+
+    /// Whether a call that found `at` calls in the store (itself included) runs on a direct
+    /// connection: at most as many as there are direct connections.
+    pub(crate) fn serves(&self, at: usize) -> bool {
+        at <= self.max
+    }
+
+    /// An idle direct connection, or a new one from the idle lanes or pool when there are
+    /// fewer than the most; `None` otherwise (never waits).
+    fn checkout(&self, db: &Db) -> Option<PgConnection> {
+        if let Some(conn) = self.take() {
+            return Some(conn);
+        }
+        if !self.claim_new() {
+            return None;
+        }
+        match db.lanes.take().or_else(|| db.pool.try_acquire()) {
+            Some(pooled) => Some(pooled.detach()),
+            None => {
+                self.exists.fetch_sub(1, Ordering::AcqRel);
+                None
+            }
+        }
     }
 
     /// An idle direct connection, if any.
@@ -102,9 +153,9 @@ impl Direct {
     /// A statement that got no answer within the I/O timeout is an error: it may have been
     /// stored, and the writers would only wait as long again on the same silent network.
     ///
-    /// `appending` is the caller's place among the append calls in the store: beyond the
-    /// number of direct connections, concurrency is up and the writers' group commit does
-    /// better, so the caller goes there even if a direct connection is idle.
+    /// `appending` is the caller's place among the calls in the store (appends and loads):
+    /// beyond the number of direct connections, concurrency is up and the writers' group
+    /// commit does better, so the caller goes there even if a direct connection is idle.
     pub(crate) async fn append(
         &self,
         db: &Db,
@@ -112,24 +163,14 @@ impl Direct {
         append: &StreamAppend,
         metadata: &[Option<String>],
     ) -> annals::Result<Option<AppendResult>> {
-        if appending.at > self.max {
+        if !self.serves(appending.at) {
             return Ok(None);
         }
         let since = db.seen.epoch();
-        let mut conn = match self.take() {
-            Some(conn) => conn,
-            // Other callers hold every direct connection: concurrency is up, let the
-            // writers group this append with the others.
-            None if !self.claim_new() => return Ok(None),
-            // Only an idle connection (a lane's, or the pool's): never wait here while the
-            // writers need one.
-            None => match db.lanes.take().or_else(|| db.pool.try_acquire()) {
-                Some(pooled) => pooled.detach(),
-                None => {
-                    self.exists.fetch_sub(1, Ordering::AcqRel);
-                    return Ok(None);
-                }
-            },
+        // Other callers hold every direct connection, or none is idle to be had: let the
+        // writers group this append with the others (never wait here while they need one).
+        let Some(mut conn) = self.checkout(db) else {
+            return Ok(None);
         };
         // Unless the connection goes back to the slot, it is dropped (also when the caller
         // drops this future mid-statement): then the next caller may open a new one.
@@ -173,18 +214,18 @@ impl Direct {
         }))
     }
 
-    /// Runs the read `statement` on an idle direct connection (a lone command's load, so
-    /// that the load and the append of a command go to one server process, as a
-    /// hand-written command's do); `None` when callers hold them all (or there is none yet):
-    /// read on a pooled connection instead. A read that got no answer in time drops the
-    /// connection, as an append does.
+    /// Runs the read `statement` on a direct connection (a load made while few calls are in
+    /// the store, so that the load and the append of a command go to one server process, as
+    /// a hand-written command's do); `None` when callers hold them all and no more may be
+    /// opened: read on a pooled connection instead. A read that got no answer in time drops
+    /// the connection, as an append does.
     pub(crate) async fn read<T>(
         &self,
         db: &Db,
         operation: &'static str,
         statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Option<annals::Result<T>> {
-        let mut conn = self.take()?;
+        let mut conn = self.checkout(db)?;
         let mut claim = Claim {
             exists: &self.exists,
             kept: false,

@@ -2,7 +2,10 @@
 //!
 //! A command loads its aggregate with one short statement ([`crate::aggregate`]), whose cost
 //! on both sides is mostly the statement's own (a round trip, a wake-up, the executor's start
-//! and end), not its few rows. When many commands run at once, their loads are gathered: the
+//! and end), not its few rows. While few calls are in the store (no more than its direct
+//! connections, [`Direct::serves`]), each load reads alone on a direct connection: a batch of
+//! so few would only make each wait for the one before. When many commands run at once,
+//! their loads are gathered: the
 //! first caller to find no batch in flight reads its own stream at once, as a lone command
 //! does; callers that arrive while a batch is in flight queue, and when a batch ends, the
 //! first queued caller leads the next one, for itself and everyone queued behind it, in one
@@ -163,6 +166,12 @@ impl Loads {
         direct: Option<&Direct>,
         load: Load,
     ) -> annals::Result<Vec<PgRow>> {
+        let loading = direct.map(Direct::enter_load);
+        if let (Some(direct), Some(loading)) = (direct, &loading)
+            && direct.serves(loading.at)
+        {
+            return alone(db, Some(direct), &load).await;
+        }
         loop {
             let rx = match self.join(&load) {
                 Joined::Lead(followers) => return self.lead(db, direct, load, followers).await,

@@ -273,6 +273,10 @@ impl PgEventStore {
                 .append(&self.inner.db, appending, append, &metadata)
                 .await?
         {
+            self.inner
+                .hooks
+                .direct_appends
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(notify) = &self.inner.notify {
                 let _ = notify.try_send(());
             }

@@ -6,7 +6,8 @@ mod common;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use annals::{
-    Error, EventStore, ExpectedVersion, LogRead, StreamAppend, StreamId, testing::new_event,
+    Error, EventStore, ExpectedVersion, LogRead, StreamAppend, StreamId, StreamRead,
+    testing::new_event,
 };
 use annals_postgres::{PgEventStore, TestHooks};
 use futures::{TryStreamExt, future::join_all};
@@ -337,4 +338,54 @@ async fn idle_in_transaction(store: &PgEventStore, name: &str) -> i64 {
     // At least the connection asking: the name does pick out this store's connections.
     assert!(all >= 1, "no connection is named {name}");
     idle
+}
+
+/// Four tasks running commands (load, then append the next version) on streams of their own:
+/// never more calls in the store than its four direct connections, so each runs on the
+/// caller's task, as a hand-written command would, rather than waiting for a writer's group
+/// or a load batch. With one direct connection most went to the writers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn few_concurrent_commands_run_on_direct_connections() {
+    let hooks = TestHooks::default();
+    let config = common::config()
+        .with_direct_connections(4)
+        .with_test_hooks(hooks.clone());
+    let Some(store) = common::try_store(config).await else {
+        return;
+    };
+    const COMMANDS: u64 = 25;
+    let tasks = (0..4).map(|t| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let stream = sid(&format!("few-{t}"));
+            for n in 0..COMMANDS {
+                let read = StreamRead::forward().for_folding();
+                let loaded = store
+                    .read_aggregate(&stream, None, read)
+                    .await
+                    .expect("load");
+                let events: Vec<_> = loaded.events.try_collect().await.expect("events");
+                assert_eq!(events.len() as u64, n, "stream {stream}");
+                let event = new_event("Noted", json!({ "n": n }));
+                let appended = store
+                    .append(&stream, ExpectedVersion::Exact(n), vec![event])
+                    .await
+                    .expect("append");
+                assert_eq!(appended.stream_version, n + 1);
+            }
+        })
+    });
+    for task in join_all(tasks).await {
+        task.expect("task");
+    }
+    let direct = hooks
+        .direct_appends
+        .load(std::sync::atomic::Ordering::Relaxed) as u64;
+    // Until four direct connections are open, a call may find none idle in the pool.
+    assert!(
+        direct >= 4 * COMMANDS - 8,
+        "{direct} of {} appends on the direct path",
+        4 * COMMANDS
+    );
+    store.drop_schema().await.expect("drop the schema");
 }
