@@ -91,7 +91,7 @@ SELECT (SELECT coalesce(array_agg(w.k ORDER BY w.k), '{}') FROM w), \
        (SELECT coalesce(array_agg(ev.sequence ORDER BY ev.sequence), '{}') FROM ev), \
        (SELECT coalesce(min(ev.tx), 0) FROM ev)";
 
-/// The group statement when every call's version is known before it runs ([`known`]): the
+/// The group statement when every call's version is known before it runs (see [`append`]): the
 /// same locks, taken in the same order, then the events inserted at the versions the calls
 /// expect, with no read and no judging. A version taken meanwhile fails the whole statement on
 /// the key, nothing written, as a taken version does in [`APPEND_BATCH_PLAIN`]. `$1` is per
