@@ -251,17 +251,15 @@ pub(crate) async fn append(db: &Db, group: &[Request]) -> Result<Stored, Failure
 /// the statement (one this store has seen, or a new stream's 0): every call is written, or
 /// none (an error).
 async fn append_known(db: &Db, a: &Arrays<'_>) -> Result<Stored, Failure> {
-    let (stream, version): (Vec<&str>, Vec<i64>) = a
-        .event_k
-        .iter()
-        .zip(&a.event_pos)
-        .map(|(k, pos)| {
-            let call = usize::try_from(*k - 1).unwrap_or(usize::MAX);
-            let (stream, expected) = (a.stream.get(call), a.expected.get(call));
-            let version = expected.map_or(0, |e| e.saturating_add(i64::from(*pos)));
-            (stream.copied().unwrap_or(""), version)
-        })
-        .unzip();
+    // Per event, in the arrays' order (each call's events in turn): its stream and version.
+    let mut stream = Vec::with_capacity(a.event_id.len());
+    let mut version = Vec::with_capacity(a.event_id.len());
+    for ((id, expected), count) in a.stream.iter().zip(&a.expected).zip(&a.count) {
+        for pos in 1..=i64::from(*count) {
+            stream.push(*id);
+            version.push(expected.saturating_add(pos));
+        }
+    }
     let rows: Vec<(i64, i64)> = db
         .append(async |c| {
             sqlx::query_as(APPEND_KNOWN_PLAIN)
