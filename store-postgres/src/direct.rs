@@ -48,29 +48,17 @@ pub(crate) struct Direct {
     loading: AtomicUsize,
 }
 
-/// An append call counted in [`Direct::enter`] until dropped.
-pub(crate) struct Appending<'a> {
-    direct: &'a Direct,
+/// A call (an append or a load) counted in the store until dropped.
+pub(crate) struct InStore<'a> {
+    /// The count it is in: the store's appends or its loads.
+    count: &'a AtomicUsize,
     /// Calls in the store (appends and loads) when this one came, itself included.
     pub(crate) at: usize,
 }
 
-impl Drop for Appending<'_> {
+impl Drop for InStore<'_> {
     fn drop(&mut self) {
-        self.direct.appending.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A load counted in [`Direct::enter_load`] until dropped.
-pub(crate) struct Loading<'a> {
-    direct: &'a Direct,
-    /// Calls in the store (appends and loads) when this one came, itself included.
-    pub(crate) at: usize,
-}
-
-impl Drop for Loading<'_> {
-    fn drop(&mut self) {
-        self.direct.loading.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -87,17 +75,13 @@ impl Direct {
     }
 
     /// Counts an append call in until the guard is dropped.
-    pub(crate) fn enter(&self) -> Appending<'_> {
-        let at = self.appending.fetch_add(1, Ordering::AcqRel) + 1;
-        let at = at + self.loading.load(Ordering::Acquire);
-        Appending { direct: self, at }
+    pub(crate) fn enter(&self) -> InStore<'_> {
+        count_in(&self.appending, &self.loading)
     }
 
     /// Counts a load in until the guard is dropped.
-    pub(crate) fn enter_load(&self) -> Loading<'_> {
-        let at = self.loading.fetch_add(1, Ordering::AcqRel) + 1;
-        let at = at + self.appending.load(Ordering::Acquire);
-        Loading { direct: self, at }
+    pub(crate) fn enter_load(&self) -> InStore<'_> {
+        count_in(&self.loading, &self.appending)
     }
 
     /// Whether a call that found `at` calls in the store (itself included) runs on a direct
@@ -159,7 +143,7 @@ impl Direct {
     pub(crate) async fn append(
         &self,
         db: &Db,
-        appending: &Appending<'_>,
+        appending: &InStore<'_>,
         append: &StreamAppend,
         metadata: &[Option<String>],
     ) -> annals::Result<Option<AppendResult>> {
@@ -237,6 +221,12 @@ impl Direct {
         claim.kept = answered_live(&result) && self.put_back(conn);
         Some(result.map_err(|error| Failure::Sql(error).into()))
     }
+}
+
+/// Counts a call in `count`, and the calls in the store with it (`others` the other kind).
+fn count_in<'a>(count: &'a AtomicUsize, others: &AtomicUsize) -> InStore<'a> {
+    let at = count.fetch_add(1, Ordering::AcqRel) + 1 + others.load(Ordering::Acquire);
+    InStore { count, at }
 }
 
 /// Counts a direct connection gone when it is not put back.
