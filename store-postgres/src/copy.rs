@@ -218,7 +218,11 @@ pub(crate) async fn send_batch<K>(
             .map_err(bound)?
             .map_err(backend)?;
         let mut parser = Parser::new(columns);
-        let mut page = Vec::with_capacity(page_size.min(4096));
+        let mut last_time = None;
+        // Each page sent is replaced by one of the same capacity: an emptied `Vec` grew again
+        // from nothing, page after page, copying its events at each doubling.
+        let capacity = page_size.min(4096);
+        let mut page = Vec::with_capacity(capacity);
         {
             let copy = conn.conn()?.copy_out_raw(statement);
             let mut data = db
@@ -238,10 +242,15 @@ pub(crate) async fn send_batch<K>(
                     break;
                 };
                 parser.feed(&chunk, |row| {
-                    page.push(decode_columns(&mut CopyColumns(row), names)?);
+                    page.push(decode_columns(
+                        &mut CopyColumns::new(row, &mut last_time),
+                        names,
+                    )?);
                     Ok(())
                 })?;
-                if page.len() >= page_size && !send(std::mem::take(&mut page)).await {
+                if page.len() >= page_size
+                    && !send(std::mem::replace(&mut page, Vec::with_capacity(capacity))).await
+                {
                     return Ok(false);
                 }
             }
@@ -390,19 +399,28 @@ fn row_len(data: &[u8], columns: usize) -> annals::Result<Option<usize>> {
 }
 
 /// The fields of one whole row of binary `COPY` data, read in order.
-struct CopyColumns<'r>(&'r [u8]);
+struct CopyColumns<'r, 't> {
+    data: &'r [u8],
+    /// The last commit time decoded, by its raw value: the events of one transaction share
+    /// it, and turning microseconds into a date costs more than the rest of a row's numbers.
+    last_time: &'t mut Option<(i64, OffsetDateTime)>,
+}
 
-impl<'r> CopyColumns<'r> {
+impl<'r, 't> CopyColumns<'r, 't> {
+    fn new(data: &'r [u8], last_time: &'t mut Option<(i64, OffsetDateTime)>) -> Self {
+        Self { data, last_time }
+    }
+
     /// The next field's bytes, `None` for NULL. [`row_len`] has checked the lengths.
     fn field(&mut self) -> annals::Result<Option<&'r [u8]>> {
-        let (len, rest) = self.0.split_first_chunk::<4>().ok_or_else(malformed)?;
+        let (len, rest) = self.data.split_first_chunk::<4>().ok_or_else(malformed)?;
         let len = i32::from_be_bytes(*len);
         let Ok(len) = usize::try_from(len) else {
-            self.0 = rest;
+            self.data = rest;
             return Ok(None);
         };
         let (value, rest) = rest.split_at_checked(len).ok_or_else(malformed)?;
-        self.0 = rest;
+        self.data = rest;
         Ok(Some(value))
     }
 
@@ -416,7 +434,7 @@ impl<'r> CopyColumns<'r> {
 /// PostgreSQL's epoch, 2000-01-01 00:00 UTC, which binary `timestamptz` counts from.
 const POSTGRES_EPOCH: OffsetDateTime = time::macros::datetime!(2000-01-01 00:00 UTC);
 
-impl<'r> Columns<'r> for CopyColumns<'r> {
+impl<'r> Columns<'r> for CopyColumns<'r, '_> {
     fn int8(&mut self) -> annals::Result<i64> {
         Ok(i64::from_be_bytes(self.value()?))
     }
@@ -426,11 +444,12 @@ impl<'r> Columns<'r> for CopyColumns<'r> {
     }
 
     fn text_or_null(&mut self) -> annals::Result<Option<&'r str>> {
+        self.field()?.map(crate::read::utf8).transpose()
+    }
+
+    fn text_bytes(&mut self) -> annals::Result<&'r [u8]> {
         self.field()?
-            .map(|v| {
-                std::str::from_utf8(v).map_err(|_| internal(false, "stored text is not UTF-8"))
-            })
-            .transpose()
+            .ok_or_else(|| internal(false, "a stored text column is NULL"))
     }
 
     fn uuid(&mut self) -> annals::Result<Uuid> {
@@ -439,9 +458,16 @@ impl<'r> Columns<'r> for CopyColumns<'r> {
 
     fn timestamptz(&mut self) -> annals::Result<OffsetDateTime> {
         let micros = i64::from_be_bytes(self.value()?);
-        POSTGRES_EPOCH
+        if let Some((last, time)) = *self.last_time
+            && last == micros
+        {
+            return Ok(time);
+        }
+        let time = POSTGRES_EPOCH
             .checked_add(time::Duration::microseconds(micros))
-            .ok_or_else(|| internal(false, "a stored time is out of range"))
+            .ok_or_else(|| internal(false, "a stored time is out of range"))?;
+        *self.last_time = Some((micros, time));
+        Ok(time)
     }
 }
 
@@ -543,6 +569,53 @@ mod tests {
         (data, rows.iter().map(|r| r[2..].to_vec()).collect())
     }
 
+    /// A row of [`crate::read::columns!`] as binary `COPY` data, without its field count.
+    fn log_row(stream: &[u8], event_type: &[u8], micros: i64) -> Vec<u8> {
+        let row = row(&[
+            Some(&5i64.to_be_bytes()),
+            Some(&1i64.to_be_bytes()),
+            Some(stream),
+            Some(&1i64.to_be_bytes()),
+            Some(Uuid::from_u128(1).as_bytes()),
+            Some(event_type),
+            Some(&1i32.to_be_bytes()),
+            Some(b"{}"),
+            None,
+            Some(&micros.to_be_bytes()),
+        ]);
+        row[2..].to_vec()
+    }
+
+    /// Names and commit times are remembered from row to row: a repeat is recognised by its
+    /// bytes, and anything else is decoded afresh and checked.
+    #[test]
+    fn remembered_names_and_times_give_each_row_its_own() {
+        let (mut names, mut last_time) = (Names::default(), None);
+        let mut decode = |stream: &[u8], event_type: &[u8], micros: i64| {
+            let row = log_row(stream, event_type, micros);
+            decode_columns(&mut CopyColumns::new(&row, &mut last_time), &mut names)
+                .map(|e| (e.stream_id.to_string(), e.event_type.to_string(), e.recorded_at))
+        };
+        let day = |d: i64| POSTGRES_EPOCH + time::Duration::days(d);
+        let rows = [
+            (&b"a"[..], &b"T"[..], 0),
+            (b"a", b"T", 0),
+            (b"b", b"U", 86_400_000_000),
+            (b"a", b"T", 0),
+            (b"ab", b"TU", 2 * 86_400_000_000),
+        ];
+        for (stream, event_type, micros) in rows {
+            let (s, t, at) = decode(stream, event_type, micros).unwrap();
+            assert_eq!(s.as_bytes(), stream);
+            assert_eq!(t.as_bytes(), event_type);
+            assert_eq!(at, day(micros / 86_400_000_000));
+        }
+        // Not UTF-8, after a valid name: an error, never the name before.
+        assert!(decode(b"a\xff", b"T", 0).is_err());
+        assert!(decode(b"a", b"T\xff", 0).is_err());
+        assert!(decode(b"a", b"T", 0).is_ok());
+    }
+
     #[test]
     fn rows_split_anywhere_between_chunks_parse_alike() {
         let (data, want) = data();
@@ -588,7 +661,8 @@ mod tests {
             Some(&[0xff]),
             Some(&[1, 2]),
         ]);
-        let mut col = CopyColumns(&row[2..]);
+        let mut last_time = None;
+        let mut col = CopyColumns::new(&row[2..], &mut last_time);
         assert_eq!(col.int8().unwrap(), -3);
         assert_eq!(col.int4().unwrap(), 9);
         assert_eq!(col.text().unwrap(), "é");
