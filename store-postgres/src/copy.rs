@@ -593,8 +593,13 @@ mod tests {
         let (mut names, mut last_time) = (Names::default(), None);
         let mut decode = |stream: &[u8], event_type: &[u8], micros: i64| {
             let row = log_row(stream, event_type, micros);
-            decode_columns(&mut CopyColumns::new(&row, &mut last_time), &mut names)
-                .map(|e| (e.stream_id.to_string(), e.event_type.to_string(), e.recorded_at))
+            decode_columns(&mut CopyColumns::new(&row, &mut last_time), &mut names).map(|e| {
+                (
+                    e.stream_id.to_string(),
+                    e.event_type.to_string(),
+                    e.recorded_at,
+                )
+            })
         };
         let day = |d: i64| POSTGRES_EPOCH + time::Duration::days(d);
         let rows = [
