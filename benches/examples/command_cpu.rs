@@ -31,7 +31,13 @@ use annals_bench::{
 
 /// `name` from the environment, or `default`.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    annals_bench::env_setting(name).unwrap_or(default)
+    match annals_bench::env_setting(name) {
+        Ok(value) => value.unwrap_or(default),
+        Err(error) => {
+            eprintln!("{error}");
+            std::process::exit(2);
+        }
+    }
 }
 
 fn list<T: std::str::FromStr>(name: &str, default: &str) -> BenchResult<Vec<T>>

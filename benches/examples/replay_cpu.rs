@@ -35,7 +35,13 @@ use uuid::Uuid;
 
 /// `name` from the environment, or `default`.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    annals_bench::env_setting(name).unwrap_or(default)
+    match annals_bench::env_setting(name) {
+        Ok(value) => value.unwrap_or(default),
+        Err(error) => {
+            eprintln!("{error}");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// A row of the raw table, decoded as `annals-bench`'s baseline decodes it.

@@ -125,13 +125,13 @@ pub(crate) async fn new_store(url: &str, connections: u32) -> BenchResult<PgEven
     let mut config = PgConfig::new(url)
         .with_schema(schema)
         .with_max_connections(connections);
-    if let Some(writers) = crate::env_setting("WRITERS") {
+    if let Some(writers) = crate::env_setting("WRITERS")? {
         config = config.with_writers(writers);
     }
-    if let Some(direct) = crate::env_setting("DIRECT") {
+    if let Some(direct) = crate::env_setting("DIRECT")? {
         config = config.with_direct_connections(direct);
     }
-    if let Some(notify) = crate::env_setting("NOTIFY") {
+    if let Some(notify) = crate::env_setting("NOTIFY")? {
         config = config.with_notify(notify);
     }
     let store = PgEventStore::connect(config).await?;

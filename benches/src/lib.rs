@@ -20,10 +20,22 @@ mod scenarios;
 
 pub use cli::{Args, run};
 
-/// The environment variable `name` parsed as a `T`; `None` when it is unset or does not
-/// parse. The examples and `command_cpu`'s stores read their settings with it.
-pub fn env_setting<T: std::str::FromStr>(name: &str) -> Option<T> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
+/// The environment variable `name` parsed as a `T`; `None` when it is unset. The examples and
+/// `command_cpu`'s stores read their settings with it.
+///
+/// # Errors
+/// A value that does not parse (`NOTIFY=0` for a `bool`, say), named with the variable:
+/// ignored, it would leave the default in place while the run claims the setting.
+pub fn env_setting<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(value) => value.parse().map(Some).map_err(|_| {
+            format!(
+                "{name}={value:?} is not a valid {}",
+                std::any::type_name::<T>()
+            )
+        }),
+    }
 }
 pub use report::{BaselineResult, Row, Stats, Status, Target};
 
