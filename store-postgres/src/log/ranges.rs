@@ -11,8 +11,8 @@
 //! decoding tasks work at once.
 //!
 //! A range's width comes from the density of the batch before it (events per transaction id),
-//! aiming at one batch of events; a range that turns out larger is streamed all the same, only
-//! with less read ahead.
+//! aiming at [`RANGE_BATCHES`] batches of events, of which one is read ahead; a range that
+//! turns out larger is streamed all the same.
 
 use annals::{LogPosition, RecordedEvent};
 use tokio::{
@@ -27,6 +27,13 @@ use crate::{
     pages::{Page, PageSender, Sent},
     read::Names,
 };
+
+/// How many batches of rows a range aims to hold. Only one batch of the next range is read
+/// ahead (its pages held until the range before it ends), so memory stays at a batch's worth,
+/// while each range's start (a round trip for its settings, the `COPY`'s plan and index
+/// descent, and a moment with one backend at work while the next range starts) comes four
+/// times less often (store-postgres/PERFORMANCE.md, "Ranges of four batches").
+const RANGE_BATCHES: usize = 4;
 
 /// Events per transaction id in a batch of `rows` events read after `before` up to `last`.
 pub(crate) fn density(rows: usize, before: LogPosition, last: LogPosition) -> f64 {
@@ -141,9 +148,11 @@ pub(crate) async fn read(
             last: None,
         };
     }
-    // Enough pages to hold one range's worth read ahead.
+    // A batch's worth of pages read ahead; a range spans several batches (see
+    // `RANGE_BATCHES`), the rest of it streamed once it is the current range.
     let ahead = rows.div_ceil(page_size.max(1)) + 1;
-    let end = |first: u64, density: f64| first.saturating_add(width(rows, density)).min(horizon);
+    let span = rows.saturating_mul(RANGE_BATCHES);
+    let end = |first: u64, density: f64| first.saturating_add(width(span, density)).min(horizon);
     let mut current = Range::spawn(
         db,
         after,
