@@ -26,19 +26,8 @@ use std::time::Instant;
 use annals_bench::{
     BenchResult,
     commands::{self, COMMANDS_PER_AGGREGATE, CommandPath},
-    cpu,
+    cpu, env_or,
 };
-
-/// `name` from the environment, or `default`.
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match annals_bench::env_setting(name) {
-        Ok(value) => value.unwrap_or(default),
-        Err(error) => {
-            eprintln!("{error}");
-            std::process::exit(2);
-        }
-    }
-}
 
 fn list<T: std::str::FromStr>(name: &str, default: &str) -> BenchResult<Vec<T>>
 where

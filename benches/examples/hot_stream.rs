@@ -9,19 +9,9 @@
 use std::time::Instant;
 
 use annals::{EventStore, EventType, ExpectedVersion, NewEvent, Payload, StreamId, StreamRead};
+use annals_bench::env_or;
 use annals_postgres::{PgConfig, PgEventStore};
 use futures::TryStreamExt;
-
-/// `name` from the environment, or `default`.
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match annals_bench::env_setting(name) {
-        Ok(value) => value.unwrap_or(default),
-        Err(error) => {
-            eprintln!("{error}");
-            std::process::exit(2);
-        }
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

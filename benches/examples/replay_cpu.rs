@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use annals::{DomainEvent, EventStore, LogRead};
 use annals_bench::{
-    BenchResult,
+    BenchResult, env_or,
     ledger::{Deposited, LedgerEvent},
     workload,
 };
@@ -32,17 +32,6 @@ use futures::TryStreamExt;
 use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-/// `name` from the environment, or `default`.
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match annals_bench::env_setting(name) {
-        Ok(value) => value.unwrap_or(default),
-        Err(error) => {
-            eprintln!("{error}");
-            std::process::exit(2);
-        }
-    }
-}
 
 /// A row of the raw table, decoded as `annals-bench`'s baseline decodes it.
 #[derive(Debug, sqlx::FromRow)]

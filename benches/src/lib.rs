@@ -37,6 +37,18 @@ pub fn env_setting<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String
         }),
     }
 }
+/// [`env_setting`] for the examples' settings: the value, or `default` when the variable is
+/// unset. A value that does not parse ends the process with its message (exit code 2), as a
+/// command-line tool ends on a bad argument.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match env_setting(name) {
+        Ok(value) => value.unwrap_or(default),
+        Err(error) => {
+            eprintln!("{error}");
+            std::process::exit(2);
+        }
+    }
+}
 pub use report::{BaselineResult, Row, Stats, Status, Target};
 
 /// The runner's error type: anything, with its message.
