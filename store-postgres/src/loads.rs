@@ -1,19 +1,18 @@
 //! Concurrent loads of different aggregates read together: one statement for many streams.
 //!
-//! A command loads its aggregate with one short statement ([`crate::aggregate`]), whose cost
-//! on both sides is mostly the statement's own (a round trip, a wake-up, the executor's start
-//! and end), not its few rows. While few calls are in the store (no more than its direct
+//! A command loads its aggregate with one short statement ([`crate::aggregate`]), whose cost on
+//! both sides is mostly the statement's own (a round trip, a wake-up, the executor's start and
+//! end), not its few rows. While few calls are in the store (no more than its direct
 //! connections, [`Direct::serves`]), each load reads alone on a direct connection: a batch of
-//! so few would only make each wait for the one before. When many commands run at once,
-//! their loads are gathered: the
-//! first caller to find no batch in flight reads its own stream at once, as a lone command
-//! does; callers that arrive while a batch is in flight queue, and when a batch ends, the
-//! first queued caller leads the next one, for itself and everyone queued behind it, in one
-//! statement (a `LATERAL` read of each stream's first page). Beside a batch in flight, a
-//! second starts as soon as [`MIN_SECOND_BATCH`] loads are at hand, rather than wait for the
-//! first to end ([`MAX_LEADERS`] at most). Each caller
-//! gets its own rows back and decodes them on its own task. No task of the store's runs it:
-//! a lone load pays nothing for the batching.
+//! so few would only make each wait for the one before. When many commands run at once, their
+//! loads are gathered: the first caller to find no batch in flight reads its own stream at
+//! once, as a lone command does; callers that arrive while a batch is in flight queue, and when
+//! a batch ends, the first queued caller leads the next one, for itself and everyone queued
+//! behind it, in one statement (a `LATERAL` read of each stream's first page). Beside a batch
+//! in flight, a second starts as soon as [`MIN_SECOND_BATCH`] loads are at hand, rather than
+//! wait for the first to end ([`MAX_LEADERS`] at most). Each caller gets its own rows back and
+//! decodes them on its own task. No task of the store's runs it: a lone load pays nothing for
+//! the batching.
 //!
 //! A caller whose future is dropped while queued is skipped; a leader dropped mid-batch drops
 //! its followers' answers, and they read again; a batch that fails lets each follower read
