@@ -448,8 +448,7 @@ impl<'r> Columns<'r> for CopyColumns<'r, '_> {
     }
 
     fn text_bytes(&mut self) -> annals::Result<&'r [u8]> {
-        self.field()?
-            .ok_or_else(|| internal(false, "a stored text column is NULL"))
+        self.field()?.ok_or_else(crate::read::null_text)
     }
 
     fn uuid(&mut self) -> annals::Result<Uuid> {

@@ -177,8 +177,7 @@ pub(crate) trait Columns<'r> {
 
     /// The next non-NULL `text`.
     fn text(&mut self) -> annals::Result<&'r str> {
-        self.text_or_null()?
-            .ok_or_else(|| internal(false, "a stored text column is NULL"))
+        self.text_or_null()?.ok_or_else(null_text)
     }
 
     /// The next non-NULL `text` as bytes, which a source may leave unchecked as UTF-8 (the
@@ -186,6 +185,11 @@ pub(crate) trait Columns<'r> {
     fn text_bytes(&mut self) -> annals::Result<&'r [u8]> {
         self.text().map(str::as_bytes)
     }
+}
+
+/// The error of a NULL where a stored text must be.
+pub(crate) fn null_text() -> annals::Error {
+    internal(false, "a stored text column is NULL")
 }
 
 /// Stored text as `str`: `simdutf8` gives `str::from_utf8`'s verdict several times faster
