@@ -178,10 +178,17 @@ impl Db {
 
     /// A connection for a statement the caller runs itself (a long read): an idle lane's, or
     /// a pooled one.
+    ///
+    /// The pool's wait is boxed: sqlx's `acquire` future is about 8.6 kB, and unboxed it made
+    /// every future awaiting this one as large, the command path's included (a load or an
+    /// append on a direct connection never acquires, yet its future held the space and was
+    /// copied whole at each box and first poll: 4 copies of about 9 kB a command, a fifth
+    /// of the uncached command path's client instructions; store-postgres/PERFORMANCE.md,
+    /// "Futures a tenth the size").
     pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         match self.lanes.take() {
             Some(conn) => Ok(conn),
-            None => self.pool.acquire().await,
+            None => Box::pin(self.pool.acquire()).await,
         }
     }
 
@@ -220,4 +227,40 @@ pub(crate) fn timed_out(operation: &'static str, after: Duration, maybe_committe
 /// and frees its place in the pool.
 pub(crate) fn close(conn: PoolConnection<sqlx::Postgres>) {
     drop(conn.detach());
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+    use super::*;
+
+    /// sqlx's pool wait is a future of several kilobytes; awaited unboxed, it made every
+    /// future around it as large, and each was copied whole at its box and first poll.
+    #[tokio::test]
+    async fn a_wait_for_the_pool_does_not_make_its_callers_large() {
+        // Lazy: nothing connects, and no future here is polled.
+        let pool = PgPoolOptions::new().connect_lazy_with(PgConnectOptions::new());
+        let db = Db {
+            pool: pool.clone(),
+            timeout: Duration::from_secs(1),
+            lanes: Lanes::new(&pool, 4),
+            privileges: Arc::default(),
+            seen: Arc::default(),
+        };
+        let unboxed = std::mem::size_of_val(&pool.acquire());
+        let acquire = std::mem::size_of_val(&db.acquire());
+        let append = db.append(async |c| sqlx::query("SELECT 1").execute(c).await);
+        let append = std::mem::size_of_val(&append);
+        // About 8.6 kB in a release build, 2.5 kB in a debug one.
+        assert!(
+            unboxed > 2048,
+            "sqlx's acquire is {unboxed} bytes: is this test still needed?"
+        );
+        assert!(acquire <= 256, "Db::acquire is {acquire} bytes");
+        assert!(
+            append < unboxed / 2,
+            "Db::append is {append} bytes, sqlx's acquire {unboxed}"
+        );
+    }
 }

@@ -89,7 +89,8 @@ pub(crate) fn subscribe(
             // Listening starts before the first read, so no commit after it goes unnoticed.
             let listener = match channel {
                 Some((channel, listen)) => {
-                    let live = listen.start(&channel, db.timeout).await;
+                    // Boxed, as the listener's wait below.
+                    let live = Box::pin(listen.start(&channel, db.timeout)).await;
                     Some(Listener {
                         channel,
                         listen,
@@ -220,8 +221,10 @@ async fn produce(
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 } else {
                     backoff = MIN_BACKOFF;
+                    // Boxed: the listener's wait holds sqlx's `PgListener` futures (about
+                    // 9 kB), which would make every log read's task as large.
                     tokio::select! {
-                        () = listener.wait(*poll_interval, db.timeout) => {}
+                        () = Box::pin(listener.wait(*poll_interval, db.timeout)) => {}
                         () = tx.closed() => return,
                     }
                 }
