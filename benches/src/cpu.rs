@@ -42,7 +42,7 @@ fn postgres_pids() -> Vec<u32> {
 /// backend serving one of this process's connections.
 ///
 /// The machine's other PostgreSQL sessions (other test suites, other benchmarks in the
-/// same cluster) count in [`Sample::all_postgres`]; [`Sample::since`] also gives the CPU of
+/// same cluster) count in [`Used::all_postgres`]; [`Sample::since`] also gives the CPU of
 /// this process's own backends alone, which they do not disturb. (Neither counts the
 /// server's shared work, the WAL writer's say, in the own figure; a backend that exited
 /// between two samples is missed.)

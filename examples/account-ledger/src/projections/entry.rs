@@ -133,7 +133,7 @@ impl Change {
     ///
     /// # Errors
     /// A stored event that does not decode, a movement on an account with no `Opened` before
-    /// it, a lookup that was not declared ([`declare`]).
+    /// it, a lookup that was not declared (`declare`).
     pub fn of(
         event: &RecordedEvent,
         lookups: &mut Lookups,
