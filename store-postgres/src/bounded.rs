@@ -182,8 +182,8 @@ impl Db {
     /// The pool's wait is boxed: sqlx's `acquire` future is about 8.6 kB, and unboxed it made
     /// every future awaiting this one as large, the command path's included (a load or an
     /// append on a direct connection never acquires, yet its future held the space and was
-    /// copied whole at each box and first poll: 4 copies of about 9 kB a command, a fifth
-    /// of the uncached command path's client instructions; store-postgres/PERFORMANCE.md,
+    /// copied whole at each box and first poll: 4 copies of about 9 kB a command, about a
+    /// third of the uncached command path's client instructions; store-postgres/PERFORMANCE.md,
     /// "Futures a tenth the size").
     pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         match self.lanes.take() {
