@@ -161,7 +161,7 @@ impl Db {
                 // Answered on a live connection: keep it in a lane for the next statement.
                 // Otherwise it goes back to the pool, which tests it.
                 if answered_live(&result) {
-                    self.lanes.keep(conn, &self.pool);
+                    self.keep(conn);
                 }
                 Ok(result?)
             }
@@ -190,6 +190,14 @@ impl Db {
             Some(conn) => Ok(conn),
             None => Box::pin(self.pool.acquire()).await,
         }
+    }
+
+    /// Gives back a connection whose statement ran to its end and answered: kept in a lane
+    /// for the next statement ([`Lanes`]), not handed to the pool, which would test it with a
+    /// round trip on a task of its own (and open another connection for a statement that
+    /// came meanwhile).
+    pub(crate) fn keep(&self, conn: PoolConnection<Postgres>) {
+        self.lanes.keep(conn, &self.pool);
     }
 
     /// [`Db::run`] as the store contract's error.

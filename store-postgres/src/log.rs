@@ -148,7 +148,7 @@ async fn produce(
             let Some(conn) = pages::connection(&db, &tx).await else {
                 return;
             };
-            // The connection goes back to the pool (or is closed) before any wait.
+            // The connection is given back (kept in a lane, pooled or closed) before any wait.
             let sent = send_rows(
                 &db,
                 conn,

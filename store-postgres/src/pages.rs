@@ -57,7 +57,8 @@ pub(crate) enum Sent<K> {
 /// Runs `query` on `conn` and streams its rows to the decoder in pages of `page_size` rows.
 /// The query's rows are read as the pages are taken, so a slow reader holds the query back
 /// (TCP back-pressure) instead of piling up rows. Each wait for the server's next rows is
-/// bounded by the I/O timeout; the connection is then closed, else it goes back to the pool.
+/// bounded by the I/O timeout; the connection is then closed. Read to the end, it is kept for
+/// the next statement ([`Db::keep`]); otherwise it goes back to the pool.
 pub(crate) async fn send_rows<K>(
     db: &Db,
     mut conn: PoolConnection<Postgres>,
@@ -76,8 +77,12 @@ pub(crate) async fn send_rows<K>(
         &mut timed_out,
     )
     .await;
-    if timed_out {
-        close(conn);
+    match (&sent, timed_out) {
+        (_, true) => close(conn),
+        // Every row read: the connection is idle again, ready for the next statement.
+        (Sent::Done { .. }, false) => db.keep(conn),
+        // Stopped mid-read or failed: the pool tests it.
+        (Sent::Stopped, false) => drop(conn),
     }
     sent
 }
