@@ -15,7 +15,8 @@
 //! - `STREAMS` (10000), `RUNS` (rounds per task count, 3), `DATABASE_URL`.
 //!
 //! Under each line, the mean wall time of a load and of an append (the hand-written path's
-//! `SELECT` and `INSERT`), from [`annals_bench::timed`]: where a command's time goes.
+//! `SELECT` and `INSERT`), from [`annals_bench::timed`]: where a command's time goes; and the
+//! WAL the cluster wrote during the run, in bytes a command (what each commit must flush).
 //!
 //! `backends` is the CPU of the PostgreSQL backends serving this process's connections
 //! ([`annals_bench::cpu::Sample`]): other sessions in the same cluster (test suites, say) do
@@ -50,6 +51,7 @@ async fn run() -> BenchResult<()> {
     let streams = env_or("STREAMS", 10_000u64);
     let paths: Vec<CommandPath> = list("PATHS", "uncached,raw-command")?;
     let tasks: Vec<usize> = list("TASKS", "1,8,64")?;
+    let wal = sqlx::PgPool::connect(&url).await?;
     for &t in &tasks {
         for _ in 0..env_or("RUNS", 3u64) {
             for &path in &paths {
@@ -60,11 +62,13 @@ async fn run() -> BenchResult<()> {
                     }
                 };
                 let mut prepared = commands::prepare(&url, path, n, t).await?;
+                let wal_before = wal_position(&wal).await?;
                 let before = cpu::Sample::take();
                 let start = Instant::now();
                 let ran = prepared.run().await;
                 let wall = start.elapsed().as_secs_f64();
                 let used = cpu::Sample::take().since(&before);
+                let wal_bytes = wal_position(&wal).await? - wal_before;
                 let calls = prepared.call_split();
                 prepared.drop().await?;
                 let commands = ran?;
@@ -83,15 +87,27 @@ async fn run() -> BenchResult<()> {
                 let mean =
                     |us: Option<f64>| us.map_or_else(|| "-".to_owned(), |us| format!("{us:.0} us"));
                 println!(
-                    "{:>23} a load {:>7}, an append {:>7} (wall time, mean)",
+                    "{:>23} a load {:>7}, an append {:>7} (wall time, mean); {:.0} bytes of WAL \
+                     a command",
                     "",
                     mean(calls.load_us),
-                    mean(calls.append_us)
+                    mean(calls.append_us),
+                    wal_bytes as f64 / commands as f64
                 );
             }
         }
     }
     Ok(())
+}
+
+/// The cluster's WAL insert position in bytes: the WAL written between two readings, by this
+/// process's commands and anything else the cluster ran meanwhile.
+async fn wal_position(pool: &sqlx::PgPool) -> BenchResult<i64> {
+    let (lsn,): (i64,) =
+        sqlx::query_as("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")
+            .fetch_one(pool)
+            .await?;
+    Ok(lsn)
 }
 
 fn main() -> BenchResult<()> {
