@@ -12,7 +12,8 @@
 //!   `pg.command.uncached.N`), `raw-command` (its baseline: a hand-written `SELECT`, fold,
 //!   decide, `INSERT`);
 //! - `TASKS`: concurrent tasks, comma-separated (default `1,8,64`);
-//! - `STREAMS` (10000), `RUNS` (rounds per task count, 3), `DATABASE_URL`.
+//! - `STREAMS` (10000), `RUNS` (rounds per task count, 3), `WORKERS` (tokio worker threads,
+//!   2), `DATABASE_URL`.
 //!
 //! Under each line, the mean wall time of a load and of an append (the hand-written path's
 //! `SELECT` and `INSERT`), from [`annals_bench::timed`]: where a command's time goes; and the
@@ -112,7 +113,7 @@ async fn wal_position(pool: &sqlx::PgPool) -> BenchResult<i64> {
 
 fn main() -> BenchResult<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(env_or("WORKERS", 2usize).max(1))
         .enable_all()
         .build()?;
     runtime.block_on(async { tokio::spawn(run()).await? })
