@@ -168,9 +168,12 @@ impl Copying {
             .ok_or_else(|| internal(false, "a COPY connection was used after its end"))
     }
 
-    /// The `COPY` ran to its end (its `ReadyForQuery` read): the connection may be pooled.
-    fn finish(mut self) {
-        drop(self.0.take());
+    /// The `COPY` ran to its end (its `ReadyForQuery` read): the connection is idle again,
+    /// kept for the next statement as a query read to its end is ([`Db::keep`]).
+    fn finish(mut self, db: &Db) {
+        if let Some(conn) = self.0.take() {
+            db.keep(conn);
+        }
     }
 }
 
@@ -256,7 +259,7 @@ pub(crate) async fn send_batch<K>(
             }
         }
         parser.end()?;
-        conn.finish();
+        conn.finish(db);
         Ok(page.is_empty() || send(page).await)
     }
     .await;
