@@ -16,8 +16,13 @@
 //!   2), `DATABASE_URL`.
 //!
 //! Under each line, the mean wall time of a load and of an append (the hand-written path's
-//! `SELECT` and `INSERT`), from [`annals_bench::timed`]: where a command's time goes; and the
-//! WAL the cluster wrote during the run, in bytes a command (what each commit must flush).
+//! `SELECT` and `INSERT`), from [`annals_bench::timed`]: where a command's time goes; the
+//! WAL the cluster wrote during the run, in bytes a command (what each commit must flush);
+//! and the cluster's WAL flushes (`pg_stat_wal`): how many, commands a flush, one every how
+//! many microseconds, and, when the backends time their I/O (`DATABASE_URL` with
+//! `?options=-c%20track_wal_io_timing%3Don`, a superuser's setting), how long each took and
+//! how much of the run the disk spent syncing. A path paced by its flushes that keeps the
+//! disk syncing less of the time leaves room between them.
 //!
 //! `backends` is the CPU of the PostgreSQL backends serving this process's connections
 //! ([`annals_bench::cpu::Sample`]): other sessions in the same cluster (test suites, say) do
@@ -64,6 +69,7 @@ async fn run() -> BenchResult<()> {
                 };
                 let mut prepared = commands::prepare(&url, path, n, t).await?;
                 let wal_before = wal_position(&wal).await?;
+                let syncs_before = wal_syncs(&wal).await?;
                 let before = cpu::Sample::take();
                 let start = Instant::now();
                 let ran = prepared.run().await;
@@ -72,6 +78,10 @@ async fn run() -> BenchResult<()> {
                 let wal_bytes = wal_position(&wal).await? - wal_before;
                 let calls = prepared.call_split();
                 prepared.drop().await?;
+                // Backends report their WAL statistics at the latest when they exit: read
+                // them once the run's connections are closed and their backends gone.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let syncs = wal_syncs(&wal).await?.since(syncs_before);
                 let commands = ran?;
                 let us = |t: u64| t as f64 / cpu::TICKS_PER_SECOND / commands as f64 * 1e6;
                 println!(
@@ -95,6 +105,24 @@ async fn run() -> BenchResult<()> {
                     mean(calls.append_us),
                     wal_bytes as f64 / commands as f64
                 );
+                // The sync time is zero unless `track_wal_io_timing` is on for the backends
+                // that flush (the URL's `?options=-c%20track_wal_io_timing%3Don`, say).
+                let timed = if syncs.ms > 0.0 {
+                    format!(
+                        ", {:.0} us each, the disk syncing {:.0} % of the wall time",
+                        syncs.ms * 1e3 / syncs.count.max(1) as f64,
+                        syncs.ms / 1e3 / wall * 100.0
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "{:>23} {} WAL flushes, {:.1} commands a flush, one every {:.0} us{timed}",
+                    "",
+                    syncs.count,
+                    commands as f64 / syncs.count.max(1) as f64,
+                    wall * 1e6 / syncs.count.max(1) as f64
+                );
             }
         }
     }
@@ -109,6 +137,30 @@ async fn wal_position(pool: &sqlx::PgPool) -> BenchResult<i64> {
             .fetch_one(pool)
             .await?;
     Ok(lsn)
+}
+
+/// The cluster's WAL flushes so far (`pg_stat_wal`): how many, and their time in
+/// milliseconds (zero without `track_wal_io_timing`).
+#[derive(Clone, Copy)]
+struct Syncs {
+    count: i64,
+    ms: f64,
+}
+
+impl Syncs {
+    fn since(self, before: Self) -> Self {
+        Self {
+            count: self.count - before.count,
+            ms: self.ms - before.ms,
+        }
+    }
+}
+
+async fn wal_syncs(pool: &sqlx::PgPool) -> BenchResult<Syncs> {
+    let (count, ms): (i64, f64) = sqlx::query_as("SELECT wal_sync, wal_sync_time FROM pg_stat_wal")
+        .fetch_one(pool)
+        .await?;
+    Ok(Syncs { count, ms })
 }
 
 fn main() -> BenchResult<()> {
