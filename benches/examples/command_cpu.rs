@@ -81,7 +81,7 @@ async fn run() -> BenchResult<()> {
                 // Backends report their WAL statistics at the latest when they exit: read
                 // them once the run's connections are closed and their backends gone.
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                let syncs = wal_syncs(&wal).await?.since(syncs_before);
+                let syncs = wal_syncs(&wal).await?;
                 let commands = ran?;
                 let us = |t: u64| t as f64 / cpu::TICKS_PER_SECOND / commands as f64 * 1e6;
                 println!(
@@ -105,6 +105,10 @@ async fn run() -> BenchResult<()> {
                     mean(calls.append_us),
                     wal_bytes as f64 / commands as f64
                 );
+                let (Some(before), Some(after)) = (syncs_before, syncs) else {
+                    continue;
+                };
+                let syncs = after.since(before);
                 // The sync time is zero unless `track_wal_io_timing` is on for the backends
                 // that flush (the URL's `?options=-c%20track_wal_io_timing%3Don`, say).
                 let timed = if syncs.ms > 0.0 {
@@ -156,11 +160,17 @@ impl Syncs {
     }
 }
 
-async fn wal_syncs(pool: &sqlx::PgPool) -> BenchResult<Syncs> {
-    let (count, ms): (i64, f64) = sqlx::query_as("SELECT wal_sync, wal_sync_time FROM pg_stat_wal")
+/// `None` on a server without `pg_stat_wal` (PostgreSQL before 14): the flush line is then
+/// left out.
+async fn wal_syncs(pool: &sqlx::PgPool) -> BenchResult<Option<Syncs>> {
+    let read = sqlx::query_as::<_, (i64, f64)>("SELECT wal_sync, wal_sync_time FROM pg_stat_wal")
         .fetch_one(pool)
-        .await?;
-    Ok(Syncs { count, ms })
+        .await;
+    match read {
+        Ok((count, ms)) => Ok(Some(Syncs { count, ms })),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn main() -> BenchResult<()> {
