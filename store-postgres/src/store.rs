@@ -368,8 +368,11 @@ impl EventStore for PgEventStore {
             let results = async {
                 match self.submit(appends, metadata).await? {
                     Outcome::Appended(results) => Ok(results),
+                    // Out of line: rare, and its state would be part of every append's.
                     Outcome::Duplicate(appends) => {
-                        idempotency::resolve(&self.inner.db, &appends).await
+                        let resolve: futures::future::BoxFuture<'_, _> =
+                            Box::pin(idempotency::resolve(&self.inner.db, &appends));
+                        resolve.await
                     }
                 }
             }
