@@ -18,6 +18,7 @@ use std::sync::{
 };
 
 use annals::{AppendResult, StreamAppend};
+use futures::future::BoxFuture;
 use sqlx::postgres::PgConnection;
 
 use crate::{
@@ -163,10 +164,10 @@ impl Direct {
             kept: false,
         };
         // Out of time, the connection is dropped with the claim (closed, its socket shut).
-        let stored = match db
-            .within("an append", single::append(&mut conn, append, metadata, db))
-            .await
-        {
+        // Boxed apart from the caller's future: each stays small enough for the allocator's
+        // per-thread cache, so a command's futures reuse warm memory.
+        let statement: BoxFuture<'_, _> = Box::pin(single::append(&mut conn, append, metadata, db));
+        let stored = match db.within("an append", statement).await {
             Ok(stored) => stored,
             Err(_) => {
                 drop(claim);
@@ -214,7 +215,9 @@ impl Direct {
             exists: &self.exists,
             kept: false,
         };
-        let Ok(result) = db.within(operation, statement(&mut conn)).await else {
+        // Boxed apart, as the append's statement is.
+        let read = Box::pin(statement(&mut conn));
+        let Ok(result) = db.within(operation, read).await else {
             // The claim drops the connection's place; the connection is closed with it.
             return Some(Err(Failure::TimedOut(db.timed_out(operation)).into()));
         };

@@ -21,6 +21,7 @@
 use std::{collections::VecDeque, sync::Mutex};
 
 use annals::StreamId;
+use futures::future::BoxFuture;
 use sqlx::{Row, postgres::PgRow};
 use tokio::sync::oneshot;
 
@@ -171,6 +172,21 @@ impl Loads {
         {
             return alone(db, Some(direct), &load).await;
         }
+        // Boxed apart (the load stays counted in `loading` meanwhile): a lone command reads
+        // alone, and the batches' state would otherwise make its future too large for the
+        // allocator's per-thread cache.
+        let gathered: BoxFuture<'_, annals::Result<Vec<PgRow>>> =
+            Box::pin(self.gathered(db, direct, load));
+        gathered.await
+    }
+
+    /// [`read`](Self::read) with other callers: queued for a batch, or leading one.
+    async fn gathered(
+        &self,
+        db: &Db,
+        direct: Option<&Direct>,
+        load: Load,
+    ) -> annals::Result<Vec<PgRow>> {
         loop {
             let rx = match self.join(&load) {
                 Joined::Lead(followers) => return self.lead(db, direct, load, followers).await,
