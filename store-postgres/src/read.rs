@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use annals::{EventType, Metadata, Payload, RecordedEvent, StreamId};
 use sqlx::{
-    Postgres, Row,
+    Arguments, Postgres, Row,
     postgres::{PgArguments, PgRow},
     query::Query,
 };
@@ -316,7 +316,10 @@ pub(crate) fn stream_query(
         (true, false) => STREAM_FORWARD,
         (false, _) => STREAM_BACKWARD,
     };
-    sqlx::query(sql)
+    // Room for the three parameters (each a 4-byte length and its bytes): no buffer grows.
+    let mut arguments = PgArguments::default();
+    arguments.reserve(3, 3 * 4 + stream.len() + 2 * 8);
+    sqlx::query_with(sql, arguments)
         .bind(stream)
         .bind(to_i64(from))
         .bind(to_limit(limit))

@@ -14,8 +14,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use annals::{ExpectedVersion, StreamAppend};
-use sqlx::postgres::PgConnection;
+use annals::{ExpectedVersion, NewEvent, StreamAppend};
+use sqlx::{
+    Arguments,
+    postgres::{PgArguments, PgConnection},
+};
 
 use crate::{bounded::Db, error::sql_state, seen::Check};
 
@@ -226,17 +229,19 @@ async fn plain(
     let events = &append.events;
     if let [event] = events.as_slice() {
         let version = i32::try_from(event.schema_version).unwrap_or(i32::MAX);
-        let row: Option<(i64, i64, i64)> = sqlx::query_as(sql[1])
-            .bind(append.stream.as_str())
-            .bind(1i64)
-            .bind(expected)
-            .bind(event.event_id)
-            .bind(event.event_type.as_str())
-            .bind(version)
-            .bind(event.payload.as_str())
-            .bind(metadata.first().and_then(|m| m.as_deref()))
-            .fetch_optional(conn)
-            .await?;
+        let metadata = metadata.first().and_then(|m| m.as_deref());
+        let row: Option<(i64, i64, i64)> =
+            sqlx::query_as_with(sql[1], one_event_arguments(append, event, metadata))
+                .bind(append.stream.as_str())
+                .bind(1i64)
+                .bind(expected)
+                .bind(event.event_id)
+                .bind(event.event_type.as_str())
+                .bind(version)
+                .bind(event.payload.as_str())
+                .bind(metadata)
+                .fetch_optional(conn)
+                .await?;
         return Ok(row.map(|(version, seq, tx)| (version, vec![seq], tx)));
     }
     let (ids, types, versions, payloads, metadata) = columns(append, metadata);
@@ -252,6 +257,23 @@ async fn plain(
         .fetch_one(conn)
         .await?;
     Ok(stored((row.0, row.1, row.2), events.len()))
+}
+
+/// Room for the one-event statement's eight parameters, so that binding them grows no
+/// buffer: each is a 4-byte length and its bytes (three `int8`, a `uuid`, an `int4` and the
+/// texts).
+fn one_event_arguments(
+    append: &StreamAppend,
+    event: &NewEvent,
+    metadata: Option<&str>,
+) -> PgArguments {
+    let texts = append.stream.as_str().len()
+        + event.event_type.as_str().len()
+        + event.payload.as_str().len()
+        + metadata.map_or(0, str::len);
+    let mut arguments = PgArguments::default();
+    arguments.reserve(8, 8 * 4 + 3 * 8 + 16 + 4 + texts);
+    arguments
 }
 
 /// The events' columns as arrays.
