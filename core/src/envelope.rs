@@ -8,6 +8,18 @@ use uuid::Uuid;
 
 use crate::{Error, EventType, LogPosition, Result, StreamId, TraceContext};
 
+/// Room a payload's or metadata's JSON starts with: most events' fit, so writing them grows
+/// no buffer (`serde_json::to_string` starts with 128 bytes).
+const JSON_START: usize = 256;
+
+/// `value` as JSON text, written into a buffer of [`JSON_START`] bytes.
+fn to_json_string<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    let mut json = Vec::with_capacity(JSON_START);
+    serde_json::to_writer(&mut json, value).map_err(Error::Encode)?;
+    // serde_json writes UTF-8 only; the check is the price of no `unsafe`.
+    String::from_utf8(json).map_err(|e| Error::Encode(serde::ser::Error::custom(e)))
+}
+
 /// A JSON document kept as the exact text it was written as.
 ///
 /// Stores keep payloads byte for byte, so idempotent retries compare exactly and decoding goes
@@ -22,9 +34,7 @@ impl Payload {
     /// # Errors
     /// [`Error::Encode`] when serde refuses the value (a map with non-string keys, say).
     pub fn from_serialize<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
-        serde_json::to_string(value)
-            .map(Self)
-            .map_err(Error::Encode)
+        to_json_string(value).map(Self)
     }
 
     /// Checks that `json` is one valid JSON document and keeps it as written.
@@ -135,7 +145,7 @@ impl Metadata {
     /// [`Error::Encode`] only if a custom value cannot be serialized (never for values that
     /// came from JSON).
     pub fn to_json(&self) -> Result<String> {
-        serde_json::to_string(self).map_err(Error::Encode)
+        to_json_string(self)
     }
 
     /// The length in bytes of [`Metadata::to_json`]'s text, counted as it is written, with
