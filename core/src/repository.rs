@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use futures::{TryStreamExt, future::BoxFuture};
+use futures::{FutureExt, TryStreamExt};
 use time::OffsetDateTime;
 use tracing::{Instrument, Span, field::Empty};
 use uuid::Uuid;
@@ -634,19 +634,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         Ok((loaded, tail))
     }
 
-    /// [`find_applied`](Self::find_applied) out of line: a command rarely needs it, and its
-    /// state and code would otherwise be part of every command's future (larger to allocate
-    /// and move, and more code between a command's hot steps).
-    fn find_applied_boxed<'a>(
-        &'a self,
-        stream: &'a StreamId,
-        command_id: Uuid,
-    ) -> BoxFuture<'a, Result<Option<Applied<A>>>> {
-        Box::pin(self.find_applied(stream, command_id))
-    }
-
     /// Looks for the events of the idempotent command `command_id` anywhere in the stream,
     /// newest first (one read of the stream when they are not there).
+    ///
+    /// Callers box its future (`.boxed()`): a command rarely needs it, and its state and code
+    /// would otherwise be part of every command's future (larger to allocate and move, and
+    /// more code between a command's hot steps).
     async fn find_applied(
         &self,
         stream: &StreamId,
@@ -731,7 +724,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         if let Some(command_id) = command_id
             && tail.from_snapshot
             && outcome.as_ref().map_or(true, Vec::is_empty)
-            && let Some(applied) = self.find_applied_boxed(&stream, command_id).await?
+            && let Some(applied) = self.find_applied(&stream, command_id).boxed().await?
         {
             return Ok(applied.decision(stream, loaded));
         }
@@ -868,7 +861,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 // `look_up` is only set for idempotent commands and then skips the cache.
                 if let Some(command_id) = command_id
                     && tail.from_snapshot
-                    && let Some(applied) = self.find_applied_boxed(&stream, command_id).await?
+                    && let Some(applied) = self.find_applied(&stream, command_id).boxed().await?
                 {
                     self.remember(&stream, &loaded.state, loaded.version);
                     return Ok(applied.executed(loaded));
@@ -887,7 +880,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 }
                 if let Some(command_id) = command_id
                     && tail.from_snapshot
-                    && let Some(applied) = self.find_applied_boxed(&stream, command_id).await?
+                    && let Some(applied) = self.find_applied(&stream, command_id).boxed().await?
                 {
                     self.remember(&stream, &loaded.state, loaded.version);
                     return Ok(applied.executed(loaded));

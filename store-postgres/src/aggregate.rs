@@ -15,7 +15,7 @@
 //! `tx`, wherever it comes, and the events keep their order.
 
 use annals::{AggregateRead, Direction, Payload, Snapshot, StreamId, StreamRead};
-use futures::{StreamExt, future::BoxFuture, stream};
+use futures::{FutureExt, StreamExt, stream};
 use sqlx::{
     Row,
     postgres::{PgConnection, PgRow},
@@ -81,7 +81,7 @@ pub(crate) async fn read(
         // No use of its own: the snapshot alone, and the read as asked for.
         let snapshot = match snapshot_version {
             // Out of line, as the statement below: a command's load never reads backward.
-            Some(version) => boxed(load_snapshot(db, &stream, version)).await?,
+            Some(version) => load_snapshot(db, &stream, version).boxed().await?,
             None => None,
         };
         let events = crate::stream::read_stream(db.clone(), stream, read);
@@ -126,7 +126,7 @@ pub(crate) async fn read(
     } else {
         // Out of line: the future of a load with a snapshot (or of every column) is not part
         // of the usual load's, which stays smaller to allocate and has less code to run.
-        boxed(db.read(OPERATION, statement)).await?
+        db.read(OPERATION, statement).boxed().await?
     };
     let mut names = Names::of_stream(stream.clone(), folding);
     let mut snapshot = None;
@@ -214,10 +214,4 @@ async fn load_snapshot(
         .await?;
     row.map(|row| snapshot_of(&row, stream, [0, 1, 2, 3]))
         .transpose()
-}
-
-/// `future` boxed as a trait object: its state is allocated only when it runs, and its code
-/// is called, not inlined into the caller's.
-fn boxed<'a, T>(future: impl Future<Output = T> + Send + 'a) -> BoxFuture<'a, T> {
-    Box::pin(future)
 }

@@ -18,7 +18,7 @@ use std::sync::{
 };
 
 use annals::{AppendResult, StreamAppend};
-use futures::future::BoxFuture;
+use futures::FutureExt;
 use sqlx::postgres::PgConnection;
 
 use crate::{
@@ -166,7 +166,7 @@ impl Direct {
         // Out of time, the connection is dropped with the claim (closed, its socket shut).
         // Boxed apart from the caller's future: each stays small enough for the allocator's
         // per-thread cache, so a command's futures reuse warm memory.
-        let statement: BoxFuture<'_, _> = Box::pin(single::append(&mut conn, append, metadata, db));
+        let statement = single::append(&mut conn, append, metadata, db).boxed();
         let stored = match db.within("an append", statement).await {
             Ok(stored) => stored,
             Err(_) => {

@@ -21,7 +21,7 @@
 use std::{collections::VecDeque, sync::Mutex};
 
 use annals::StreamId;
-use futures::future::BoxFuture;
+use futures::FutureExt;
 use sqlx::{Row, postgres::PgRow};
 use tokio::sync::oneshot;
 
@@ -175,9 +175,7 @@ impl Loads {
         // Boxed apart (the load stays counted in `loading` meanwhile): a lone command reads
         // alone, and the batches' state would otherwise make its future too large for the
         // allocator's per-thread cache.
-        let gathered: BoxFuture<'_, annals::Result<Vec<PgRow>>> =
-            Box::pin(self.gathered(db, direct, load));
-        gathered.await
+        self.gathered(db, direct, load).boxed().await
     }
 
     /// [`read`](Self::read) with other callers: queued for a batch, or leading one.

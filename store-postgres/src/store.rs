@@ -6,7 +6,7 @@ use annals::{
     AggregateRead, AppendResult, EventStore, Limits, LogHold, LogPosition, LogRead, RecordedEvent,
     Snapshot, StreamAppend, StreamId, StreamRead,
 };
-use futures::stream::BoxStream;
+use futures::{FutureExt, stream::BoxStream};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -370,9 +370,7 @@ impl EventStore for PgEventStore {
                     Outcome::Appended(results) => Ok(results),
                     // Out of line: rare, and its state would be part of every append's.
                     Outcome::Duplicate(appends) => {
-                        let resolve: futures::future::BoxFuture<'_, _> =
-                            Box::pin(idempotency::resolve(&self.inner.db, &appends));
-                        resolve.await
+                        idempotency::resolve(&self.inner.db, &appends).boxed().await
                     }
                 }
             }
