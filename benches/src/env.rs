@@ -128,6 +128,29 @@ impl Ctx {
     }
 }
 
+/// Brings a freshly filled table to the state a long-lived one is in, before anything is
+/// timed: `VACUUM (ANALYZE)` sets the hint bits and the visibility map of its rows (the
+/// first read of a row otherwise sets them, dirtying its page, and with `shared_buffers`
+/// below the table's size the reading backend then writes those pages out itself), and a
+/// `CHECKPOINT` writes the fill's dirty pages now rather than while a timed run reads.
+/// Whichever side happened to run during that background work was measured low, so the
+/// ratios moved with it. `tables` are SQL names the bench chose (never user input).
+///
+/// A `CHECKPOINT` needs a superuser or the `pg_checkpoint` role; without them it is left
+/// out, with a warning on stderr.
+///
+/// # Errors
+/// PostgreSQL failures of the `VACUUM`.
+pub(crate) async fn settle(pool: &PgPool, tables: &str) -> BenchResult<()> {
+    sqlx::raw_sql(AssertSqlSafe(format!("VACUUM (ANALYZE) {tables}")))
+        .execute(pool)
+        .await?;
+    if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(pool).await {
+        eprintln!("annals-bench: no CHECKPOINT before the timed runs ({e}); timings may vary more");
+    }
+    Ok(())
+}
+
 /// A fresh schema with a random name in the database at `url`, and a pool whose connections
 /// use it.
 ///

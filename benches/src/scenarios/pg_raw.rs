@@ -47,9 +47,8 @@ pub(crate) async fn filled(ctx: &Ctx, batches: &[Batch]) -> BenchResult<PgSchema
         for batch in batches {
             pg::copy_rows(&mut conn, &RawRow::of_batch(batch)).await?;
         }
-        sqlx::query("ANALYZE raw_events")
-            .execute(&mut *conn)
-            .await?;
+        drop(conn);
+        crate::env::settle(&schema.pool, "raw_events").await?;
         BenchResult::Ok(())
     }
     .await;

@@ -80,9 +80,7 @@ pub(crate) async fn filled(
         if snapshot {
             save_snapshot(&store, batches).await?;
         }
-        sqlx::query("ANALYZE events, snapshots")
-            .execute(store.pool())
-            .await?;
+        crate::env::settle(store.pool(), "events, snapshots").await?;
         BenchResult::Ok(())
     }
     .await;
