@@ -133,8 +133,9 @@ impl Ctx {
 /// first read of a row otherwise sets them, dirtying its page, and with `shared_buffers`
 /// below the table's size the reading backend then writes those pages out itself), and a
 /// `CHECKPOINT` writes the fill's dirty pages now rather than while a timed run reads.
-/// Whichever side happened to run during that background work was measured low, so the
-/// ratios moved with it. `tables` are SQL names the bench chose (never user input).
+/// Without it, each side's first timed run did that work (16-22k buffers written by its
+/// backends at 1,000,000 events); the medians rarely used those runs, so the ratios did not
+/// move, but the minimums did. `tables` are SQL names the bench chose (never user input).
 ///
 /// A `CHECKPOINT` needs a superuser or the `pg_checkpoint` role; without them it is left
 /// out, with a warning on stderr.
