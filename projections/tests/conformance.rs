@@ -66,24 +66,14 @@ impl Target for Redis {
 }
 
 /// Deletes the namespace's keys when a check ends, however it ends: the suite has no teardown
-/// of its own, and a test run leaves nothing behind in the Redis it used. (Synchronous: the
-/// check's runtime may be shutting down.)
+/// of its own, and a test run leaves nothing behind in the Redis it used. (The checks run on
+/// a multi-threaded runtime, whose other workers drive the connection meanwhile.)
 impl Drop for Redis {
     fn drop(&mut self) {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        // `::redis`: the crate, not the module of the checks below.
-        let Ok(mut c) = ::redis::Client::open(url)
-            .and_then(|c| c.get_connection_with_timeout(std::time::Duration::from_secs(5)))
-        else {
-            return;
-        };
-        let keys: Vec<String> = ::redis::cmd("KEYS")
-            .arg(format!("{{{}:*", self.namespace))
-            .query(&mut c)
-            .unwrap_or_default();
-        for chunk in keys.chunks(500) {
-            let _: ::redis::RedisResult<i64> = ::redis::cmd("DEL").arg(chunk).query(&mut c);
-        }
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| {
+            runtime.block_on(common::cleanup_redis(&self.connection, &self.namespace));
+        });
     }
 }
 
